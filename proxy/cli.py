@@ -1,0 +1,62 @@
+"""The ``hsmproxy`` command: one entry point, one module per subcommand.
+
+Subcommand modules are imported only when chosen, so ``hsmproxy wrap`` (which lightningd
+execs for every start) does not pay for the imports of ``chaos`` or ``top``.
+Each module provides ``configure(parser)`` (adds its arguments) and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line summary). Keep in the order users meet them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "decode": ("proxy.cmd_decode", "decode hsmd messages: hex, hex lines on stdin, captures or traces"),
+}
+
+EXIT_USAGE = 2
+
+
+def _parser(selected: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hsmproxy",
+        description="A man-in-the-middle for Core Lightning's hsmd signer protocol: "
+        "relay, decode, shadow channel state, inject faults, export metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"hsmproxy {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, summary) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=summary, description=summary)
+        if name == selected:
+            importlib.import_module(module_name).configure(cmd)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hsmproxy")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = _parser(selected if selected in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
