@@ -1,0 +1,39 @@
+"""Errors of the codec. Both are ValueErrors so callers can treat bad input uniformly."""
+
+from __future__ import annotations
+
+
+class DecodeError(ValueError):
+    """A body that is not a well-formed hsmd message.
+
+    ``message`` is the message name (None when even the type cannot be read), ``field`` the
+    dotted path of the field that failed (``tx.psbt``, ``htlcs[2].side``), ``offset`` the byte
+    offset of that field within the body (the 2-byte type included).
+    """
+
+    def __init__(self, reason: str, *, message: str | None = None, field: str | None = None, offset: int = 0):
+        self.reason = reason
+        self.message = message
+        self.field = field
+        self.offset = offset
+        where = f"{message or 'message'}"
+        if field:
+            where += f".{field}"
+        super().__init__(f"{where} at byte {offset}: {reason}")
+
+
+class EncodeError(ValueError):
+    """Field values that cannot be encoded (missing field, wrong type, value out of range)."""
+
+    def __init__(self, reason: str, *, message: str | None = None, field: str | None = None):
+        self.reason = reason
+        self.message = message
+        self.field = field
+        where = f"{message or 'message'}"
+        if field:
+            where += f".{field}"
+        super().__init__(f"{where}: {reason}")
+
+
+class WireValueError(Exception):
+    """Raised by the primitive readers and writers; located and wrapped by the schema layer."""
