@@ -1,0 +1,79 @@
+"""``hsmproxy decode`` as a user runs it: a real subprocess, real files and pipes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+VECTORS = Path(__file__).parent / "vectors" / "hsmd-capture.jsonl"
+
+
+def decode(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "decode", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_capture_file_as_json_redacts_secrets_and_reports_the_malformed_one():
+    result = decode(str(VECTORS), "--json")
+    assert result.returncode == 1, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == sum(1 for line in VECTORS.read_text().splitlines() if '"kind": "msg"' in line)
+    ecdh = [line for line in lines if line.get("name") == "hsmd_ecdh_resp"]
+    assert ecdh and all(line["fields"]["ss"] == "<redacted>" for line in ecdh)
+    errors = [line for line in lines if "error" in line]
+    assert len(errors) == 1 and errors[0]["field"] == "n" and errors[0]["offset"] == 2
+    assert "1 of" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_show_secrets_reveals_them():
+    result = decode(str(VECTORS), "--json", "--show-secrets", "--only", "hsmd_ecdh_resp")
+    shown = [json.loads(line) for line in result.stdout.splitlines() if '"name"' in line and "error" not in line]
+    assert shown and all(len(line["fields"]["ss"]) == 64 for line in shown)
+
+
+def test_hex_argument_body_and_frame_give_the_same_tree():
+    body = decode("0012000000000000002a")
+    framed = decode("0000000a0012000000000000002a")
+    assert body.returncode == framed.returncode == 0
+    assert "hsmd_get_per_commitment_point" in body.stdout and "42" in body.stdout
+    assert body.stdout.split(" ", 2)[2] == framed.stdout.split(" ", 2)[2]
+
+
+def test_hex_lines_on_stdin_go_on_after_bad_lines():
+    result = decode(stdin="0012000000000000002a\nnot-hex\n00840002\n")
+    assert result.returncode == 2
+    assert "stdin line 2" in result.stderr and "Traceback" not in result.stderr
+    assert "hsmd_get_per_commitment_point" in result.stdout
+    assert "trailing bytes" in result.stdout
+
+
+def test_malformed_hex_exits_1_without_traceback():
+    result = decode("008402")
+    assert result.returncode == 1
+    assert "hsmd_check_outpoint_reply.is_buried at byte 2" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_forcing_body_mode_keeps_frame_like_bytes_as_trailing():
+    result = decode("00840002ff", "--framed", "no", "--json")
+    assert result.returncode == 0
+    (line,) = [json.loads(x) for x in result.stdout.splitlines()]
+    assert line["name"] == "hsmd_check_outpoint_reply" and line["trailing"] == "02ff"
+
+
+def test_unreadable_input_names_it():
+    result = decode("/nonexistent/capture.jsonl")
+    assert result.returncode == 2
+    assert "/nonexistent/capture.jsonl" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_lists_decode():
+    result = subprocess.run([sys.executable, "-m", "proxy.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "decode" in result.stdout
