@@ -176,10 +176,10 @@ class Record(WireType):
             sub.build_located(io, value[name], _join(path, name))
 
     def _emitparse(self, code):
-        fname = f"parse_record_{code.allocateId()}"
+        # A dict display evaluates its values left to right, so it reads the fields in order,
+        # inline, without a function call per record (this matters for arrays of hsm_htlc).
         items = ", ".join(f"{name!r}: {sub._compileparse(code)}" for name, sub in self.fields)
-        code.append(f"def {fname}(io, this):\n    return {{{items}}}\n")
-        return f"{fname}(io, this)"
+        return f"{{{items}}}"
 
     def _emitbuild(self, code):
         fname = f"build_record_{code.allocateId()}"
