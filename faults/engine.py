@@ -105,7 +105,6 @@ class FaultEngine:
         self._chains: dict[str, bytes] = {}
         self._last_reply: dict[tuple[str, int], bytes] = {}  # (conn, reply type) -> raw
         self._latest_by_type: dict[int, OrderedDict[str, bytes]] = {}  # reply type -> conn -> raw
-        self._next_rule = 1
         self.events: list[FaultEvent] = []
         self.event_count = 0
         self._max_events = max_events
@@ -116,11 +115,6 @@ class FaultEngine:
     @property
     def rules(self) -> list[Rule]:
         return list(self._rules.values())
-
-    def next_rule_name(self) -> str:
-        while f"rule{self._next_rule}" in self._rules:
-            self._next_rule += 1
-        return f"rule{self._next_rule}"
 
     def add_rule(self, rule: Rule) -> Rule:
         if rule.name in self._rules:
