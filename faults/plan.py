@@ -232,7 +232,7 @@ def resolve_message(name, where: str) -> int:
             return spec.type
     choices = [n for n in wire.SPECS_BY_NAME if not _is_status(n)]
     hint = _suggest(name, choices) or _suggest("hsmd_" + name, choices)
-    raise PlanError(f"{where}: unknown message {name!r}{hint}")
+    raise PlanError(f"{where}: unknown message {name!r}{hint}; families of messages: {', '.join(FAMILIES)}")
 
 
 def _parse_value(text: str):
@@ -469,7 +469,9 @@ def parse_one_line(text: str, first_index: int = 1) -> list[Rule]:
         if not m:
             raise PlanError(f"fault {chunk!r}: write it as <prefix><message>[*N][@point], e.g. -hsmd_sign_remote_commitment_tx*2")
         action, point = PREFIXES[prefix]
-        data: dict = {"action": action, "point": m.group("point") or point, "message": m.group("message")}
+        target = m.group("message")
+        data: dict = {"action": action, "point": m.group("point") or point}
+        data["family" if target in FAMILIES else "message"] = target
         if m.group("nth"):
             data["nth"] = int(m.group("nth"))
         predicates = []

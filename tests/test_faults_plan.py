@@ -123,3 +123,10 @@ def test_bad_toml_plans_say_what_to_do(text, expected):
 def test_missing_plan_file_is_named(tmp_path):
     with pytest.raises(PlanError, match="cannot read the fault plan .*nope.toml"):
         load_plan(str(tmp_path / "nope.toml"))
+
+
+def test_one_line_accepts_families():
+    [rule] = parse_one_line("~signing ms=5 count=all")
+    assert SIGN_REMOTE in rule.request_types and len(rule.request_types) == len(FAMILIES["signing"])
+    with pytest.raises(PlanError, match="families of messages: all, signing, commitment"):
+        parse_one_line("~signin ms=5")
