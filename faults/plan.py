@@ -30,9 +30,10 @@ POINT_ALIASES = {
     "replied": "reply.after_forward",
 }
 
-# Actions that change what is forwarded need a verdict, which only *.before_forward points take.
-VERDICT_ACTIONS = frozenset({"drop", "duplicate", "corrupt", "hold", "reject"})
-SIDE_EFFECT_ACTIONS = frozenset({"delay", "disconnect", "kill-node", "kill-signer", "crash-proxy"})
+# Actions that change what is forwarded (or close the connection) are verdicts for the relay,
+# which only *.before_forward points take; the others the fault hook does itself, anywhere.
+VERDICT_ACTIONS = frozenset({"drop", "duplicate", "corrupt", "hold", "reject", "disconnect"})
+SIDE_EFFECT_ACTIONS = frozenset({"delay", "kill-node", "kill-signer", "crash-proxy"})
 ACTIONS = tuple(sorted(VERDICT_ACTIONS | SIDE_EFFECT_ACTIONS))
 CORRUPT_MODES = ("bitflip", "stale", "other-channel")
 ROLES = ("master", "client")
@@ -40,8 +41,7 @@ ROLES = ("master", "client")
 # One-line prefixes, mirroring Core Lightning's dev-disconnect (see docs/faults.md for the table).
 PREFIXES: dict[str, tuple[str, str]] = {
     "-": ("disconnect", "request.before_forward"),
-    "+": ("disconnect", "request.after_forward"),
-    "<": ("disconnect", "reply.before_forward"),
+    "+": ("disconnect", "reply.before_forward"),  # the signer got it and acted; the node never hears
     "$": ("drop", "request.before_forward"),
     "0": ("hold", "request.before_forward"),
     "~": ("delay", "request.before_forward"),

@@ -15,7 +15,7 @@ def test_one_line_mirrors_dev_disconnect():
     assert (rule.action, rule.point, rule.nth, rule.count) == ("disconnect", "request.before_forward", 2, 1)
     assert rule.request_types == {SIGN_REMOTE}
     [rule] = parse_one_line("+sign_remote_commitment_tx")  # the hsmd_ prefix may be left out
-    assert (rule.action, rule.point, rule.nth) == ("disconnect", "request.after_forward", 1)
+    assert (rule.action, rule.point, rule.nth) == ("disconnect", "reply.before_forward", 1)
 
 
 def test_one_line_every_prefix_loads():
@@ -88,6 +88,7 @@ mode = "stale"
         ("-hsmd_init p=2", "between 0 and 1"),
         ("-status_log", "status message"),
         ("-hsmd_init@soon", "point 'soon'"),
+        ("-hsmd_init@sent", "needs a *.before_forward point"),
         ("-hsmd_sign_tx_reply@request", "reply.* points"),
         ("%hsmd_sign_tx_reply mode=stael", "did you mean 'stale'"),
         ("!hsmd_init signal=SIGKIL", "did you mean 'SIGKILL'"),
