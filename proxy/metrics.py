@@ -36,8 +36,16 @@ SIGNER_TO_NODE = "signer_to_node"
 DEFAULT_CHANNEL_DETAIL_CAP = 50
 
 
-def message_label(message: "wire.Message | None") -> str:
-    return message.name if message is not None and message.known else "unknown"
+def message_label(message: "wire.Message | None", raw: bytes = b"") -> str:
+    """The message name for a label: from the decoded message, else from the type the frame
+    claims (a malformed known type keeps its name), else "unknown" (bounded cardinality)."""
+    if message is not None:
+        return message.name if message.known else "unknown"
+    if len(raw) >= 2:
+        spec = wire.SPECS_BY_TYPE.get(int.from_bytes(raw[:2], "big"))
+        if spec is not None:
+            return spec.name
+    return "unknown"
 
 
 class Metrics:
@@ -144,16 +152,13 @@ class Metrics:
 
     # -- recording helpers used by the relay hook ------------------------------------------
 
-    def frame(self, direction: str, message: "wire.Message | None", size: int) -> None:
-        self.messages.labels(direction=direction, type=message_label(message)).inc()
-        self.message_bytes.labels(direction=direction).inc(size + wire.HEADER_LEN)
-
-    def parse_failure(self, body: bytes) -> None:
-        name = "unknown"
-        if len(body) >= 2:
-            spec = wire.SPECS_BY_TYPE.get(int.from_bytes(body[:2], "big"))
-            name = spec.name if spec else "unknown"
-        self.parse_failures.labels(type=name).inc()
+    def frame(self, direction: str, message: "wire.Message | None", raw: bytes) -> None:
+        """One relayed frame; a frame that did not decode is also a parse failure."""
+        name = message_label(message, raw)
+        self.messages.labels(direction=direction, type=name).inc()
+        self.message_bytes.labels(direction=direction).inc(len(raw) + wire.HEADER_LEN)
+        if message is None:
+            self.parse_failures.labels(type=name).inc()
 
     def roundtrip(self, request_name: str | None, seconds: float) -> None:
         self.signer_roundtrip.labels(family=family_of(request_name)).observe(seconds)

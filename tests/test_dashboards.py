@@ -100,7 +100,7 @@ def test_promtool_check_and_test_rules():
 
 def test_promtool_check_metrics_on_our_exposition():
     metrics = Metrics(channel_detail=2)
-    metrics.frame("node_to_signer", None, 40)
+    metrics.frame("node_to_signer", None, bytes.fromhex("0012ff"))
     metrics.roundtrip("hsmd_sign_remote_commitment_tx", 0.0004)
     metrics.divergences.labels(kind="retry_changed").inc()
     metrics.channel_detail("02aa/1", 5)
