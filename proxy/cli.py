@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("proxy.cmd_decode", "decode hsmd messages: hex, hex lines on stdin, captures or traces"),
     "faults": ("proxy.cmd_faults", "fault rules of a running proxy (control API client); check a fault plan"),
+    "sim-signer": ("sim.signer_proc", "the simulated validating signer (VLS rules), started like lightning_hsmd"),
 }
 
 EXIT_USAGE = 2
