@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line summary). Keep in the order users meet them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("proxy.cmd_decode", "decode hsmd messages: hex, hex lines on stdin, captures or traces"),
+    "top": ("proxy.cmd_top", "live terminal view of a running proxy: traffic, latency, WAL, channels, divergences"),
     "faults": ("proxy.cmd_faults", "fault rules of a running proxy (control API client); check a fault plan"),
     "sim-signer": ("sim.signer_proc", "the simulated validating signer (VLS rules), started like lightning_hsmd"),
 }
