@@ -13,6 +13,7 @@ import sys
 
 # name -> (module, one-line summary). Keep in the order users meet them.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "wrap": ("proxy.cmd_wrap", "run a signer behind hsmproxy, as lightningd's --subdaemon=hsmd:SCRIPT"),
     "decode": ("proxy.cmd_decode", "decode hsmd messages: hex, hex lines on stdin, captures or traces"),
     "top": ("proxy.cmd_top", "live terminal view of a running proxy: traffic, latency, WAL, channels, divergences"),
     "faults": ("proxy.cmd_faults", "fault rules of a running proxy (control API client); check a fault plan"),
@@ -20,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 EXIT_USAGE = 2
+
+
+# Commands whose every option can also come from a TOML file (see proxy/config.py).
+CONFIGURABLE = frozenset({"wrap", "serve", "chaos", "top", "sim-node", "sim-signer"})
 
 
 def _parser(selected: str | None) -> argparse.ArgumentParser:
@@ -34,7 +39,24 @@ def _parser(selected: str | None) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=summary, description=summary)
         if name == selected:
             importlib.import_module(module_name).configure(cmd)
+            if name in CONFIGURABLE:
+                cmd.add_argument(
+                    "--config", metavar="FILE",
+                    help="TOML file with defaults for any option above (flags override it)",
+                )
+            parser.selected_parser = cmd
     return parser
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _version() -> str:
@@ -50,6 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
     parser = _parser(selected if selected in COMMANDS else None)
+    command_parser = getattr(parser, "selected_parser", None)
+    if selected in CONFIGURABLE and command_parser is not None:
+        config_path = _config_path(argv)
+        if config_path:
+            from . import config
+
+            try:
+                config.apply(command_parser, config.load(config_path, selected), config_path)
+            except config.ConfigError as exc:
+                print(f"hsmproxy {selected}: {exc}", file=sys.stderr)
+                return EXIT_USAGE
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
