@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from embit.script import Script
+from embit.script import Script, Witness  # noqa: F401 (Witness: for callers that sign)
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from .crypto import add_points, hash160, pubkey_of, ripemd160, scalar_add, scalar_mul, sha256, tweak_point
@@ -310,42 +310,63 @@ def build_commitment(
 
     ``to_node_msat``/``to_peer_msat`` are the balances before fees and anchors; the opener pays
     both, as BOLT 3 says."""
-    broadcaster, countersigner = (params.node, params.peer) if node_is_broadcaster else (params.peer, params.node)
-    delay = params.node_to_self_delay if node_is_broadcaster else params.peer_to_self_delay
-    pcp = per_commitment_point
-    revocation = derive_revocation_pubkey(countersigner.revocation_basepoint, pcp)
-    delayed = derive_pubkey(broadcaster.delayed_payment_basepoint, pcp)
-    local_htlc = derive_pubkey(broadcaster.htlc_basepoint, pcp)
-    remote_htlc = derive_pubkey(countersigner.htlc_basepoint, pcp)
-    to_remote_key = countersigner.payment_basepoint  # static_remotekey
-
-    untrimmed = []
-    for h in htlcs:
-        if h.amount_msat // 1000 >= params.dust_limit_sat:  # zero-fee HTLC txs: no fee in the trim
-            offered = h.offered_by_node == node_is_broadcaster
-            script = (offered_htlc_script(revocation, local_htlc, remote_htlc, h.payment_hash) if offered
-                      else received_htlc_script(revocation, local_htlc, remote_htlc, h.payment_hash, h.cltv_expiry))
-            untrimmed.append((h, offered, script))
-
-    fee = commitment_fee_sat(feerate_per_kw, len(untrimmed)) + 2 * ANCHOR_SAT
+    untrimmed = sum(1 for h in htlcs if h.amount_msat // 1000 >= params.dust_limit_sat)
+    fee = commitment_fee_sat(feerate_per_kw, untrimmed) + 2 * ANCHOR_SAT
     to_broadcaster_msat, to_countersigner_msat = (to_node_msat, to_peer_msat) if node_is_broadcaster else (to_peer_msat, to_node_msat)
-    broadcaster_is_opener = node_is_broadcaster == params.node_is_opener
-    if broadcaster_is_opener:
+    if node_is_broadcaster == params.node_is_opener:
         to_broadcaster_msat -= fee * 1000
     else:
         to_countersigner_msat -= fee * 1000
     if min(to_broadcaster_msat, to_countersigner_msat) < 0:
         raise ValueError("the opener cannot pay the commitment fee and anchors")
-    to_broadcaster_sat, to_countersigner_sat = to_broadcaster_msat // 1000, to_countersigner_msat // 1000
+    return assemble_commitment(params, node_is_broadcaster, commit_num, per_commitment_point,
+                               to_broadcaster_msat // 1000, to_countersigner_msat // 1000, htlcs)
+
+
+def output_scripts(params: ChannelParams, node_is_broadcaster: bool, per_commitment_point: bytes) -> dict:
+    """The keys of one commitment and the scriptPubKeys of its to_local and to_remote outputs."""
+    broadcaster, countersigner = (params.node, params.peer) if node_is_broadcaster else (params.peer, params.node)
+    pcp = per_commitment_point
+    keys = {
+        "revocation": derive_revocation_pubkey(countersigner.revocation_basepoint, pcp),
+        "delayed": derive_pubkey(broadcaster.delayed_payment_basepoint, pcp),
+        "local_htlc": derive_pubkey(broadcaster.htlc_basepoint, pcp),
+        "remote_htlc": derive_pubkey(countersigner.htlc_basepoint, pcp),
+        "delay": params.node_to_self_delay if node_is_broadcaster else params.peer_to_self_delay,
+    }
+    keys["to_local_spk"] = p2wsh(to_local_script(keys["revocation"], keys["delay"], keys["delayed"]))
+    keys["to_remote_spk"] = p2wsh(to_remote_anchor_script(countersigner.payment_basepoint))  # static_remotekey
+    return keys
+
+
+def assemble_commitment(
+    params: ChannelParams,
+    node_is_broadcaster: bool,
+    commit_num: int,
+    per_commitment_point: bytes,
+    to_broadcaster_sat: int,
+    to_countersigner_sat: int,
+    htlcs: list[Htlc],
+) -> Commitment:
+    """The commitment from its post-fee output values (what a signer reads off a tx to rebuild it)."""
+    broadcaster, countersigner = (params.node, params.peer) if node_is_broadcaster else (params.peer, params.node)
+    keys = output_scripts(params, node_is_broadcaster, per_commitment_point)
+    untrimmed = []
+    for h in htlcs:
+        if h.amount_msat // 1000 >= params.dust_limit_sat:  # zero-fee HTLC txs: no fee in the trim
+            offered = h.offered_by_node == node_is_broadcaster
+            script = (offered_htlc_script(keys["revocation"], keys["local_htlc"], keys["remote_htlc"], h.payment_hash) if offered
+                      else received_htlc_script(keys["revocation"], keys["local_htlc"], keys["remote_htlc"], h.payment_hash, h.cltv_expiry))
+            untrimmed.append((h, offered, script))
 
     # (value, scriptPubKey, cltv for BIP69 ties, tag)
     outputs: list[tuple[int, bytes, int, object]] = []
     has_local = to_broadcaster_sat >= params.dust_limit_sat
     has_remote = to_countersigner_sat >= params.dust_limit_sat
     if has_local:
-        outputs.append((to_broadcaster_sat, p2wsh(to_local_script(revocation, delay, delayed)), 0, "to_local"))
+        outputs.append((to_broadcaster_sat, keys["to_local_spk"], 0, "to_local"))
     if has_remote:
-        outputs.append((to_countersigner_sat, p2wsh(to_remote_anchor_script(to_remote_key)), 0, "to_remote"))
+        outputs.append((to_countersigner_sat, keys["to_remote_spk"], 0, "to_remote"))
     if has_local or untrimmed:
         outputs.append((ANCHOR_SAT, p2wsh(anchor_script(broadcaster.funding_pubkey)), 0, "anchor"))
     if has_remote or untrimmed:
@@ -359,8 +380,14 @@ def build_commitment(
     vout = [TransactionOutput(value, Script(spk)) for value, spk, _, _ in outputs]
     tx = Transaction(version=2, vin=vin, vout=vout, locktime=(0x20 << 24) | (obscured & 0xFFFFFF))
     htlc_outputs = [HtlcOutput(tag[0], i, tag[2], tag[1]) for i, (_, _, _, tag) in enumerate(outputs) if isinstance(tag, tuple)]
-    keys = {"revocation": revocation, "delayed": delayed, "local_htlc": local_htlc, "remote_htlc": remote_htlc, "delay": delay}
-    return Commitment(tx, htlc_outputs, to_broadcaster_sat, to_countersigner_sat, keys)
+    return Commitment(tx, htlc_outputs, to_broadcaster_sat if has_local else 0, to_countersigner_sat if has_remote else 0, keys)
+
+
+def output_values(tx: Transaction, keys: dict) -> tuple[int, int]:
+    """(to_broadcaster_sat, to_countersigner_sat) read off a commitment tx; 0 when trimmed."""
+    local = sum(o.value for o in tx.vout if o.script_pubkey.data == keys["to_local_spk"])
+    remote = sum(o.value for o in tx.vout if o.script_pubkey.data == keys["to_remote_spk"])
+    return local, remote
 
 
 def build_htlc_tx(commitment: Commitment, out: HtlcOutput) -> Transaction:

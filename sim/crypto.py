@@ -78,3 +78,8 @@ def verify_digest(pubkey: bytes, digest: bytes, signature: bytes, sighash: int |
 def segwit_sighash(tx: Transaction, input_index: int, witness_script: bytes, value_sat: int, sighash: int) -> bytes:
     """BIP143 signature hash of a P2WSH input."""
     return tx.sighash_segwit(input_index, Script(witness_script), value_sat, sighash=sighash)
+
+
+def to_der_with_sighash(signature: bytes) -> bytes:
+    """A 65-byte bitcoin_signature as a witness item: DER plus the sighash byte."""
+    return cdata_to_der(deserialize_compact(signature[:64])) + signature[64:65]

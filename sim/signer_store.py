@@ -1,0 +1,46 @@
+"""Durable per-channel state of the simulated signer: one JSON file per channel, replaced
+atomically (write, fsync, rename, fsync the directory) before any reply leaves, as VLS persists
+before it releases a signature. Files are 0600."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .signer_core import ChannelRecord
+
+STATE_DIR = "sim-signer-state"
+
+
+class SignerStore:
+    def __init__(self, workdir: Path, fsync: bool = True):
+        self.dir = workdir / STATE_DIR
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        self.fsync = fsync
+
+    def load_all(self) -> list[ChannelRecord]:
+        records = []
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                records.append(ChannelRecord.from_json(json.loads(path.read_text())))
+            except (ValueError, KeyError) as exc:
+                raise ValueError(f"{path}: unreadable signer state ({exc}); restore it from a backup") from None
+        return records
+
+    def save(self, record: ChannelRecord) -> None:
+        path = self.dir / f"{record.key}.json"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record.to_json(), f)
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if self.fsync:
+            dir_fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
