@@ -15,6 +15,8 @@ A ``Hook`` is any object with some of these optional async methods::
         # event: "opened" | "closed" | "replaced" | "framing_lost"
     async def on_status(self, conn: ConnContext, raw: bytes, msg: wire.Message | None) -> None
     async def on_signer_exit(self, status: int) -> None
+    async def on_raw(self, conn: ConnContext, direction: str, raw: bytes) -> None
+        # bytes that are not frames: fd carriers, and everything after framing was lost
 
 Hooks run in registration order (shadow/WAL first, then faults, then metrics/trace) and the relay
 awaits each one before the bytes move on, so a WAL hook can make its record durable first. At a
@@ -145,13 +147,14 @@ class Hook(Protocol):  # documentation only: every method is optional
     async def on_connection(self, conn: ConnContext, event: str) -> None: ...
     async def on_status(self, conn: ConnContext, raw: bytes, msg: Any) -> None: ...
     async def on_signer_exit(self, status: int) -> None: ...
+    async def on_raw(self, conn: ConnContext, direction: str, raw: bytes) -> None: ...
 
 
 class HookChain:
     """Calls a list of hooks in order. Looks each method up once, so hooks that do not implement
     a method cost nothing on the hot path."""
 
-    _METHODS = ("on_request", "on_reply", "on_connection", "on_status", "on_signer_exit")
+    _METHODS = ("on_request", "on_reply", "on_connection", "on_status", "on_signer_exit", "on_raw")
 
     def __init__(self, hooks: list | tuple = ()):
         self.hooks = tuple(hooks)
@@ -206,3 +209,7 @@ class HookChain:
     async def signer_exit(self, status: int) -> None:
         for method in self._bound["on_signer_exit"]:
             await method(status)
+
+    async def raw(self, conn: ConnContext, direction: str, raw: bytes) -> None:
+        for method in self._bound["on_raw"]:
+            await method(conn, direction, raw)

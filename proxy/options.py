@@ -1,0 +1,46 @@
+"""Options shared by `hsmproxy wrap` and `hsmproxy serve`, and the one place hooks are built.
+
+Engineers adding a hook (shadow/WAL, faults, metrics): add your flags in ``add_relay_options``
+and your hook in ``build_hooks``, in the documented order. The shells never import hooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .hooks import HookChain
+
+
+def add_relay_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("relay")
+    group.add_argument(
+        "--trace", metavar="FILE", help="record every frame and event to FILE (msgpack, mode 0600; "
+        "read it with `hsmproxy decode FILE`)"
+    )
+    group.add_argument(
+        "--trace-secrets", action="store_true",
+        help="keep secrets (revocation/per-commitment secrets, ECDH results, derived secrets, "
+        "passphrases) in the trace instead of redacting them",
+    )
+    group.add_argument(
+        "--no-parse", dest="parse", action="store_false",
+        help="relay without decoding messages (hooks then see msg=None); for comparison benchmarks",
+    )
+
+
+def build_hooks(args: argparse.Namespace) -> HookChain:
+    """The hooks for this run, in order: shadow/WAL first, then faults, then metrics, then the
+    trace (last, so it records the verdict the others decided)."""
+    hooks: list = []
+    if getattr(args, "trace", None):
+        from .trace import TraceHook
+
+        hooks.append(TraceHook(args.trace, secrets=args.trace_secrets))
+    return HookChain(hooks)
+
+
+def close_hooks(chain: HookChain) -> None:
+    for hook in chain.hooks:
+        close = getattr(hook, "close", None)
+        if callable(close):
+            close()

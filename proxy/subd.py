@@ -1,0 +1,46 @@
+"""Start a process with the fd layout lightningd gives a subdaemon (``lightningd/subd.c``).
+
+fd 0 = status socket, fd 1/2 inherited, fd 3 = request socket, nothing else. The environment
+and the working directory are inherited (hsmd opens ``hsm_secret`` relative to it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+REQUEST_FD = 3
+
+
+def _fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def spawn_subdaemon(argv: list[str], *, status_fd: int, request_fd: int, **popen_kwargs) -> subprocess.Popen:
+    """``Popen`` with ``status_fd`` as the child's fd 0 and ``request_fd`` as its fd 3.
+
+    fd 3 of this process is borrowed for the duration of the fork and restored afterwards,
+    because ``pass_fds`` keeps fd numbers (call this before other tasks can touch fd 3).
+    """
+    saved = os.dup(REQUEST_FD) if _fd_is_open(REQUEST_FD) else None
+    try:
+        if request_fd != REQUEST_FD:
+            os.dup2(request_fd, REQUEST_FD)  # inheritable, unlike request_fd itself
+        else:
+            os.set_inheritable(REQUEST_FD, True)
+        return subprocess.Popen(argv, stdin=status_fd, pass_fds=(REQUEST_FD,), close_fds=True, **popen_kwargs)
+    finally:
+        if saved is not None:
+            os.dup2(saved, REQUEST_FD, inheritable=False)
+            os.close(saved)
+        elif request_fd != REQUEST_FD:
+            os.close(REQUEST_FD)
+
+
+def exit_status(returncode: int) -> int:
+    """A shell-style exit status: 128+N for death by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
