@@ -501,7 +501,10 @@ def _apply_success(ch: ChannelShadow, it: Intent) -> None:
             # A signed retry: the node now holds these contents; the event keeps the old digest.
             ch.current_counterparty_digest = it.digest
             ch.current_counterparty_point = it.point
-        # Below C-1 nothing moves: VLS stores nothing for an older index.
+        elif n == C - 2:  # what the signer signed there last, even if it was unknown or revoked
+            ch.previous_counterparty_digest = it.digest
+            ch.previous_counterparty_point = it.point
+        # Older indices move nothing: VLS stores nothing for them.
     elif it.kind == VALIDATE_HOLDER:
         H = ch.next_holder_commit_num
         if n == 0 and (H is None or H == 0):
