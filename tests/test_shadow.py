@@ -101,11 +101,13 @@ def test_guard_refusal_prevents_and_changes_nothing():
 def test_index_regressed_re_signing_an_older_commitment():
     shadow = S.Shadow()
     normal_flow(shadow)
-    predicted, _ = step(shadow, request(SIGN, 0), seq=20)
-    assert predicted == [S.INDEX_REGRESSED]  # identical contents: regressed, not double-signed
-    predicted, final = step(shadow, request(SIGN, 0, feerate=999), seq=21)
+    predicted, _ = step(shadow, request(SIGN, 0, feerate=999), seq=20)
     assert predicted == [S.INDEX_REGRESSED]  # commitment 0 is revoked, its info is gone (as in VLS)
-    predicted, _ = step(shadow, request(VALIDATE, 0), seq=22)
+    predicted, _ = step(shadow, request(SIGN, 0, feerate=999), seq=21)
+    assert predicted == [S.INDEX_REGRESSED]  # identical to what was just signed there
+    predicted, _ = step(shadow, request(SIGN, 0), seq=22)
+    assert predicted == [S.INDEX_REGRESSED, S.DOUBLE_SIGNED]  # the signer did sign 999 at 0 again
+    predicted, _ = step(shadow, request(VALIDATE, 0), seq=23)
     assert predicted == [S.INDEX_REGRESSED]
 
 
