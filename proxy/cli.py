@@ -14,9 +14,12 @@ import sys
 # name -> (module, one-line summary). Keep in the order users meet them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "wrap": ("proxy.cmd_wrap", "run a signer behind hsmproxy, as lightningd's --subdaemon=hsmd:SCRIPT"),
+    "serve": ("proxy.cmd_serve", "relay a signer that listens on a socket (unix:PATH or tcp:HOST:PORT)"),
     "decode": ("proxy.cmd_decode", "decode hsmd messages: hex, hex lines on stdin, captures or traces"),
+    "state": ("proxy.cmd_state", "shadow channel state and divergence events from a WAL directory (live or dead proxy)"),
     "top": ("proxy.cmd_top", "live terminal view of a running proxy: traffic, latency, WAL, channels, divergences"),
     "faults": ("proxy.cmd_faults", "fault rules of a running proxy (control API client); check a fault plan"),
+    "sim-node": ("sim.node_cmd", "run a simulated node + peer through N commitment updates against an hsmd-compatible signer"),
     "sim-signer": ("sim.signer_proc", "the simulated validating signer (VLS rules), started like lightning_hsmd"),
 }
 

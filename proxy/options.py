@@ -26,12 +26,29 @@ def add_relay_options(parser: argparse.ArgumentParser) -> None:
         "--no-parse", dest="parse", action="store_false",
         help="relay without decoding messages (hooks then see msg=None); for comparison benchmarks",
     )
+    group.add_argument(
+        "--wal-dir", metavar="DIR",
+        help="keep the shadow channel state in a write-ahead log in DIR (created 0700, files 0600): "
+        "each state-changing request is durable before the signer sees it, each answer before the "
+        "node does; read it with `hsmproxy state --wal-dir DIR`. Without it the shadow is in memory only",
+    )
+    group.add_argument(
+        "--guard", action="store_true",
+        help="refuse (as hsmd refuses a bad client request) any request that would make the signer "
+        "sign two different commitments at one index; trades liveness for safety, see docs/shadow.md",
+    )
 
 
 def build_hooks(args: argparse.Namespace) -> HookChain:
     """The hooks for this run, in order: shadow/WAL first, then faults, then metrics, then the
     trace (last, so it records the verdict the others decided)."""
     hooks: list = []
+    if getattr(args, "parse", True):
+        from .shadow_hook import ShadowHook
+
+        hooks.append(ShadowHook.open(getattr(args, "wal_dir", None), guard=getattr(args, "guard", False)))
+    elif getattr(args, "guard", False) or getattr(args, "wal_dir", None):
+        raise SystemExit("hsmproxy: --guard and --wal-dir need the parser; drop --no-parse")
     if getattr(args, "trace", None):
         from .trace import TraceHook
 
