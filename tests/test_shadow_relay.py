@@ -1,0 +1,178 @@
+"""The shadow hook in a real relay: `hsmproxy wrap --wal-dir` between the lightningd harness and
+the simulated validating signer (real processes, fd passing, real secp256k1 signatures), and
+`hsmproxy state` reading the WAL. Each divergence kind comes from the exchange that causes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import wire
+from proxy import cli
+from tests import ld_harness as h
+from tests.shadow_vectors import peer_id, request
+
+pytestmark = pytest.mark.timeout(90)
+
+CHANNELD = "client:1/channeld"
+# The capture's channel life up to the first revocation, without the messages the simulated
+# signer does not implement (check_pubkey, ecdh, gossip clients).
+CHANNEL_LIFE = {1, 3, 33, 36, 39, 41, 43, 47, 51, 55, 59, 63, 65, 67, 68, 72, 83, 87, 91, 95, 99, 103}
+PERMISSIVE = "policy-*:warn"  # signs whatever it is asked, as stock hsmd does
+VALIDATING = "policy-commitment-retry-same:error,policy-*:warn"  # VLS's retry-same, nothing else
+
+
+def start(tmp_path: Path, policy: str, *options: str) -> h.Lightningd:
+    cwd = tmp_path / "hsmd"
+    cwd.mkdir(exist_ok=True)
+    records = h.capture_session("main")
+    (cwd / "hsm_secret").write_bytes(bytes.fromhex(records[0]["hsm_secret_hex"]))
+    signer = h.write_script(tmp_path / "sim-signer", [
+        f'HSMPROXY_SIM_POLICY_FILTER="{policy}" exec "{sys.executable}" -m proxy.cli sim-signer "$@"'])
+    wrapper = h.wrapper_script(tmp_path, signer, *options)
+    return h.Lightningd([str(wrapper)], cwd)
+
+
+def open_channel(ld: h.Lightningd) -> None:
+    h.replay(ld, [r for r in h.capture_session("main") if r["seq"] in CHANNEL_LIFE])
+    assert all(what != "eof" for _, what, _ in ld.transcript), ld.transcript
+
+
+def sign(ld, conn=CHANNELD, index=1, **changes) -> str | None:
+    reply = ld.request(conn, wire.encode(request("hsmd_sign_remote_commitment_tx", index, **changes)))
+    return wire.decode(reply).name if reply is not None else None
+
+
+def state(wal: Path) -> dict:
+    from io import StringIO
+    from contextlib import redirect_stdout
+
+    out = StringIO()
+    with redirect_stdout(out):
+        assert cli.main(["state", "--wal-dir", str(wal), "--json"]) == 0
+    return json.loads(out.getvalue())
+
+
+def events(st: dict, kind: str) -> list[dict]:
+    return [e for e in st["divergences"] if e["kind"] == kind]
+
+
+def finish(ld: h.Lightningd) -> None:
+    ld.close_master()
+    ld.read_status_until_eof()
+    assert ld.wait() == 2  # the signer's exit code for a closed master, passed through
+
+
+def test_every_divergence_kind_shows_up_in_state(tmp_path):
+    wal = tmp_path / "wal"
+    ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal))
+    try:
+        open_channel(ld)
+        st = state(wal)  # read while the proxy runs
+        (channel,) = st["channels"]
+        assert (channel["peer_id"], channel["dbid"]) == (peer_id().hex(), 1)
+        assert (channel["next_counterparty_commit_num"], channel["next_counterparty_revoke_num"],
+                channel["next_holder_commit_num"]) == (2, 1, 2)
+        assert st["divergences"] == []
+
+        assert sign(ld, feerate=999) == "hsmd_sign_tx_reply"  # the split-brain retry, signed
+        assert sign(ld, index=0, feerate=998) == "hsmd_sign_tx_reply"  # an older index
+        assert sign(ld, index=1, commit_num=5) == "hsmd_sign_tx_reply"  # a jump
+        wrong = request("hsmd_validate_revocation", 9).fields["per_commitment_secret"]
+        ld.request(CHANNELD, wire.encode(request("hsmd_validate_revocation", 0, revoke_num=4,
+                                                 per_commitment_secret=wrong)))
+        # channeld restarts: a new client for dbid 1 whose first request is an old index
+        ld.client_hsmfd("client:1/again", wire.encode(wire.build("hsmd_client_hsmfd", id=peer_id(), dbid=1,
+                                                                   permissions=447)))
+        assert sign(ld, conn="client:1/again", index=0) == "hsmd_sign_tx_reply"
+        finish(ld)
+    finally:
+        ld.close()
+
+    st = state(wal)
+    (retry,) = events(st, "retry_changed")
+    assert retry["index"] == 1 and retry["status"] == "confirmed"
+    assert retry["shadow_digest"] != retry["request_digest"] and None not in (retry["shadow_digest"], retry["request_digest"])
+    doubles = events(st, "double_signed")
+    assert [d["index"] for d in doubles] == [1] and doubles[0]["status"] == "confirmed"
+    assert [e["index"] for e in events(st, "index_regressed")] == [0, 0]
+    assert [e["index"] for e in events(st, "index_skipped")] == [5]
+    assert [e["index"] for e in events(st, "revocation_mismatch")] == [4]
+    (behind,) = events(st, "node_behind_after_restart")
+    assert behind["index"] == 0 and behind["peer_id"] == peer_id().hex() and behind["dbid"] == 1
+    assert events(st, "signer_rejected") == []
+    assert st["channels"][0]["next_counterparty_commit_num"] == 6
+
+
+def test_a_validating_signer_refuses_and_the_guard_refuses_first(tmp_path):
+    wal = tmp_path / "wal"
+    ld = start(tmp_path, VALIDATING, "--wal-dir", str(wal))
+    try:
+        open_channel(ld)
+        assert sign(ld, feerate=999) is None  # VLS: policy-commitment-retry-same, client closed
+        ld.drain_status(0.3)
+        finish(ld)
+    finally:
+        ld.close()
+    st = state(wal)
+    (rejected,) = events(st, "signer_rejected")
+    assert rejected["index"] == 1 and "retry-same" in rejected["detail"]
+    assert [e["status"] for e in events(st, "double_signed")] == ["refuted"]
+    assert [e["status"] for e in events(st, "retry_changed")] == ["confirmed"]
+
+    # The same exchange with --guard and a signer that does not validate: the proxy refuses.
+    guarded = tmp_path / "guarded"
+    guarded.mkdir()
+    ld = start(guarded, PERMISSIVE, "--wal-dir", str(guarded / "wal"), "--guard")
+    try:
+        open_channel(ld)
+        assert sign(ld) == "hsmd_sign_tx_reply"  # an identical retry passes
+        assert sign(ld, feerate=999) is None
+        ld.drain_status(0.3)
+        bad = [wire.decode(f) for f in ld.status_frames() if f[:2] == b"\x03\xe8"]
+        assert len(bad) == 1 and "--guard" in bad[0].fields["description"]
+        assert bad[0].fields["id"] == peer_id()
+        finish(ld)
+    finally:
+        ld.close()
+    st = state(guarded / "wal")
+    assert [e["status"] for e in events(st, "double_signed")] == ["prevented"]
+    assert st["channels"][0]["current_counterparty_digest"] == retry_digest_of_capture()
+
+
+def retry_digest_of_capture() -> str:
+    from proxy.digest import digest_of_request
+
+    return digest_of_request(request("hsmd_sign_remote_commitment_tx", 1).fields, with_point=True).hex()
+
+
+def test_sigkilled_proxy_keeps_what_the_node_was_told(tmp_path):
+    wal = tmp_path / "wal"
+    ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal))
+    try:
+        open_channel(ld)
+        assert sign(ld, feerate=999) == "hsmd_sign_tx_reply"
+        wrapper_pid = ld.proc.pid
+        os.kill(wrapper_pid, signal.SIGKILL)
+        ld.proc.wait(timeout=10)
+    finally:
+        ld.close()
+    st = state(wal)
+    assert st["channels"][0]["next_counterparty_commit_num"] == 2
+    assert [e["status"] for e in events(st, "double_signed")] == ["confirmed"]
+    # The table view works on the same directory, as a separate process.
+    table = subprocess.run([sys.executable, "-m", "proxy.cli", "state", "--wal-dir", str(wal)],
+                           capture_output=True, text=True, env={**h.child_env(), "COLUMNS": "200"}, timeout=30)
+    assert table.returncode == 0 and "double_signed" in table.stdout and "retry_changed" in table.stdout
+
+
+def test_state_names_a_missing_directory(tmp_path, capsys):
+    assert cli.main(["state", "--wal-dir", str(tmp_path / "absent")]) == 2
+    assert "does not exist" in capsys.readouterr().err
