@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import array
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -43,6 +44,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "a trailing * matches a prefix; repeatable, first match wins. VLS_PERMISSIVE=1 in the "
                              "environment makes every tag a warning. Also read from HSMPROXY_SIM_POLICY_FILTER "
                              "(comma separated), so a node can pass it through to a signer it execs.")
+    parser.add_argument("--crash-at", metavar="MSG[:N]",
+                        help="SIGKILL the signer after it persisted the state of the Nth request named MSG (e.g. "
+                             "hsmd_sign_remote_commitment_tx:3) but before it replies: VLS's persist-then-reply window. "
+                             "Also read from HSMPROXY_SIM_SIGNER_CRASH_AT")
     parser.add_argument("--no-fsync", action="store_true", help="skip fsync when persisting state (benchmarks only; "
                         "a killed process still loses nothing, a power cut might)")
     for flag in ("--developer", "--log-io", "--log-trace", "--dev-debug-self"):
@@ -81,7 +86,9 @@ class MasterFailure(Exception):
 
 
 class SignerServer:
-    def __init__(self, core: SignerCore, store: SignerStore, status: Status):
+    def __init__(self, core: SignerCore, store: SignerStore, status: Status, crash_at: tuple[str, int] | None = None):
+        self.crash_at = crash_at
+        self.seen: dict[str, int] = {}
         self.core = core
         self.store = store
         self.status = status
@@ -135,6 +142,9 @@ class SignerServer:
             self.status.log(level, entry, None if client.is_master else client.peer_id)
         for record in {r.key: r for r in outcome.dirty}.values():
             self.store.save(record)  # durable before the reply leaves, as VLS does
+        self.seen[msg.name] = self.seen.get(msg.name, 0) + 1
+        if self.crash_at and self.crash_at == (msg.name, self.seen[msg.name]):
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
             await sock.send_all(wire.frame(wire.encode(outcome.reply)))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -190,12 +200,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"sim-signer: fd {fd} is not open; run me the way lightningd runs hsmd "
                   "(fd 0 = status socket, fd 3 = request socket), e.g. through `hsmproxy sim-node`", file=sys.stderr)
             return 2
+    crash_spec = args.crash_at or os.environ.get("HSMPROXY_SIM_SIGNER_CRASH_AT")
+    crash_at = None
+    if crash_spec:
+        name, _, n = crash_spec.partition(":")
+        if name not in wire.SPECS_BY_NAME or (n and not n.isdigit()):
+            print(f"sim-signer: --crash-at {crash_spec!r}: expected an hsmd message name and an optional count, "
+                  "e.g. hsmd_sign_remote_commitment_tx:3", file=sys.stderr)
+            return 2
+        crash_at = (name, int(n) if n else 1)
     status = Status(STATUS_FD)
     status.send(wire.build("status_version", version=VERSION))
     workdir = Path.cwd()
     try:
         secret, created = load_or_create_secret(workdir)
         store = SignerStore(workdir, fsync=not args.no_fsync)
+        store.lock()  # a previous signer of this directory may still be exiting
         core = SignerCore(secret, policy_filter, store.load_all())
     except (OSError, ValueError) as exc:
         status.send(wire.build("status_fail", failreason=FAIL_INTERNAL_ERROR, desc=str(exc)))
@@ -203,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     if created:
         status.log(LOG_UNUSUAL, "HSM: created new hsm_secret file")
     try:
-        trio.run(_main, SignerServer(core, store, status))
+        trio.run(_main, SignerServer(core, store, status, crash_at))
     except MasterFailure as exc:
         return exc.code
     except BaseExceptionGroup as group:  # trio wraps the failure of a task

@@ -4,6 +4,7 @@ before it releases a signature. Files are 0600."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,11 @@ class SignerStore:
         self.dir = workdir / STATE_DIR
         self.dir.mkdir(mode=0o700, exist_ok=True)
         self.fsync = fsync
+
+    def lock(self) -> None:
+        """Exclusive, held until exit; blocks while an older signer of this directory winds down."""
+        self._lock = open(self.dir / "lock", "w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
 
     def load_all(self) -> list[ChannelRecord]:
         records = []
