@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "state": ("proxy.cmd_state", "shadow channel state and divergence events from a WAL directory (live or dead proxy)"),
     "top": ("proxy.cmd_top", "live terminal view of a running proxy: traffic, latency, WAL, channels, divergences"),
     "faults": ("proxy.cmd_faults", "fault rules of a running proxy (control API client); check a fault plan"),
+    "chaos": ("proxy.cmd_chaos", "chaos sessions: the write-up's three stories, and randomized campaigns with invariants"),
     "sim-node": ("sim.node_cmd", "run a simulated node + peer through N commitment updates against an hsmd-compatible signer"),
     "sim-signer": ("sim.signer_proc", "the simulated validating signer (VLS rules), started like lightning_hsmd"),
 }

@@ -66,17 +66,19 @@ OnResult = Callable[[RunResult], None]
 OnStart = Callable[[Job], None]
 
 
-def _crashed_result(job: Job, exc: BaseException, started: float) -> RunResult:
+def _crashed_result(job, exc: BaseException, started: float) -> RunResult:
     detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return RunResult(scenario=job.scenario, seed=job.seed, outcome=INVARIANT_VIOLATED, divergences=[],
-                     signer_rejections=[], funds_lost_msat=0, fault_trace_hash="", reproduce="",
+                     signer_rejections=[], funds_lost_msat=0, fault_trace_hash="",
+                     reproduce=getattr(job, "reproduce", ""),
                      violations=[{"invariant": "runner", "detail": f"the run itself failed: {detail}"}],
                      duration_s=time.monotonic() - started)
 
 
-async def run_jobs(jobs: list[Job], run_one: RunOne, parallel: int = 1, on_result: OnResult | None = None,
+async def run_jobs(jobs: list, run_one: RunOne, parallel: int = 1, on_result: OnResult | None = None,
                    on_start: OnStart | None = None) -> list[RunResult]:
-    """Run every job, at most ``parallel`` at a time; results come back in job order.
+    """Run every job (anything with ``scenario`` and ``seed``: a ``Job`` or a ``RunSpec``), at most
+    ``parallel`` at a time; results come back in job order.
 
     A run that raises is reported as a failed run (with its seed), never silently lost.
     """

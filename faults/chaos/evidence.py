@@ -182,6 +182,7 @@ def trace_facts(records, incarnation: int, digest_of=None) -> TraceFacts:
     conns: dict[int, dict] = {}
     requests: dict[tuple[int, int], dict] = {}
     replies: dict[tuple[int, int], list[dict]] = {}
+    refused_requests: set[bytes] = set()  # hsmd answers a bad client request on the status socket
     for rec in records:
         kind = rec.get("kind")
         if kind == "conn":
@@ -198,14 +199,17 @@ def trace_facts(records, incarnation: int, digest_of=None) -> TraceFacts:
                 msg = None
         if rec["dir"] == "status":
             if msg is not None and msg.name in _REJECTION_STATUS:
-                text = msg.fields.get("description") or msg.fields.get("failreason") or ""
+                text = msg.fields.get("description") or msg.fields.get("desc") or ""
                 facts.rejections.extend(policy_tags(str(text)))
+                if msg.name == "hsmstatus_client_bad_request":
+                    refused_requests.add(bytes(msg.fields.get("msg") or b""))
             elif msg is None and isinstance(rec.get("msg"), dict) and rec["msg"].get("name") in _REJECTION_STATUS:
                 facts.rejections.extend(policy_tags(json_text(rec["msg"])))
             continue
         key = (conn["conn_id"], rec["seq"])
         if rec["dir"] == "request":
             requests[key] = {"conn": conn, "seq": rec["seq"], "verdict": rec.get("verdict", "Forward"), "msg": msg,
+                             "raw": rec.get("raw"),
                              "name": msg.name if msg is not None else (rec.get("msg") or {}).get("name", "undecodable")}
         elif rec["dir"] == "reply" and rec["seq"] is not None and rec["seq"] >= 0:
             replies.setdefault(key, []).append({"verdict": rec.get("verdict", "Forward"), "msg": msg})
@@ -216,6 +220,8 @@ def trace_facts(records, incarnation: int, digest_of=None) -> TraceFacts:
         expected = 0 if req["verdict"] in _NOT_DELIVERED else 2 if req["verdict"] == "Duplicate" else 1
         if len(got) > len(delivered):
             expected = 0  # a fault stopped the reply on its way to the node: accounted for
+        if req["raw"] is not None and bytes(req["raw"]) in refused_requests:
+            expected = min(expected, len(delivered))  # answered with a refusal on the status socket
         entry = {"incarnation": incarnation, "conn_id": key[0], "seq": key[1], "message": req["name"],
                  "verdict": req["verdict"], "replies": len(delivered)}
         if len(delivered) > max(expected, 1 if req["verdict"] == "Duplicate" else expected):

@@ -1,0 +1,78 @@
+"""A chaos session: many runs with bounded parallelism, a live view, metrics, the final report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import trio
+
+from .campaign import run_jobs
+from .report import LiveProgress, final_view
+from .result import RunResult
+from .runner import RunSpec, run_spec
+
+
+class Session:
+    def __init__(self, specs: list[RunSpec], jobs: int = 1, workdir: Path | None = None, keep: str = "failed",
+                 live: bool = False, metrics_address: str | None = None, meta: dict | None = None, console=None):
+        self.specs = specs
+        self.jobs = jobs
+        self.workdir = workdir
+        self.keep = keep
+        self.live = live
+        self.metrics_address = metrics_address
+        self.meta = dict(meta or {})
+        self.progress = LiveProgress(len(specs))
+        self.metrics = None
+        if console is None:
+            from rich.console import Console
+
+            console = Console()
+        self.console = console
+
+    def _record(self, result: RunResult) -> None:
+        self.progress.on_result(result)
+        if self.metrics is not None:
+            self.metrics.chaos_runs.labels(scenario=result.scenario, outcome=result.outcome).inc()
+            for v in result.violations:
+                self.metrics.chaos_invariant_violations.labels(invariant=v["invariant"]).inc()
+            if result.funds_lost_msat:
+                self.metrics.chaos_funds_lost_msat.labels(scenario=result.scenario).inc(result.funds_lost_msat)
+        if not self.live and not result.ok:
+            print(f"hsmproxy chaos: FAILED {result.scenario} seed {result.seed}: {result.outcome}; "
+                  f"reproduce: {result.reproduce}", file=sys.stderr)
+
+    async def run(self) -> list[RunResult]:
+        async def one(spec: RunSpec) -> RunResult:
+            return await run_spec(spec, self.workdir, self.keep)
+
+        async with trio.open_nursery() as nursery:
+            if self.metrics_address:
+                address = await nursery.start(self._serve_metrics)
+                print(f"hsmproxy chaos: metrics on {address}", file=sys.stderr)
+            if self.live:
+                nursery.start_soon(self._live)
+            results = await run_jobs(self.specs, one, self.jobs, on_result=self._record, on_start=self.progress.on_start)
+            nursery.cancel_scope.cancel()
+        return results
+
+    async def _live(self) -> None:
+        from rich.live import Live
+
+        with Live(self.progress, console=self.console, refresh_per_second=4, transient=True):
+            await trio.sleep_forever()
+
+    async def _serve_metrics(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from faults.control import ControlServer, RouteTable, parse_address
+        from proxy.metrics import Metrics
+        from proxy.metrics_hook import add_metrics_route
+
+        address = parse_address(self.metrics_address)
+        self.metrics = Metrics()
+        routes = RouteTable()
+        add_metrics_route(routes, self.metrics)
+        await ControlServer(routes).serve(address, task_status=task_status)
+
+    def print_final(self, results: list[RunResult]) -> None:
+        self.console.print(final_view(results))
