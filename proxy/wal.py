@@ -43,8 +43,11 @@ class WalError(Exception):
 # --- sans-IO record codec ------------------------------------------------------------------
 
 
-def _crc(epoch: int, index: int, payload: bytes) -> int:
-    return zlib.crc32(payload, zlib.crc32(struct.pack(">QQI", epoch, index, len(payload))))
+_CRC_PREFIX = struct.Struct(">QQI")  # epoch, record index, payload length: bound into each checksum
+
+
+def _crc(epoch: int, index: int, payload) -> int:
+    return zlib.crc32(payload, zlib.crc32(_CRC_PREFIX.pack(epoch, index, len(payload))))
 
 
 def encode_record(epoch: int, index: int, obj) -> bytes:
@@ -77,16 +80,18 @@ def scan_log(data: bytes, expected_epoch: int | None = None) -> ScanResult:
     records = []
     pos = FILE_HEADER.size
     end = len(data)
-    unpackb = msgpack.unpackb
+    view = memoryview(data)
+    unpackb, crc32, prefix, header = msgpack.unpackb, zlib.crc32, _CRC_PREFIX.pack, RECORD_HEADER.unpack_from
+    head_len = RECORD_HEADER.size
     while pos < end:
-        if end - pos < RECORD_HEADER.size:
+        if end - pos < head_len:
             return ScanResult(records, pos, f"torn record header at byte {pos}")
-        length, crc = RECORD_HEADER.unpack_from(data, pos)
-        start = pos + RECORD_HEADER.size
+        length, crc = header(data, pos)
+        start = pos + head_len
         if length > MAX_RECORD_LEN or start + length > end:
             return ScanResult(records, pos, f"torn record at byte {pos} (length {length})")
-        payload = data[start : start + length]
-        if _crc(epoch, len(records), payload) != crc:
+        payload = view[start : start + length]
+        if crc32(payload, crc32(prefix(epoch, len(records), length))) != crc:
             return ScanResult(records, pos, f"checksum mismatch in record {len(records)} at byte {pos}")
         try:
             records.append(unpackb(payload, raw=False, use_list=True))
