@@ -105,6 +105,10 @@ class StreamSplitter:
             self._pending_fds.append((self._offset + len(self._buf) + len(data) - 1, list(fds)))
         if self.broken:
             return self._emit_raw(data) if data else []
+        if not self._buf and not self._pending_fds and not self._expect_carrier:
+            fast = self._whole_frame(data)
+            if fast is not None:
+                return fast
         buf = self._buf
         buf += data
         out: list = []
@@ -145,6 +149,19 @@ class StreamSplitter:
             del buf[:pos]
             self._offset += pos
         return out
+
+    def _whole_frame(self, data: bytes) -> list | None:
+        """The common case, one read holding exactly one frame: no buffering, no copy."""
+        if len(data) < HEADER_LEN:
+            return None
+        (length,) = _HEADER.unpack_from(data)
+        if length > MAX_BODY_LEN or len(data) != HEADER_LEN + length:
+            return None
+        body = data[HEADER_LEN:]
+        self._offset += len(data)
+        if self._carrier_follows is not None and self._carrier_follows(body):
+            self._expect_carrier = True
+        return [Frame(data, body, [])]
 
     def flush(self) -> list:
         """At end of stream: whatever is left (a partial frame) as raw bytes, so it is not lost."""
