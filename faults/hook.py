@@ -64,6 +64,11 @@ class FaultHook:
     async def on_reply(self, ex: Exchange, point: str):
         return await self._act(ex, point, ex.reply_raw or b"", reply=ex.reply)
 
+    async def on_signer_exit(self, status: int) -> None:
+        # What reproduces this run, next to what it did: compare hashes across runs of one seed.
+        engine = self.runtime.engine
+        log.warning("fault trace: seed %d, %d fault(s), hash %s", engine.seed, engine.event_count, engine.trace_hash)
+
     # --- decisions into deeds ----------------------------------------------------------------
     def _key(self, conn: ConnContext) -> str:
         key = self._keys.get(conn.conn_id)

@@ -37,6 +37,9 @@ def add_relay_options(parser: argparse.ArgumentParser) -> None:
         help="refuse (as hsmd refuses a bad client request) any request that would make the signer "
         "sign two different commitments at one index; trades liveness for safety, see docs/shadow.md",
     )
+    from faults.setup import add_fault_options
+
+    add_fault_options(parser)
 
 
 def build_hooks(args: argparse.Namespace) -> HookChain:
@@ -49,6 +52,14 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
         hooks.append(ShadowHook.open(getattr(args, "wal_dir", None), guard=getattr(args, "guard", False)))
     elif getattr(args, "guard", False) or getattr(args, "wal_dir", None):
         raise SystemExit("hsmproxy: --guard and --wal-dir need the parser; drop --no-parse")
+    from faults.setup import build_fault_hooks
+
+    # Fault hooks; the control service (a hook that starts the control API server) takes other
+    # routes too: add yours to ``control.routes`` (e.g. /metrics) before the run starts.
+    fault_hooks, control = build_fault_hooks(args)
+    hooks += fault_hooks
+    if control is not None:
+        hooks.append(control)
     if getattr(args, "trace", None):
         from .trace import TraceHook
 
