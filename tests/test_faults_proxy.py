@@ -283,3 +283,64 @@ async def test_crash_proxy_exits_at_once(tmp_path, point):
     got = replies(run)
     assert got[:SIGN_REMOTE] == REPLIES[:SIGN_REMOTE]
     assert run.tail("exit") == CRASH_EXIT_CODE
+
+
+# ---- safe by default -------------------------------------------------------------------------------
+
+
+async def test_fault_rules_are_refused_without_enable_faults(tmp_path):
+    with trio.fail_after(60):
+        async with Run(tmp_path, "--faults=$hsmd_sign_remote_commitment_tx", enable=False) as run:
+            await run.finish()
+    assert "fault rules are refused" in run.stderr and "--enable-faults" in run.stderr
+    assert run.steps()["init"]["result"] == "eof"  # the wrapper did not start: lightningd would say hsmd failed
+
+
+async def test_control_api_refuses_rules_without_enable_faults_and_says_so(tmp_path):
+    with trio.fail_after(60):
+        async with Run(tmp_path, enable=False, timeout=5) as run:
+            await run.next()  # init done: the control API is up
+            client = run.client()
+            health = await trio.to_thread.run_sync(client.health)
+            assert health["faults_enabled"] is False and health["faults_active"] is False
+            with pytest.raises(Exception, match="--enable-faults"):
+                await trio.to_thread.run_sync(client.add, "$hsmd_sign_remote_commitment_tx")
+            await run.finish()
+    assert replies(run) == REPLIES
+    assert "FAULT INJECTION ENABLED" not in run.stderr
+
+
+async def test_enabled_via_config_file_and_announced(tmp_path):
+    config = tmp_path / "hsmproxy.toml"
+    config.write_text('[wrap]\nenable-faults = true\nfaults = "%hsmd_get_per_commitment_point*2 mode=stale"\n')
+    with trio.fail_after(60):
+        async with Run(tmp_path, "--config", str(config), enable=False) as run:
+            await run.finish()
+    assert "FAULT INJECTION ENABLED: seed 7, 1 rule(s)" in run.stderr
+    first, second = [i for i, e in enumerate(EXCHANGES) if e["name"] == "hsmd_get_per_commitment_point"]
+    assert replies(run)[second] == REPLIES[first]
+
+
+# ---- reproducibility -------------------------------------------------------------------------------
+
+RANDOM_PLAN = "~all ms=2 jitter=2 p=0.5 count=all; &hsmd_check_future_secret@reply p=0.5"
+
+
+async def trace_hash(tmp_path, seed: int) -> tuple[str, int]:
+    with trio.fail_after(60):
+        async with Run(tmp_path, f"--faults={RANDOM_PLAN}", "--fault-seed", str(seed), timeout=0.5) as run:
+            await run.finish()
+    [line] = [l for l in run.stderr.splitlines() if "fault trace:" in l]
+    seed_text, count, digest = line.split("seed ")[1].split(", ")
+    assert int(seed_text) == seed and f"seed {seed}" in run.stderr.splitlines()[0] + run.stderr
+    return digest.split("hash ")[1], int(count.split()[0])
+
+
+async def test_same_seed_same_fault_trace_hash_different_seeds_differ(tmp_path):
+    runs = []
+    for i in range(4):
+        (tmp_path / str(i)).mkdir()
+        runs.append(await trace_hash(tmp_path / str(i), 1234))
+    assert len(set(runs)) == 1 and runs[0][1] > 0
+    (tmp_path / "other").mkdir()
+    assert (await trace_hash(tmp_path / "other", 99))[0] != runs[0][0]
