@@ -17,7 +17,7 @@ from pathlib import Path
 import trio
 
 from .api import add_fault_routes
-from .control import ControlAddress, ControlAddressError, ControlServer, RouteTable, parse_address
+from .control import ControlAddress, ControlAddressError, ControlServer, HTTPError, RouteTable, parse_address
 from .engine import FaultEngine
 from .hook import FaultHook
 from .plan import PlanError, load_plan
@@ -78,11 +78,12 @@ def build_runtime(args: argparse.Namespace) -> FaultRuntime | None:
     return runtime
 
 
-def build_fault_hooks(args: argparse.Namespace, extra_routes=()) -> tuple[list, "ControlService | None"]:
+def build_fault_hooks(args: argparse.Namespace, earlier_hooks=()) -> tuple[list, "ControlService | None"]:
     """(hooks to add after shadow/WAL, the control service or None).
 
     The control service is a hook too (it starts its server when the relay starts); others
-    add their routes to ``service.routes`` before the run (``/metrics``, ``/shadow/...``).
+    add their routes to ``service.routes`` before the run (``/metrics``). A shadow hook among
+    ``earlier_hooks`` (one with ``state_jsonable``/``divergences_jsonable``) backs ``/shadow/...``.
     """
     runtime = build_runtime(args)
     hooks: list = []
@@ -97,6 +98,7 @@ def build_fault_hooks(args: argparse.Namespace, extra_routes=()) -> tuple[list, 
         if not address.is_loopback and not (args.control_allow_remote and args.control_token):
             raise _fail(f"--control {args.control}: not a loopback address; add --control-allow-remote and --control-token TOKEN")
         service = ControlService(address, runtime, token=args.control_token, allow_remote=args.control_allow_remote)
+        service.shadow = next((h for h in earlier_hooks if callable(getattr(h, "state_jsonable", None))), None)
     return hooks, service
 
 
@@ -135,7 +137,7 @@ class ControlService:
     wants to start it before any connection (socket mode).
     """
 
-    def __init__(self, address: ControlAddress, runtime: FaultRuntime | None, token=None, allow_remote=False):
+    def __init__(self, address: ControlAddress, runtime: FaultRuntime, token=None, allow_remote=False):
         self.address = address
         self.runtime = runtime
         self.routes = RouteTable()
@@ -143,9 +145,20 @@ class ControlService:
         self.allow_remote = allow_remote
         self.bound: ControlAddress | None = None
         self.health_extra: list = []  # callables returning dicts merged into /health
+        self.shadow = None  # the shadow hook, when the proxy keeps a shadow state
         self._started = False
-        if runtime is not None:
-            add_fault_routes(self.routes, runtime, health_extra=self._health_extra)
+        add_fault_routes(
+            self.routes,
+            runtime,
+            shadow_state=lambda: self._shadow().state_jsonable(),
+            shadow_divergences=lambda: {"divergences": self._shadow().divergences_jsonable()},
+            health_extra=self._health_extra,
+        )
+
+    def _shadow(self):
+        if self.shadow is None:
+            raise HTTPError(404, "no shadow state here: this proxy runs without it (--no-parse)")
+        return self.shadow
 
     def _health_extra(self) -> dict:
         out: dict = {}

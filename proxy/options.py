@@ -56,7 +56,7 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
 
     # Fault hooks; the control service (a hook that starts the control API server) takes other
     # routes too: add yours to ``control.routes`` (e.g. /metrics) before the run starts.
-    fault_hooks, control = build_fault_hooks(args)
+    fault_hooks, control = build_fault_hooks(args, hooks)
     hooks += fault_hooks
     if control is not None:
         hooks.append(control)

@@ -305,6 +305,13 @@ async def test_control_api_refuses_rules_without_enable_faults_and_says_so(tmp_p
             assert health["faults_enabled"] is False and health["faults_active"] is False
             with pytest.raises(Exception, match="--enable-faults"):
                 await trio.to_thread.run_sync(client.add, "$hsmd_sign_remote_commitment_tx")
+            while (await run.next()).get("step") != len(EXCHANGES) - 1:
+                pass
+            # The same server reads out the shadow state (the capture's channel, and its oddities).
+            state = await trio.to_thread.run_sync(client.request, "GET", "/shadow/state")
+            assert [ch["dbid"] for ch in state["channels"]] == [1]
+            divergences = await trio.to_thread.run_sync(client.request, "GET", "/shadow/divergences")
+            assert divergences["divergences"] and all(d["dbid"] == 1 for d in divergences["divergences"])
             await run.finish()
     assert replies(run) == REPLIES
     assert "FAULT INJECTION ENABLED" not in run.stderr
