@@ -2,7 +2,9 @@
 change them (add and fulfil), plus the seeded schedule that proposes updates.
 
 A commitment round k applies one list of updates to the state of round k-1; both sides check
-every update, so a peer cannot credit itself or fulfil with a wrong preimage."""
+every update, so a peer cannot credit itself or fulfil with a wrong preimage. A side's updates
+never depend on the other side's (own balance, own HTLC count, fulfils of HTLCs offered to it),
+so updates deferred to a later commitment stay valid."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from .bolt3 import Htlc
 from .crypto import sha256
 
-MAX_HTLCS = 8
+MAX_HTLCS_PER_SIDE = 5  # max_accepted_htlcs: each side's limit only counts its own offers
 NODE_RESERVE_MSAT = 60_000_000  # the opener also pays fees and anchors
 PEER_RESERVE_MSAT = 10_000_000
 CLTV_BASE = 500
@@ -83,7 +85,8 @@ class ChannelState:
         s = self.copy()
         for u in updates:
             if u.kind == "add":
-                if s.find(u.uid) or len(s.htlcs) >= MAX_HTLCS or u.amount_msat <= 0:
+                offered = sum(1 for h in s.htlcs if h.offered_by_node == u.by_node)
+                if s.find(u.uid) or offered >= MAX_HTLCS_PER_SIDE or u.amount_msat <= 0:
                     raise UpdateRejected(f"add {u.uid}: duplicate, too many HTLCs or bad amount")
                 if u.by_node:
                     if s.to_node_msat - u.amount_msat < NODE_RESERVE_MSAT:
