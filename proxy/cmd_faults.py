@@ -107,7 +107,7 @@ def _rules_table(rules: list[dict], title: str):
 
     table = Table(title=title)
     for col in ("name", "action", "point", "messages", "match", "nth", "count", "p"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in rules:
         match = [f"{k}={r[k]}" for k in ("role", "dbid", "peer") if r.get(k) is not None] + r.get("where", [])
         messages = r["messages"]

@@ -351,3 +351,15 @@ async def test_same_seed_same_fault_trace_hash_different_seeds_differ(tmp_path):
     assert len(set(runs)) == 1 and runs[0][1] > 0
     (tmp_path / "other").mkdir()
     assert (await trace_hash(tmp_path / "other", 99))[0] != runs[0][0]
+
+
+async def test_the_documented_crash_window_plan(tmp_path):
+    """examples/faults-crash-window.toml: lightningd dies holding no signature the signer gave."""
+    plan = Path(__file__).parent.parent / "examples" / "faults-crash-window.toml"
+    trace = tmp_path / "t.trace"
+    run = await run_plan(tmp_path, str(plan), extra=("--trace", str(trace)))
+    assert run.returncode == -signal.SIGKILL
+    assert sorted(k for k in run.steps() if isinstance(k, int)) == list(range(SIGN_REMOTE))
+    signed = [r for r in read_trace(str(trace)) if r["kind"] == "frame" and r["dir"] == "reply" and r["seq"] == SIGN_REMOTE]
+    assert signed[0]["raw"].hex() == REPLIES[SIGN_REMOTE]
+    assert "FAULT INJECTION ENABLED: seed 7" in run.stderr  # --fault-seed wins over the plan's seed
