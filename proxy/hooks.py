@@ -163,6 +163,14 @@ class HookChain:
             for name in self._METHODS
         }
 
+    @property
+    def watches_requests(self) -> bool:
+        return bool(self._bound["on_request"])
+
+    @property
+    def watches_replies(self) -> bool:
+        return bool(self._bound["on_reply"])
+
     def __bool__(self) -> bool:
         return bool(self.hooks)
 

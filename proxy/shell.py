@@ -223,6 +223,10 @@ class RelayShell:
 
     async def _request_frame(self, link: Link, core: ConnectionRelay, seg: Frame) -> None:
         ex = core.request_frame(seg)
+        if not self.hooks.watches_requests:  # nobody looks: just forward
+            await link.signer.send(seg.raw, seg.fds)
+            close_fds(seg.fds)
+            return
         ex.request_received_ns = _now()
         verdict = await self.hooks.request(ex, H.REQUEST_BEFORE)
         if type(verdict) is H.Forward:
@@ -235,6 +239,10 @@ class RelayShell:
 
     async def _reply_frame(self, link: Link, core: ConnectionRelay, seg: Frame) -> None:
         ex = core.reply_frame(seg)
+        if not self.hooks.watches_replies:
+            await link.node.send(seg.raw, seg.fds)
+            close_fds(seg.fds)
+            return
         ex.reply_received_ns = _now()
         verdict = await self.hooks.reply(ex, H.REPLY_BEFORE)
         if type(verdict) is H.Forward:
