@@ -22,13 +22,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .shadow import load_shadow
-    from .shadow_hook import shadow_jsonable
-    from .wal import WalError, read_state
+    from .shadow_hook import recover, shadow_jsonable
+    from .wal import WalError
 
     try:
-        recovery = read_state(args.wal_dir, repair=False)
-        shadow = load_shadow(recovery.snapshot, recovery.records)
+        shadow, recovery = recover(args.wal_dir, repair=False)
     except WalError as exc:
         print(f"hsmproxy state: {exc}", file=sys.stderr)
         return 2

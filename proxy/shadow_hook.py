@@ -9,6 +9,7 @@ sees an answer the WAL does not hold. Register this hook first.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -16,11 +17,27 @@ import time
 
 from . import hooks as H
 from . import shadow as S
-from .wal import GroupCommitWal, Recovery, WalStore
+from .wal import GroupCommitWal, Recovery, WalStore, read_state
 
 log = logging.getLogger("hsmproxy.shadow")
 
 BAD_REQUEST = "hsmstatus_client_bad_request"
+
+
+def recover(directory: str, *, repair: bool) -> tuple[S.Shadow, Recovery]:
+    """Load the snapshot and replay the log. The cyclic garbage collector is paused meanwhile:
+    replay allocates millions of small acyclic objects, and the collector's passes over them
+    would double the recovery time without ever finding garbage."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        recovery = read_state(directory, repair=repair)
+        shadow = S.load_shadow(recovery.snapshot, recovery.records)
+        recovery.records = []  # replayed; do not keep a million records alive
+        return shadow, recovery
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _request_key(raw: bytes) -> bytes:
@@ -51,15 +68,16 @@ class ShadowHook:
         if wal_dir is None:
             log.warning("shadow state in memory only (no --wal-dir): it is lost when the proxy stops")
             return cls(S.Shadow(), None, guard=guard, run_id=run_id, metrics=metrics)
-        store, recovery = WalStore.open(wal_dir)
-        shadow = S.load_shadow(recovery.snapshot, recovery.records)
+        os.makedirs(wal_dir, mode=0o700, exist_ok=True)
+        shadow, recovery = recover(wal_dir, repair=True)
+        store = WalStore(wal_dir, recovery.epoch, recovery.record_count)
         stranded = shadow.restart()
         store.write_durably(store.encode(S.restart_record(time.time_ns())))
         hook = cls(shadow, None, guard=guard, run_id=run_id, metrics=metrics)
         hook.wal = GroupCommitWal(store, shadow.to_snapshot, checkpoint_every=checkpoint_every)
         hook.recovery = recovery
         log.info("WAL %s: epoch %d, %d record(s) replayed, %d channel(s), %d divergence event(s)",
-                 wal_dir, recovery.epoch, len(recovery.records), len(shadow.channels), len(shadow.events))
+                 wal_dir, recovery.epoch, recovery.record_count, len(shadow.channels), len(shadow.events))
         if recovery.problem:
             log.warning("WAL %s: cut %d byte(s) at the end of the log: %s", wal_dir, recovery.cut_bytes, recovery.problem)
         for intent in stranded:
@@ -67,7 +85,7 @@ class ShadowHook:
                 log.warning("in doubt after restart: %s %d for peer %s dbid %d was sent to the signer, "
                             "its answer never recorded", intent.kind, intent.index, intent.peer_id.hex(), intent.dbid)
         if metrics is not None:
-            metrics.wal_recovered.inc(len(recovery.records))
+            metrics.wal_recovered.inc(recovery.record_count)
             if recovery.problem:
                 metrics.wal_cut_tails.inc()
             metrics.channels_tracked.set(len(shadow.channels))
@@ -203,7 +221,7 @@ def shadow_jsonable(shadow: S.Shadow, *, wal_dir: str | None = None, recovery: R
         "wal_dir": wal_dir,
     }
     if recovery is not None:
-        out["wal"] = {"epoch": recovery.epoch, "records": len(recovery.records),
+        out["wal"] = {"epoch": recovery.epoch, "records": recovery.record_count,
                       "invalid_tail_bytes": recovery.cut_bytes, "invalid_tail": recovery.problem}
     return out
 

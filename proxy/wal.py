@@ -132,6 +132,7 @@ class Recovery:
     records: list
     cut_bytes: int = 0
     problem: str | None = None
+    record_count: int = 0  # valid records in the log (the index the next record gets)
 
 
 def _fsync_dir(path: str) -> None:
@@ -188,7 +189,8 @@ def read_state(directory: str, *, repair: bool) -> Recovery:
         except FileNotFoundError:
             continue
         result = scan_log(data, epoch)
-        rec = Recovery(epoch, snapshot, result.records, len(data) - result.valid_len, result.problem)
+        rec = Recovery(epoch, snapshot, result.records, len(data) - result.valid_len, result.problem,
+                       len(result.records))
         if repair:
             _repair(directory, epoch, log_path, data, result, logs, snaps)
         return rec
