@@ -72,23 +72,24 @@ def _request_names() -> list[str]:
     return [n for n in wire.SPECS_BY_NAME if not _is_status(n) and not is_reply_name(n)]
 
 
-# Named families so a rule can say "all signing requests" without listing them.
-FAMILIES: dict[str, frozenset[str]] = {
-    "all": frozenset(_request_names()),
-    "signing": frozenset(
-        n for n in _request_names() if n.startswith("hsmd_sign_") or n.endswith("_sig_req") or n == "hsmd_cupdate_sig_req"
-    ),
-    "commitment": frozenset(
-        {
-            "hsmd_sign_commitment_tx",
-            "hsmd_sign_remote_commitment_tx",
-            "hsmd_validate_commitment_tx",
-            "hsmd_revoke_commitment_tx",
-            "hsmd_validate_revocation",
-            "hsmd_get_per_commitment_point",
-        }
-    ),
-}
+def _families() -> dict[str, frozenset[str]]:
+    """Named groups so a rule can say "all signing requests" without listing them: ``all``,
+    ``signing``, and the codec's partition of requests by the part of the node's life they
+    belong to (wire.families: init, channel, commitment, close, onchain, wallet, ...), the same
+    groups the metrics use."""
+    from wire.families import FAMILY_OF_REQUEST
+
+    requests = _request_names()
+    families = {
+        "all": frozenset(requests),
+        "signing": frozenset(n for n in requests if n.startswith("hsmd_sign_") or n.endswith("_sig_req")),
+    }
+    for name, family in FAMILY_OF_REQUEST.items():
+        families[family] = families.get(family, frozenset()) | {name}
+    return families
+
+
+FAMILIES: dict[str, frozenset[str]] = _families()
 
 
 @dataclass(frozen=True)

@@ -129,5 +129,5 @@ def test_missing_plan_file_is_named(tmp_path):
 def test_one_line_accepts_families():
     [rule] = parse_one_line("~signing ms=5 count=all")
     assert SIGN_REMOTE in rule.request_types and len(rule.request_types) == len(FAMILIES["signing"])
-    with pytest.raises(PlanError, match="families of messages: all, signing, commitment"):
+    with pytest.raises(PlanError, match="families of messages: all, signing, init, channel, commitment"):
         parse_one_line("~signin ms=5")
