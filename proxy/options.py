@@ -48,8 +48,12 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
     hooks: list = []
     if getattr(args, "parse", True):
         from .shadow_hook import ShadowHook
+        from .wal import WalError
 
-        hooks.append(ShadowHook.open(getattr(args, "wal_dir", None), guard=getattr(args, "guard", False)))
+        try:
+            hooks.append(ShadowHook.open(getattr(args, "wal_dir", None), guard=getattr(args, "guard", False)))
+        except (WalError, OSError) as exc:
+            raise SystemExit(f"hsmproxy: --wal-dir {args.wal_dir}: {exc}") from None
     elif getattr(args, "guard", False) or getattr(args, "wal_dir", None):
         raise SystemExit("hsmproxy: --guard and --wal-dir need the parser; drop --no-parse")
     from faults.setup import build_fault_hooks

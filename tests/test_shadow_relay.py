@@ -176,3 +176,15 @@ def test_sigkilled_proxy_keeps_what_the_node_was_told(tmp_path):
 def test_state_names_a_missing_directory(tmp_path, capsys):
     assert cli.main(["state", "--wal-dir", str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_unusable_wal_dir_stops_the_proxy_with_a_clear_message(tmp_path):
+    import argparse
+
+    from proxy.options import build_hooks
+
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    (wal / "wal-0.log").write_bytes(b"SQLite format 3\x00" + bytes(16))
+    with pytest.raises(SystemExit, match="not an hsmproxy WAL file"):
+        build_hooks(argparse.Namespace(parse=True, wal_dir=str(wal), guard=False, trace=None))
