@@ -56,7 +56,8 @@ class Endpoint:
 
     async def receive(self) -> tuple[bytes, list[int]]:
         """Bytes and the fds that arrived with their last byte; ``b""`` at end of stream.
-        A reset or closed connection counts as end of stream: the peer is gone either way."""
+        A reset (ECONNRESET) is raised, not turned into end of stream, so the relay can mirror
+        it with an abrupt close instead of an orderly one."""
         raw = self.raw
         try:
             while True:
@@ -70,7 +71,7 @@ class Endpoint:
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(raw)
                     self._budget = self.FAIRNESS_BUDGET
-        except (ConnectionResetError, BrokenPipeError, trio.ClosedResourceError):
+        except trio.ClosedResourceError:  # closed by the relay itself while waiting
             return b"", []
         fds: list[int] = []
         for level, kind, payload in ancdata:

@@ -165,7 +165,7 @@ class RelayShell:
                     else:
                         await self._forward_raw(link, link.node, seg, REPLY)
         except OSError:
-            link.disconnect()  # the node is gone: close the signer's side too
+            link.disconnect()  # a side reset or vanished: close both abruptly, as a reset would
         finally:
             link.signer_done.set()
 
@@ -189,7 +189,7 @@ class RelayShell:
                     else:
                         await self._forward_raw(link, None, seg, REPLY)
         except OSError:
-            link.disconnect()  # the node is gone: close the signer's side too
+            link.disconnect()  # a side reset or vanished: close both abruptly, as a reset would
         finally:
             link.signer_done.set()
 
