@@ -50,8 +50,8 @@ def wrapper_script(directory: Path, signer: Path, *options: str) -> Path:
     )
 
 
-def child_env() -> dict:
-    env = dict(os.environ)
+def child_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ, **(extra or {}))
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -99,11 +99,11 @@ def frame(body: bytes) -> bytes:
 class Lightningd:
     """The lightningd side of one hsmd."""
 
-    def __init__(self, argv: list[str], cwd: Path):
+    def __init__(self, argv: list[str], cwd: Path, env: dict | None = None):
         status_ours, status_theirs = socket.socketpair()
         master_ours, master_theirs = socket.socketpair()
         self.proc = spawn_subdaemon(
-            argv, status_fd=status_theirs.fileno(), request_fd=master_theirs.fileno(), cwd=cwd, env=child_env()
+            argv, status_fd=status_theirs.fileno(), request_fd=master_theirs.fileno(), cwd=cwd, env=child_env(env)
         )
         status_theirs.close()
         master_theirs.close()
