@@ -14,7 +14,7 @@ from coincurve import PrivateKey
 
 from . import bolt3, crypto
 from .bolt3 import ChannelParams, Htlc, Party
-from .policy import (HTLC_OTHER, RECOMPOSED_MISMATCH, ChannelPolicy, CommitmentInfo, EnforcementState,
+from .policy import (FEE_RANGE, HTLC_OTHER, RECOMPOSED_MISMATCH, ChannelPolicy, CommitmentInfo, EnforcementState,
                      PolicyError, PolicyFilter)
 from .signer_keys import NodeKeys
 from .txpsbt import spent_output
@@ -237,6 +237,14 @@ class SignerCore:
                      f"recomposed tx mismatch for commitment {commit_num}")
         policy.check(value == params.funding_sat and spk == bolt3.p2wsh(params.funding_wscript), RECOMPOSED_MISMATCH,
                      "the PSBT's spent output is not the funding output")
+        # The balances were read off the tx, so check what they leave for the fee: the BOLT 3 fee plus at
+        # most what trimming may add (trimmed HTLCs and up to two trimmed balances below the dust limit).
+        untrimmed = len(built.htlc_outputs)
+        trimmed_sat = sum(h.amount_msat // 1000 for h in htlcs) - sum(o.htlc.amount_msat // 1000 for o in built.htlc_outputs)
+        fee = params.funding_sat - sum(o.value for o in tx.vout)
+        low = bolt3.commitment_fee_sat(feerate, untrimmed)
+        policy.check(low <= fee <= low + trimmed_sat + 2 * params.dust_limit_sat, FEE_RANGE,
+                     f"commitment {commit_num} pays {fee} sat in fees, expected {low} (+ trimmed outputs)")
         side = (lambda h: h.offered_by_node == node_is_broadcaster)
         as_tuple = (lambda h: (h.amount_msat // 1000, h.payment_hash.hex(), h.cltv_expiry))
         info = CommitmentInfo(
