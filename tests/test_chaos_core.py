@@ -281,7 +281,8 @@ def test_rich_tables_render_outcomes_and_failures():
     console = Console(record=True, width=200)
     console.print(report.final_view([ok, bad]))
     text = console.export_text()
-    assert "campaign" in text and "wal-fix" in text and "hsmproxy chaos --seeds 42..42" in text
+    assert "campaign" in text and "wal-fix" in text and "failed runs" in text
+    assert report.replay_lines([ok, bad]) == ["replay seed 42: hsmproxy chaos --seeds 42..42"]
     console = Console(record=True, width=200)
     console.print(report.final_view([ok]))
     assert "write-up's stories" in console.export_text()

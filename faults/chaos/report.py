@@ -79,51 +79,88 @@ def _outcome(text: str) -> Text:
     return Text(text, style=_OUTCOME_STYLE.get(text, ""))
 
 
+_WHEN = {
+    "request.before_forward": "before the signer saw the request",
+    "request.after_forward": "while the signer had the request",
+    "reply.before_forward": "after the signer answered, before the node saw it",
+    "reply.after_forward": "after the node got the answer",
+}
+
+
+def _describe_faults(r: RunResult) -> str:
+    if not r.faults:
+        return "no fault injected"
+    return "; ".join(f"{f['action']} at {f['message'].removeprefix('hsmd_')} {_WHEN.get(f['point'], f['point'])}"
+                     for f in r.faults)
+
+
+def narrate(r: RunResult) -> str:
+    """What one run showed, in a sentence built from its evidence."""
+    bits = [_describe_faults(r)]
+    if r.restarts:
+        bits.append(f"{r.restarts} restart(s)")
+    flagged = list(dict.fromkeys(r.divergence_kinds))
+    bits.append(f"the proxy flagged {', '.join(flagged)}" if flagged else "the proxy flagged nothing")
+    bits.append(f"the signer refused ({', '.join(r.signer_rejections)})" if r.signer_rejections else "the signer refused nothing")
+    if r.funds_lost_msat:
+        bits.append(f"{r.funds_lost_msat:,} msat lost to a stale commitment")
+    bits.append(f"outcome: {r.outcome}")
+    return "; ".join(bits)
+
+
 def stories_table(results: list[RunResult]) -> Table:
     """The built-in scenarios, one row per run: what it showed against what it promises."""
-    table = Table(title="hsmproxy chaos: the write-up's stories", show_lines=False)
-    for col in ("scenario", "signer", "outcome", "expected", "proxy flagged", "signer refused", "funds lost (msat)", ""):
-        table.add_column(col, justify="right" if col.startswith("funds") else "left")
+    table = Table(title="hsmproxy chaos: the write-up's stories", show_lines=True)
+    table.add_column("scenario", no_wrap=True)
+    table.add_column("what happened", ratio=1)
+    table.add_column("check", no_wrap=False)
     for r in results:
-        flagged = ", ".join(dict.fromkeys(r.divergence_kinds)) or "-"
-        verdict = Text("ok", style="green") if r.ok else Text("FAIL: " + "; ".join(
-            r.misses + [v["detail"] for v in r.violations])[:120], style="bold red")
-        table.add_row(r.scenario, f"{r.signer} ({r.signer_policy})" if r.signer_policy else r.signer,
-                      _outcome(r.outcome), r.expected or "-", flagged, ", ".join(r.signer_rejections) or "-",
-                      f"{r.funds_lost_msat:,}", verdict)
+        who = r.signer if not r.signer_policy else f"{r.signer}, retry-same {r.signer_policy}"
+        verdict = Text(f"ok: {r.outcome}", style=_OUTCOME_STYLE.get(r.outcome, "")) if r.ok else Text(
+            "FAIL: " + "; ".join(r.misses + [v["detail"] for v in r.violations]), style="bold red")
+        table.add_row(Text.assemble((r.scenario, "bold"), "\n", (who, "dim")), narrate(r), verdict)
     return table
 
 
 def campaign_table(results: list[RunResult], title: str = "hsmproxy chaos campaign") -> Table:
-    """Outcome counts per scenario and in total."""
-    table = Table(title=title)
-    table.add_column("scenario")
-    for col in ("runs", *OUTCOMES, "faults", "restarts", "divergences", "failed"):
-        table.add_column(col.replace("_", " "), justify="right")
+    """Outcome counts, faults, restarts and divergences: one column per scenario (and the total)."""
     groups: dict[str, list[RunResult]] = {}
     for r in results:
         groups.setdefault(r.scenario, []).append(r)
     if len(groups) > 1:
         groups["total"] = list(results)
-    for name, rs in groups.items():
-        s = summary(rs)
-        failed = Text(str(s["failed"]), style="bold red" if s["failed"] else "green")
-        table.add_row(name, str(s["runs"]), *(str(s["outcomes"][o]) for o in OUTCOMES), str(s["faults"]),
-                      str(s["restarts"]), str(s["divergences"]), failed)
+    table = Table(title=title)
+    table.add_column("")
+    for name in groups:
+        table.add_column(name, justify="right")
+    sums = {name: summary(rs) for name, rs in groups.items()}
+    table.add_row("runs", *(str(s["runs"]) for s in sums.values()))
+    for outcome in OUTCOMES:
+        table.add_row(_outcome(outcome), *(str(s["outcomes"][outcome]) for s in sums.values()))
+    for key in ("faults", "restarts", "divergences", "funds_lost_msat"):
+        table.add_row(key.replace("_", " "), *(f"{s[key]:,}" for s in sums.values()))
+    table.add_row(Text("failed", style="bold"), *(Text(str(s["failed"]), style="bold red" if s["failed"] else "green")
+                                                   for s in sums.values()))
     return table
 
 
-def failures_table(results: list[RunResult]) -> Table | None:
+def failures_view(results: list[RunResult]):
+    """The failed runs and why (``replay_lines`` has their commands)."""
     failed = [r for r in results if not r.ok]
     if not failed:
         return None
-    table = Table(title="failed runs (replay each with its command)", title_style="bold red")
-    for col in ("scenario", "seed", "outcome", "why", "reproduce"):
+    table = Table(title="failed runs", title_style="bold red")
+    for col in ("scenario", "seed", "outcome", "why"):
         table.add_column(col, overflow="fold")
     for r in failed:
         why = "; ".join([f"{v['invariant']}: {v['detail']}" for v in r.violations] + r.misses)
-        table.add_row(r.scenario, str(r.seed), _outcome(r.outcome), why, r.reproduce)
+        table.add_row(r.scenario, str(r.seed), _outcome(r.outcome), why)
     return table
+
+
+def replay_lines(results: list[RunResult]) -> list[str]:
+    """One line per failed run with the command that replays it (print with soft_wrap: never cut)."""
+    return [f"replay seed {r.seed}: {r.reproduce}" for r in results if not r.ok]
 
 
 def final_view(results: list[RunResult]):
@@ -133,7 +170,7 @@ def final_view(results: list[RunResult]):
         parts.append(stories_table(results))
     else:
         parts.append(campaign_table(results))
-    failed = failures_table(results)
+    failed = failures_view(results)
     if failed is not None:
         parts.append(failed)
     return Group(*parts)

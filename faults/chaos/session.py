@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from .campaign import run_jobs
-from .report import LiveProgress, final_view
+from .report import LiveProgress, final_view, replay_lines
 from .result import RunResult
 from .runner import RunSpec, run_spec
 
@@ -44,6 +44,7 @@ class Session:
                   f"reproduce: {result.reproduce}", file=sys.stderr)
 
     async def run(self) -> list[RunResult]:
+        started = trio.current_time()
         async def one(spec: RunSpec) -> RunResult:
             return await run_spec(spec, self.workdir, self.keep)
 
@@ -55,6 +56,7 @@ class Session:
                 nursery.start_soon(self._live)
             results = await run_jobs(self.specs, one, self.jobs, on_result=self._record, on_start=self.progress.on_start)
             nursery.cancel_scope.cancel()
+        self.wall_s = trio.current_time() - started
         return results
 
     async def _live(self) -> None:
@@ -76,3 +78,10 @@ class Session:
 
     def print_final(self, results: list[RunResult]) -> None:
         self.console.print(final_view(results))
+        for line in replay_lines(results):
+            self.console.print(line, soft_wrap=True, highlight=False, markup=False, style="bold red")
+        wall = getattr(self, "wall_s", 0.0)
+        if wall > 0:
+            self.console.print(f"{len(results)} run(s) in {wall:.1f} s with --jobs {self.jobs}: "
+                               f"{len(results) / wall:.2f} runs/s")
+        self.meta["wall_s"] = round(wall, 3)
