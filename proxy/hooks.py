@@ -17,6 +17,10 @@ A ``Hook`` is any object with some of these optional async methods::
     async def on_signer_exit(self, status: int) -> None
     async def on_raw(self, conn: ConnContext, direction: str, raw: bytes) -> None
         # bytes that are not frames: fd carriers, and everything after framing was lost
+    async def start(self, nursery: trio.Nursery) -> None
+        # socket mode only: called once before the first connection is accepted (e.g. to start
+        # a server next to the relay). Wrapper mode never calls it: there, nothing may stop
+        # hsmd from starting, so such hooks start themselves lazily and must not raise.
 
 Hooks run in registration order (shadow/WAL first, then faults, then metrics/trace) and the relay
 awaits each one before the bytes move on, so a WAL hook can make its record durable first. At a
@@ -217,6 +221,12 @@ class HookChain:
     async def signer_exit(self, status: int) -> None:
         for method in self._bound["on_signer_exit"]:
             await method(status)
+
+    async def start(self, nursery) -> None:
+        for hook in self.hooks:
+            start = getattr(hook, "start", None)
+            if callable(start):
+                await start(nursery)
 
     async def raw(self, conn: ConnContext, direction: str, raw: bytes) -> None:
         for method in self._bound["on_raw"]:

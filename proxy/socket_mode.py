@@ -110,6 +110,7 @@ async def serve(
     shell = RelayShell(hooks, decode=decode)
     listener = trio.socket.from_stdlib_socket(listen)
     async with trio.open_nursery() as nursery:
+        await shell.hooks.start(nursery)
         task_status.started(shell)
         while True:
             try:

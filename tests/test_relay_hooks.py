@@ -62,3 +62,16 @@ async def test_a_hook_returning_a_non_verdict_is_an_error():
     with pytest.raises(TypeError, match="not a Verdict"):
         with trio.fail_after(5):
             await chain.request(_exchange(), REQUEST_BEFORE)
+
+
+async def test_start_is_called_once_per_hook_that_has_it():
+    started = []
+
+    class Server:
+        async def start(self, nursery):
+            started.append(nursery)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await HookChain([Server(), OnlyConnections([])]).start(nursery)
+    assert started == [nursery]
