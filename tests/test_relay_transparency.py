@@ -248,3 +248,27 @@ async def test_connection_events_and_replacement():
             await trio.testing.wait_all_tasks_blocked()
             assert events.count((H.ROLE_CLIENT, 5, H.CONN_CLOSED)) == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_a_signer_that_does_not_read_stops_the_node_backpressure():
+    """Nothing queues between a read and its write: once the socket buffers are full the node's
+    writes block, instead of the proxy buffering without bound."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            topo = Topology(RelayShell([]), nursery)
+            chunk = framed(b"\x00\x12" + bytes(10_000))
+            accepted = 0
+            with trio.move_on_after(1.0):
+                while True:
+                    accepted += await topo.node.send(chunk)
+            raw = topo.node._sock
+            buffers = sum(raw.getsockopt(socket.SOL_SOCKET, opt) for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF))
+            # node send buffer + proxy receive buffer + one read in hand + proxy send buffer + signer receive buffer
+            assert 0 < accepted < 2 * buffers + 65536 + len(chunk)
+            # and everything accepted is delivered once the signer reads
+            received = 0
+            with trio.move_on_after(0.5):
+                while received < accepted:
+                    received += len(await topo.signer.recv(1 << 20))
+            assert received == accepted
+            nursery.cancel_scope.cancel()
