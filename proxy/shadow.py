@@ -270,8 +270,7 @@ def intent_from_request(
     return Intent(0, kind, bytes(peer_id), int(dbid), int(index), digest, point, conn, seq, time_ns)
 
 
-@dataclass(slots=True)
-class _Pending:
+class _Pending(NamedTuple):
     intent: Intent
     events: list[Divergence]
 
@@ -299,8 +298,9 @@ class Shadow:
         elif intent.op_id < self.next_op_id:
             raise ValueError(f"op_id {intent.op_id} replayed out of order (next is {self.next_op_id})")
         self.next_op_id = intent.op_id + 1
-        ch = self.channel(intent.peer_id, intent.dbid)
-        events = [self._event(intent, kind, shadow_digest, detail) for kind, shadow_digest, detail in _predict(ch, intent)]
+        ch = self.channels.get((intent.peer_id, intent.dbid)) or self.channel(intent.peer_id, intent.dbid)
+        predicted = _predict(ch, intent)
+        events = [self._event(intent, *p) for p in predicted] if predicted else []
         ch.last_conn = intent.conn
         ch.last_request_kind = intent.kind
         ch.last_request_index = intent.index
@@ -320,6 +320,9 @@ class Shadow:
                 return []
             pending = _Pending(late, [])
         intent, events = pending.intent, pending.events
+        if outcome == SIGNED and not events:  # the common case, and most of a WAL replay
+            _apply_success(self.channels[(intent.peer_id, intent.dbid)], intent)
+            return events
         for ev in events:
             ev.outcome_time_ns = time_ns
             if outcome == GUARD_REFUSED:
@@ -544,6 +547,7 @@ def _hand_out_point(ch: ChannelShadow, n: int) -> None:
 # --- the WAL's view: every shadow input as a record ------------------------------------------
 
 INTENT_RECORD, OUTCOME_RECORD, RESTART_RECORD = "i", "o", "r"
+_make_intent = Intent._make
 
 
 def intent_record(intent: Intent) -> list:
@@ -562,7 +566,7 @@ def apply_record(shadow: Shadow, rec: list) -> None:
     """Replay one WAL record: the same call the live proxy made when it wrote it."""
     tag = rec[0]
     if tag == INTENT_RECORD:
-        shadow.begin(Intent._make(rec[1:]))
+        shadow.begin(_make_intent(rec[1:]))
     elif tag == OUTCOME_RECORD:
         shadow.finish(rec[1], rec[2], rec[3], rec[4])
     elif tag == RESTART_RECORD:
