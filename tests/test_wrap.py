@@ -210,3 +210,15 @@ def test_started_by_hand_it_says_what_to_do(signer, tmp_path):
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, env=h.child_env(), timeout=30)
     assert done.returncode == 2
     assert "must be started by lightningd" in done.stderr
+
+
+def test_a_killed_wrapper_leaves_no_signer_behind(signer, tmp_path):
+    ld = h.Lightningd([str(h.wrapper_script(tmp_path, signer))], tmp_path)
+    try:
+        ld.request("master", init_body())
+        (signer_pid,) = children_of(ld.proc.pid)
+        ld.proc.kill()
+        assert ld.wait() == 128 + signal.SIGKILL
+        assert wait_gone(signer_pid)  # its fd 3 reached EOF, and hsmd exits on that
+    finally:
+        ld.close()
