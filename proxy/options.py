@@ -7,6 +7,7 @@ and your hook in ``build_hooks``, in the documented order. The shells never impo
 from __future__ import annotations
 
 import argparse
+import time
 
 from .hooks import HookChain
 
@@ -67,7 +68,11 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
     if getattr(args, "trace", None):
         from .trace import TraceHook
 
-        hooks.append(TraceHook(args.trace, secrets=args.trace_secrets))
+        trace = TraceHook(args.trace, secrets=args.trace_secrets)
+        hooks.append(trace)
+        for hook in hooks:  # divergence events go into the trace too (`hsmproxy decode` skips them)
+            if hasattr(hook, "listeners") and hasattr(hook, "shadow"):
+                hook.listeners.append(lambda ev: trace._write({"kind": "divergence", "t": time.time_ns(), "event": ev.to_jsonable()}))
     return HookChain(hooks)
 
 

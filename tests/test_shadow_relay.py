@@ -72,7 +72,7 @@ def finish(ld: h.Lightningd) -> None:
 
 def test_every_divergence_kind_shows_up_in_state(tmp_path):
     wal = tmp_path / "wal"
-    ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal))
+    ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal), "--trace", str(tmp_path / "trace"))
     try:
         open_channel(ld)
         st = state(wal)  # read while the proxy runs
@@ -109,6 +109,12 @@ def test_every_divergence_kind_shows_up_in_state(tmp_path):
     assert behind["index"] == 0 and behind["peer_id"] == peer_id().hex() and behind["dbid"] == 1
     assert events(st, "signer_rejected") == []
     assert st["channels"][0]["next_counterparty_commit_num"] == 6
+    from proxy.trace import read_trace
+
+    traced = {(r["event"]["kind"], r["event"]["status"]) for r in read_trace(str(tmp_path / "trace"))
+              if r["kind"] == "divergence"}
+    assert {(e["kind"], "confirmed") for e in st["divergences"]} <= traced
+    assert ("retry_changed", "predicted") in traced
 
 
 def test_a_validating_signer_refuses_and_the_guard_refuses_first(tmp_path):
