@@ -22,6 +22,7 @@ pytestmark = pytest.mark.timeout(240)
 FAST = "--signer-arg=--no-fsync"  # a SIGKILL does not lose the page cache; only power cuts need fsync
 
 
+@pytest.mark.slow
 def test_wal_node_killed_at_every_point_loses_nothing(tmp_path):
     """One channel, killed once at each crash point (at successive commitments), restarted each time."""
     target = len(CRASH_POINTS) + 2
@@ -81,6 +82,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+@pytest.mark.slow
 def test_wal_survives_random_kills_of_node_and_signer(tmp_path):
     rng = random.Random(20261123)
     target = 12

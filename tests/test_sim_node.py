@@ -20,6 +20,7 @@ pytestmark = pytest.mark.timeout(180)
 CAPTURE = Path(__file__).parent / "vectors" / "hsmd-capture.jsonl"
 
 
+@pytest.mark.slow
 def test_hundreds_of_updates_with_htlcs_both_ways(tmp_path):
     proc = sim_node(tmp_path, "--updates", "200", "--seed", "7", "--signer-arg=--no-fsync")
     assert proc.returncode == 0, proc.stderr

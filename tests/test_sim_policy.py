@@ -195,6 +195,9 @@ def test_policy_other_refuses_a_holder_commitment_from_the_future():
     with pytest.raises(PolicyError) as exc:
         p.validate_holder_commitment(9, info("9", False), True)
     assert exc.value.tag == POLICY_OTHER
+    q = advanced(3, warn(POLICY_OTHER))
+    q.validate_holder_commitment(9, info("9", False), True)
+    assert any(POLICY_OTHER in w for w in q.take_warnings())
 
 
 # --- filter semantics ---

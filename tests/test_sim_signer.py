@@ -197,6 +197,9 @@ def test_policy_htlc_other_refuses_an_htlc_tx_we_did_not_commit_to():
                    wscript=out.wscript, remote_per_commit_point=ch.peer.point(0), option_anchor_outputs=True)
     assert good.fields["sig"][64] == crypto.SIGHASH_SINGLE_ANYONECANPAY
     htx.vout[0].value = 4000  # steal 1000 sat into fees
+    request = dict(tx=bitcoin_tx(htx, 5000, bolt3.p2wsh(out.wscript), out.wscript), wscript=out.wscript,
+                   remote_per_commit_point=ch.peer.point(0), option_anchor_outputs=True)
     with pytest.raises(BadRequest, match="policy-htlc-other"):
-        ch.call("hsmd_sign_remote_htlc_tx", tx=bitcoin_tx(htx, 5000, bolt3.p2wsh(out.wscript), out.wscript),
-                wscript=out.wscript, remote_per_commit_point=ch.peer.point(0), option_anchor_outputs=True)
+        ch.call("hsmd_sign_remote_htlc_tx", **request)
+    ch.core.filter = PolicyFilter.parse(["policy-htlc-other:warn"])
+    assert ch.call("hsmd_sign_remote_htlc_tx", **request).name == "hsmd_sign_tx_reply"
