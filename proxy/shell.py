@@ -83,24 +83,14 @@ class RelayShell:
         link = Link(ctx, node, signer, decode=self.decode)
         self.links[ctx.conn_id] = link
         await self.hooks.connection(ctx, H.CONN_OPENED)
-        try:
-            async with trio.open_nursery() as children:
+        async with trio.open_nursery() as children:
+            try:
                 with link.cancel_scope:
                     async with trio.open_nursery() as directions:
                         directions.start_soon(self._requests, link)
                         directions.start_soon(self._replies, link, children)
-                node.close()
-                signer.close()
-                link.signer_done.set()
-        finally:
-            node.close()
-            signer.close()
-            link.signer_done.set()
-            self.links.pop(ctx.conn_id, None)
-            if ctx.dbid is not None and self.clients_by_dbid.get(ctx.dbid) is ctx:
-                del self.clients_by_dbid[ctx.dbid]
-            with trio.CancelScope(shield=True):
-                await self.hooks.connection(ctx, H.CONN_CLOSED)
+            finally:
+                await self._finish(link)
 
     async def run_status(self, node: Endpoint, signer: Endpoint, ctx: H.ConnContext) -> None:
         """Relay fd 0. Signer -> node frames go to the hooks' ``on_status``; the other direction
@@ -115,12 +105,20 @@ class RelayShell:
                     directions.start_soon(self._raw_pump, link, node, signer, REQUEST)
                     directions.start_soon(self._status_from_signer, link)
         finally:
-            node.close()
-            signer.close()
-            link.signer_done.set()
-            self.links.pop(ctx.conn_id, None)
-            with trio.CancelScope(shield=True):
-                await self.hooks.connection(ctx, H.CONN_CLOSED)
+            await self._finish(link)
+
+    async def _finish(self, link: Link) -> None:
+        """Both sockets closed, the connection forgotten, and the hooks told (even while the
+        relay is being cancelled)."""
+        link.node.close()
+        link.signer.close()
+        link.signer_done.set()
+        ctx = link.ctx
+        self.links.pop(ctx.conn_id, None)
+        if ctx.dbid is not None and self.clients_by_dbid.get(ctx.dbid) is ctx:
+            del self.clients_by_dbid[ctx.dbid]
+        with trio.CancelScope(shield=True):
+            await self.hooks.connection(ctx, H.CONN_CLOSED)
 
     # ---- directions -----------------------------------------------------------------------------
 

@@ -272,3 +272,23 @@ async def test_a_signer_that_does_not_read_stops_the_node_backpressure():
                     received += len(await topo.signer.recv(1 << 20))
             assert received == accepted
             nursery.cancel_scope.cancel()
+
+
+async def test_a_client_outlives_its_parent_connection():
+    events = []
+
+    class Watch:
+        async def on_connection(self, conn, event):
+            events.append((conn.role, event))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            topo = Topology(RelayShell([Watch()]), nursery)
+            node, signer = await topo.pass_client(topo.node, topo.signer, 5, 8)
+            topo.node.close()  # lightningd closes the master; the client fd lives on
+            topo.signer.close()
+            await trio.testing.wait_all_tasks_blocked()
+            assert (H.ROLE_MASTER, H.CONN_CLOSED) in events and (H.ROLE_CLIENT, H.CONN_CLOSED) not in events
+            await node.send(PCP)
+            assert await recv_exactly(signer, len(PCP)) == PCP
+            nursery.cancel_scope.cancel()
