@@ -223,7 +223,7 @@ class ConnectionRelay:
             return None
         try:
             return wire.decode(body)
-        except ValueError:
+        except Exception:  # noqa: BLE001 - a parser behind the protocol must never break a node
             self.stats.undecodable += 1
             return None
 
