@@ -181,6 +181,8 @@ def main() -> int:
     from rich.table import Table
 
     console = Console()
+    # Shared machines skew every number here: say how busy this one was.
+    console.print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPU(s)")
     parent = args.dir or str(Path(__file__).resolve().parent.parent)
     root = tempfile.mkdtemp(prefix=".bench-wal-", dir=parent)
     try:
@@ -231,6 +233,7 @@ def main() -> int:
         console.print(table)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    console.print(f"load average at end: {os.getloadavg()[0]:.2f}")
     return 0
 
 

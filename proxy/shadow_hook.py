@@ -9,6 +9,7 @@ sees an answer the WAL does not hold. Register this hook first.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import logging
@@ -28,13 +29,18 @@ def recover(directory: str, *, repair: bool) -> tuple[S.Shadow, Recovery]:
     """Load the snapshot and replay the log. The cyclic garbage collector is paused meanwhile:
     replay allocates millions of small acyclic objects, and the collector's passes over them
     would double the recovery time without ever finding garbage."""
+    replayed: list[S.Shadow] = []
+
+    def replay_into(snapshot):
+        shadow = S.Shadow.from_snapshot(snapshot) if snapshot is not None else S.Shadow()
+        replayed.append(shadow)
+        return functools.partial(S.apply_record, shadow)
+
     enabled = gc.isenabled()
     gc.disable()
     try:
-        recovery = read_state(directory, repair=repair)
-        shadow = S.load_shadow(recovery.snapshot, recovery.records)
-        recovery.records = []  # replayed; do not keep a million records alive
-        return shadow, recovery
+        recovery = read_state(directory, repair=repair, make_sink=replay_into)
+        return replayed[-1], recovery
     finally:
         if enabled:
             gc.enable()

@@ -63,13 +63,17 @@ def file_header(epoch: int) -> bytes:
 
 @dataclass
 class ScanResult:
-    records: list
+    records: list  # empty when a sink took them
     valid_len: int  # bytes of the file that hold a valid header and valid records
     problem: str | None = None  # why the scan stopped before the end, if it did
+    count: int = 0  # valid records
 
 
-def scan_log(data: bytes, expected_epoch: int | None = None) -> ScanResult:
-    """Decode every valid record of a log file's bytes; stop at the first invalid one."""
+def scan_log(data: bytes, expected_epoch: int | None = None, sink=None) -> ScanResult:
+    """Decode every valid record of a log file's bytes; stop at the first invalid one.
+
+    With ``sink``, each record is passed to it as soon as it is verified instead of being
+    collected (recovery replays a million records without holding them all)."""
     if len(data) < FILE_HEADER.size:
         return ScanResult([], 0, f"log header torn ({len(data)} of {FILE_HEADER.size} bytes)" if data else None)
     magic, epoch = FILE_HEADER.unpack_from(data)
@@ -77,7 +81,9 @@ def scan_log(data: bytes, expected_epoch: int | None = None) -> ScanResult:
         raise WalError(f"not an hsmproxy WAL file (magic {magic!r}); move it out of the WAL directory")
     if expected_epoch is not None and epoch != expected_epoch:
         raise WalError(f"log file says epoch {epoch} but its name says {expected_epoch}")
-    records = []
+    records: list = []
+    keep = records.append if sink is None else sink
+    count = 0
     pos = FILE_HEADER.size
     end = len(data)
     view = memoryview(data)
@@ -85,20 +91,22 @@ def scan_log(data: bytes, expected_epoch: int | None = None) -> ScanResult:
     head_len = RECORD_HEADER.size
     while pos < end:
         if end - pos < head_len:
-            return ScanResult(records, pos, f"torn record header at byte {pos}")
+            return ScanResult(records, pos, f"torn record header at byte {pos}", count)
         length, crc = header(data, pos)
         start = pos + head_len
         if length > MAX_RECORD_LEN or start + length > end:
-            return ScanResult(records, pos, f"torn record at byte {pos} (length {length})")
+            return ScanResult(records, pos, f"torn record at byte {pos} (length {length})", count)
         payload = view[start : start + length]
-        if crc32(payload, crc32(prefix(epoch, len(records), length))) != crc:
-            return ScanResult(records, pos, f"checksum mismatch in record {len(records)} at byte {pos}")
+        if crc32(payload, crc32(prefix(epoch, count, length))) != crc:
+            return ScanResult(records, pos, f"checksum mismatch in record {count} at byte {pos}", count)
         try:
-            records.append(unpackb(payload, raw=False, use_list=True))
+            record = unpackb(payload, raw=False, use_list=True)
         except Exception as exc:  # a valid checksum over bad msgpack means a bug, not a torn write
-            return ScanResult(records, pos, f"undecodable record {len(records)} at byte {pos}: {exc}")
+            return ScanResult(records, pos, f"undecodable record {count} at byte {pos}: {exc}", count)
+        keep(record)
+        count += 1
         pos = start + length
-    return ScanResult(records, pos)
+    return ScanResult(records, pos, None, count)
 
 
 def encode_snapshot(epoch: int, obj) -> bytes:
@@ -162,11 +170,12 @@ def _epochs(directory: str) -> tuple[list[int], list[int]]:
     return sorted(logs), sorted(snaps)
 
 
-def read_state(directory: str, *, repair: bool) -> Recovery:
+def read_state(directory: str, *, repair: bool, make_sink=None) -> Recovery:
     """Load the newest complete snapshot and the valid records of its log.
 
     With ``repair`` (the proxy starting) the invalid tail is cut and stale files are removed;
     without it (``hsmproxy state`` on a live proxy's directory) nothing is touched.
+    With ``make_sink(snapshot) -> callable``, records go to that callable instead of a list.
     """
     if not os.path.isdir(directory):
         raise WalError(f"WAL directory {directory!r} does not exist; create it or pass another --wal-dir")
@@ -188,9 +197,8 @@ def read_state(directory: str, *, repair: bool) -> Recovery:
                 data = b""  # a crash between writing the snapshot and its log, or a new directory
         except FileNotFoundError:
             continue
-        result = scan_log(data, epoch)
-        rec = Recovery(epoch, snapshot, result.records, len(data) - result.valid_len, result.problem,
-                       len(result.records))
+        result = scan_log(data, epoch, make_sink(snapshot) if make_sink is not None else None)
+        rec = Recovery(epoch, snapshot, result.records, len(data) - result.valid_len, result.problem, result.count)
         if repair:
             _repair(directory, epoch, log_path, data, result, logs, snaps)
         return rec
