@@ -260,6 +260,12 @@ class ChannelPolicy:
             s.current_holder_commit_info, s.next_holder_commit_info = s.next_holder_commit_info, None
             s.next_holder_commit_num = new_h
 
+    def release_holder_secret(self, num: int) -> None:
+        """get_per_commitment_secret (hsmd 18 below version 6 also returns secret num): never mutates."""
+        H = self.state.next_holder_commit_num
+        self.check(num + 2 <= H, REVOKE_NEW_COMMITMENT_SIGNED,
+                   f"cannot revoke commitment_number {num} when next_holder_commit_num is {H}")
+
     def get_per_commitment_point(self, num: int) -> None:
         H = self.state.next_holder_commit_num
         self.check(num <= H + 1, OPTIONAL_FAIL_FAST, f"get_per_commitment_point {num} too far ahead of next_holder_commit_num {H}")

@@ -95,6 +95,7 @@ class Outcome:
     reply: wire.Message | None
     pass_fd_for: Client | None = None  # hsmd_client_hsmfd: send a new client's fd after the reply
     dirty: list[ChannelRecord] = field(default_factory=list)  # persist before replying
+    forgotten: list[ChannelRecord] = field(default_factory=list)  # delete before replying
     logs: list[tuple[int, str]] = field(default_factory=list)  # (level, entry) for status_log
 
 
@@ -176,7 +177,9 @@ class SignerCore:
         return wire.build("hsmd_new_channel_reply")
 
     def _forget_channel(self, client, f, outcome):
-        self.channels.pop((f["id"], f["dbid"]), None)
+        record = self.channels.pop((f["id"], f["dbid"]), None)
+        if record is not None:
+            outcome.forgotten.append(record)
         return wire.build("hsmd_forget_channel_reply")
 
     def _get_channel_basepoints(self, client, f, outcome):
@@ -211,9 +214,9 @@ class SignerCore:
         n = f["n"]
         ChannelPolicy(record.policy_state, self.filter).get_per_commitment_point(n)
         old = None
-        if self.version < 6 and n >= 2:
-            policy = self._policy(record, outcome)
-            policy.revoke_holder_commitment(n - 2)
+        if self.version < 6 and n >= 2:  # older protocol: the reply also releases secret n-2
+            policy = ChannelPolicy(record.policy_state, self.filter)
+            policy.release_holder_secret(n - 2)
             outcome.logs += [(LOG_UNUSUAL, w) for w in policy.take_warnings()]
             old = bolt3.commitment_secret(self._shaseed(client), n - 2)
         return wire.build("hsmd_get_per_commitment_point_reply",

@@ -100,6 +100,8 @@ class SignerServer:
             self.status.log(level, entry, None if client.is_master else client.peer_id)
         for record in {r.key: r for r in outcome.dirty}.values():
             self.store.save(record)  # durable before the reply leaves, as VLS does
+        for record in outcome.forgotten:
+            self.store.delete(record)
         self.seen[msg.name] = self.seen.get(msg.name, 0) + 1
         if self.crash_at and self.crash_at == (msg.name, self.seen[msg.name]):
             os.kill(os.getpid(), signal.SIGKILL)

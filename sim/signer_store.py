@@ -34,6 +34,9 @@ class SignerStore:
                 raise ValueError(f"{path}: unreadable signer state ({exc}); restore it from a backup") from None
         return records
 
+    def delete(self, record: ChannelRecord) -> None:
+        (self.dir / f"{record.key}.json").unlink(missing_ok=True)
+
     def save(self, record: ChannelRecord) -> None:
         path = self.dir / f"{record.key}.json"
         tmp = path.with_suffix(".tmp")

@@ -203,3 +203,25 @@ def test_policy_htlc_other_refuses_an_htlc_tx_we_did_not_commit_to():
         ch.call("hsmd_sign_remote_htlc_tx", **request)
     ch.core.filter = PolicyFilter.parse(["policy-htlc-other:warn"])
     assert ch.call("hsmd_sign_remote_htlc_tx", **request).name == "hsmd_sign_tx_reply"
+
+
+def test_old_protocol_point_request_releases_secret_only_when_revocable():
+    ch = Channel()
+    ch.core.version = 5
+    state = ch.core.channels[(PEER_ID, 1)].policy_state
+    state.next_holder_commit_num = 1  # commitment 0 is current
+    assert ch.call("hsmd_get_per_commitment_point", n=1).fields["old_commitment_secret"] is None
+    with pytest.raises(BadRequest, match="policy-revoke-new-commitment-signed"):
+        ch.call("hsmd_get_per_commitment_point", n=2)  # would release secret 0 while 0 is current
+    state.next_holder_commit_num = 2  # 0 revoked
+    secret0 = ch.call("hsmd_get_per_commitment_point", n=2).fields["old_commitment_secret"]
+    assert crypto.pubkey_of(secret0) == ch.call("hsmd_get_per_commitment_point", n=0).fields["per_commitment_point"]
+
+
+def test_forget_channel_deletes_its_state(tmp_path, signer):
+    signer.master.request(init_msg())
+    signer.master.request(wire.build("hsmd_new_channel", id=PEER_ID, dbid=5))
+    state_dir = tmp_path / "sim-signer-state"
+    assert len(list(state_dir.glob("*.json"))) == 1
+    signer.master.request(wire.build("hsmd_forget_channel", id=PEER_ID, dbid=5))
+    assert list(state_dir.glob("*.json")) == []
