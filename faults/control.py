@@ -299,10 +299,13 @@ class ControlServer:
             ("content-length", str(len(response.body))),
             ("cache-control", "no-store"),
         ]
+        # One write for the whole answer: separate small writes would wait on delayed ACKs.
+        data = b"".join(
+            conn.send(event)
+            for event in (h11.Response(status_code=response.status, headers=headers), h11.Data(data=response.body), h11.EndOfMessage())
+        )
         with trio.move_on_after(self.read_timeout) as scope:
-            await stream.send_all(conn.send(h11.Response(status_code=response.status, headers=headers)))
-            await stream.send_all(conn.send(h11.Data(data=response.body)))
-            await stream.send_all(conn.send(h11.EndOfMessage()))
+            await stream.send_all(data)
         return not scope.cancelled_caught
 
 

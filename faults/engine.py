@@ -105,6 +105,8 @@ class FaultEngine:
         self._chains: dict[str, bytes] = {}
         self._last_reply: dict[tuple[str, int], bytes] = {}  # (conn, reply type) -> raw
         self._latest_by_type: dict[int, OrderedDict[str, bytes]] = {}  # reply type -> conn -> raw
+        self._candidates: dict[tuple[str, int | None], tuple[Rule, ...]] = {}  # (point, request type) -> rules
+        self.keeps_replies = False
         self.events: list[FaultEvent] = []
         self.event_count = 0
         self._max_events = max_events
@@ -120,6 +122,7 @@ class FaultEngine:
         if rule.name in self._rules:
             raise PlanError(f"a rule named {rule.name!r} exists already; remove it first or pick another name")
         self._rules[rule.name] = rule
+        self._rules_changed()
         return rule
 
     def remove_rule(self, name: str) -> Rule:
@@ -129,13 +132,26 @@ class FaultEngine:
             raise KeyError(f"no rule named {name!r}; rules: {', '.join(self._rules) or '(none)'}") from None
         for key in [k for k in self._counters if k[0] == name]:
             del self._counters[key]
+        self._rules_changed()
         return rule
 
     def clear(self) -> int:
         n = len(self._rules)
         self._rules.clear()
         self._counters.clear()
+        self._rules_changed()
         return n
+
+    def _rules_changed(self) -> None:
+        self._candidates.clear()
+        # Replies are remembered only while a rule may swap one in (corrupt stale/other-channel):
+        # such a rule works from the replies seen after it was added.
+        self.keeps_replies = any(r.action == "corrupt" and r.mode != "bitflip" for r in self._rules.values())
+
+    @property
+    def active(self) -> bool:
+        """Whether any decision can come out: the hook's fast path when not."""
+        return self.enabled and bool(self._rules)
 
     # --- connections -----------------------------------------------------------------------
     def connection_key(self, role: str, dbid: int | None = None, peer: bytes | None = None) -> str:
@@ -158,7 +174,7 @@ class FaultEngine:
         decisions: list[Decision] = []
         if self.enabled and self._rules:
             verdict_taken = False
-            for rule in self._rules.values():
+            for rule in self._candidates_for(obs):
                 if not self._matches(rule, obs):
                     continue
                 counter = self._counters.setdefault((rule.name, obs.conn_key), _Counter())
@@ -176,9 +192,24 @@ class FaultEngine:
                 verdict_taken = verdict_taken or rule.action in VERDICT_ACTIONS
                 self._record(decision.event)
                 decisions.append(decision)
-        if obs.point == "reply.before_forward" and obs.reply is not None:
+        if obs.point == "reply.before_forward" and obs.reply is not None and self.keeps_replies:
             self._remember_reply(obs)
         return decisions
+
+
+    def _candidates_for(self, obs: Observation) -> tuple[Rule, ...]:
+        """The rules that can match at this point for this request type, in registration order
+        (cached: most messages then cost one dict lookup however many rules there are)."""
+        key = (obs.point, obs.request.type if obs.request is not None else None)
+        rules = self._candidates.get(key)
+        if rules is None:
+            rules = tuple(
+                r for r in self._rules.values()
+                if r.point == obs.point
+                and (r.reply_types or not r.request_types or key[1] in r.request_types)
+            )
+            self._candidates[key] = rules
+        return rules
 
     def _matches(self, rule: Rule, obs: Observation) -> bool:
         if rule.point != obs.point:

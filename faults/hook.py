@@ -15,8 +15,6 @@ from typing import Callable
 import trio
 
 from proxy.hooks import (
-    REPLY_BEFORE,
-    REQUEST_BEFORE,
     ConnContext,
     Disconnect,
     Drop,
@@ -79,8 +77,8 @@ class FaultHook:
 
     async def _act(self, ex: Exchange, point: str, raw: bytes, reply):
         engine = self.runtime.engine
-        if not (engine.enabled and engine.rules) and point != REPLY_BEFORE:
-            return None  # the common case: nothing to do, and no reply history to keep
+        if not engine.active:
+            return None  # the common case: nothing to do
         conn = ex.conn
         obs = Observation(point, self._key(conn), conn.role, ex.seq, ex.request, reply, raw, conn.dbid, conn.peer_id)
         verdict = None

@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
             say(step=i, name=ex["name"], result=result, hex=reply)
         # A duplicated reply may still be in flight: collect what else arrives.
         extra = []
-        client.settimeout(min(timeout, 0.3))
+        client.settimeout(min(timeout, 0.15))
         while True:
             try:
                 frame = h.read_frame(client)

@@ -32,7 +32,7 @@ POINTS = ("request.before_forward", "request.after_forward", "reply.before_forwa
 class Run:
     """One lightningd stand-in + wrapper + signer; its JSON lines as they arrive."""
 
-    def __init__(self, tmp: Path, *wrap_args: str, timeout: float = 1.0, enable: bool = True):
+    def __init__(self, tmp: Path, *wrap_args: str, timeout: float = 0.5, enable: bool = True):
         self.tmp = tmp
         self.control = f"unix:{tmp / 'control.sock'}"
         signer = h.hsmd_like_script(tmp)
@@ -107,7 +107,7 @@ def _wait_gone(pid) -> None:
         time.sleep(0.02)
 
 
-async def run_plan(tmp, plan: str, timeout=1.0, extra=()) -> Run:
+async def run_plan(tmp, plan: str, timeout=0.5, extra=()) -> Run:
     with trio.fail_after(60):
         async with Run(tmp, f"--faults={plan}", *extra, timeout=timeout) as run:
             await run.finish()
@@ -345,7 +345,7 @@ async def trace_hash(tmp_path, seed: int) -> tuple[str, int]:
 
 async def test_same_seed_same_fault_trace_hash_different_seeds_differ(tmp_path):
     runs = []
-    for i in range(4):
+    for i in range(3):
         (tmp_path / str(i)).mkdir()
         runs.append(await trace_hash(tmp_path / str(i), 1234))
     assert len(set(runs)) == 1 and runs[0][1] > 0
