@@ -15,8 +15,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Listen on ADDR and relay every accepted connection to the signer at --connect, through "
         "hsmproxy (one upstream connection per downstream connection). ADDR is unix:PATH or tcp:HOST:PORT."
     )
-    parser.add_argument("--listen", required=True, metavar="ADDR", help="where the node connects (unix:PATH or tcp:HOST:PORT)")
-    parser.add_argument("--connect", required=True, metavar="ADDR", help="where the signer listens (unix:PATH or tcp:HOST:PORT)")
+    parser.add_argument("--listen", required=True, metavar="ADDR",
+                        help="where the node connects (unix:PATH or tcp:HOST:PORT)")
+    parser.add_argument("--connect", required=True, metavar="ADDR",
+                        help="where the signer listens (unix:PATH or tcp:HOST:PORT)")
     add_relay_options(parser)
 
 

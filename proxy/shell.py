@@ -20,7 +20,7 @@ import wire
 
 from . import hooks as H
 from .fdpass import Endpoint, close_fds
-from .relay import REPLY, REQUEST, Carrier, ConnectionRelay, Frame, FramingLost, RawBytes, client_context
+from .relay import REPLY, REQUEST, Carrier, ConnectionRelay, Frame, FramingLost, client_context
 
 log = logging.getLogger("hsmproxy.relay")
 

@@ -43,13 +43,17 @@ def parse_address(text: str) -> Address:
         host = host.strip("[]")
         if host and port.isdigit() and 0 <= int(port) < 65536:
             return Address("tcp", host=host, port=int(port))
-    raise AddressError(f"address {text!r} is not unix:PATH or tcp:HOST:PORT (e.g. unix:/run/hsmd.sock, tcp:127.0.0.1:7701)")
+    raise AddressError(
+        f"address {text!r} is not unix:PATH or tcp:HOST:PORT (e.g. unix:/run/hsmd.sock, tcp:127.0.0.1:7701)"
+    )
 
 
 def _unix_listener(path: str) -> socket.socket:
     if os.path.exists(path):
         if not stat.S_ISSOCK(os.stat(path).st_mode):
-            raise AddressError(f"--listen unix:{path}: a file that is not a socket is in the way; remove it or pick another path")
+            raise AddressError(
+                f"--listen unix:{path}: a file that is not a socket is in the way; remove it or pick another path"
+            )
         probe = socket.socket(socket.AF_UNIX)
         try:
             probe.connect(path)

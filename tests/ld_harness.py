@@ -19,7 +19,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from proxy.subd import exit_status, spawn_subdaemon
