@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .node import CRASH_POINTS, EXIT_OK, EXIT_USAGE, Node, NodeConfig, NodeError, parse_crash_at
+from .policy import PolicyFilter
 
 DEFAULT_SIGNER = [sys.executable, "-m", "proxy.cli", "sim-signer"]
 
@@ -58,6 +59,14 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.updates < 0:
         print("sim-node: --updates must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
+    if args.pretend_crash_at is not None and not args.attacker_peer:
+        print("sim-node: --pretend-crash-at needs --attacker-peer (someone must receive the leaked signature)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        PolicyFilter.parse(args.policy_filter)
+    except ValueError as exc:
+        print(f"sim-node: --policy-filter: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.signer:
         signer = Path(args.signer)

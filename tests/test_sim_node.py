@@ -117,3 +117,15 @@ def test_compromised_node_theft_succeeds_when_retry_same_is_only_a_warning(tmp_p
     s = summary(proc)
     (stale,) = s["attacker_publishable"]
     assert stale["commit_num"] == 2 and stale["htlcs"] != stale["committed_htlcs"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--crash-at", "nowhere"], "unknown point 'nowhere'"),
+    (["--pretend-crash-at", "1"], "needs --attacker-peer"),
+    (["--policy-filter", "bogus"], "TAG:warn or TAG:error"),
+    (["--updates", "-1"], "0 or more"),
+])
+def test_usage_errors_name_the_input_and_exit_2(tmp_path, args, message):
+    proc = sim_node(tmp_path, *(["--updates", "2"] if "--updates" not in args else []), *args)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "node.sqlite").exists()
