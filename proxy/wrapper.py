@@ -8,7 +8,6 @@ signer exits.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
@@ -22,10 +21,7 @@ from .fdpass import Endpoint
 from .shell import RelayShell, StatusOut
 from .subd import REQUEST_FD, exit_status, spawn_subdaemon
 
-log = logging.getLogger("hsmproxy.wrap")
-
 STATUS_FD = 0
-EXIT_SETUP_FAILED = 2  # what hsmd itself exits with when its sockets are unusable
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 DRAIN_SECONDS = 2.0  # after the signer exits: time to forward what it wrote before it died
 
