@@ -36,7 +36,7 @@ VERDICT_ACTIONS = frozenset({"drop", "duplicate", "corrupt", "hold", "reject", "
 SIDE_EFFECT_ACTIONS = frozenset({"delay", "kill-node", "kill-signer", "crash-proxy"})
 ACTIONS = tuple(sorted(VERDICT_ACTIONS | SIDE_EFFECT_ACTIONS))
 CORRUPT_MODES = ("bitflip", "stale", "other-channel")
-ROLES = ("master", "client")
+ROLES = ("master", "client", "socket")  # socket: a connection accepted by `hsmproxy serve`
 
 # One-line prefixes, mirroring Core Lightning's dev-disconnect (see docs/faults.md for the table).
 PREFIXES: dict[str, tuple[str, str]] = {

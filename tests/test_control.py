@@ -195,3 +195,28 @@ async def test_control_answers_within_bound_under_load_with_held_messages():
             await idle.aclose()
             nursery.cancel_scope.cancel()
     assert len(latencies) == 48 and max(latencies) < 2
+
+
+async def test_malformed_http_gets_400_and_keep_alive_works():
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            bound = await start(nursery, FaultRuntime(allowed=True))
+            bad = await trio.open_tcp_stream(bound.host, bound.port)
+            await bad.send_all(b"NOT HTTP AT ALL\r\n\r\n")
+            answer = b""
+            while chunk := await bad.receive_some(4096):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 400") and b"malformed HTTP request" in answer
+            good = await trio.open_tcp_stream(bound.host, bound.port)
+            for _ in range(2):  # two requests on one connection
+                await good.send_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += await good.receive_some(4096)
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                body = head.split(b"\r\n\r\n", 1)[1]
+                while len(body) < length:
+                    body += await good.receive_some(4096)
+                assert json.loads(body)["ok"] is True
+            await good.aclose()
+            nursery.cancel_scope.cancel()
