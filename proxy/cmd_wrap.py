@@ -55,5 +55,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         wrapper = functools.partial(run_wrapper, decode=args.parse)
         return trio.run(wrapper, [args.signer, *signer_args], hooks, node_status, node_master)
+    except WrapSetupError as exc:
+        print(f"hsmproxy wrap: {exc}", file=sys.stderr)
+        return 2
     finally:
         close_hooks(hooks)

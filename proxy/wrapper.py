@@ -89,6 +89,8 @@ async def run_wrapper(
     master_ours, master_theirs = socket.socketpair()
     try:
         proc = spawn_subdaemon(signer_argv, status_fd=status_theirs.fileno(), request_fd=master_theirs.fileno())
+    except OSError as exc:
+        raise WrapSetupError(f"cannot start the signer {signer_argv[0]!r}: {exc}") from None
     finally:
         status_theirs.close()
         master_theirs.close()

@@ -139,3 +139,19 @@ def test_addresses_are_checked_with_a_clear_message():
     done = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--listen", "nowhere", "--connect", "unix:/x"],
                           capture_output=True, text=True, env=h.child_env(), timeout=30)
     assert done.returncode == 2 and "'nowhere' is not unix:PATH or tcp:HOST:PORT" in done.stderr
+
+
+async def test_an_unreachable_signer_closes_the_connection_and_serving_goes_on(tmp_path: Path):
+    listen = f"unix:{tmp_path / 'proxy.sock'}"
+    proc = start_serve(listen, f"unix:{tmp_path / 'nobody.sock'}")
+    try:
+        for _ in range(2):
+            stream = await connect_when_ready(parse_address(listen), proc)
+            with trio.fail_after(10):
+                assert await stream.receive_some(10) == b""
+            await stream.aclose()
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert "cannot reach the signer at unix:" in proc.stderr.read()

@@ -222,3 +222,14 @@ def test_a_killed_wrapper_leaves_no_signer_behind(signer, tmp_path):
         assert wait_gone(signer_pid)  # its fd 3 reached EOF, and hsmd exits on that
     finally:
         ld.close()
+
+
+def test_a_signer_that_cannot_start_is_reported(tmp_path):
+    broken = h.write_script(tmp_path / "broken-signer", [])
+    broken.write_text("#!/nonexistent/interpreter\n")
+    ld = h.Lightningd([str(h.wrapper_script(tmp_path, broken))], tmp_path)
+    try:
+        assert ld.wait() == 2
+        assert ld.request("master", init_body()) is None
+    finally:
+        ld.close()
