@@ -62,17 +62,28 @@ def test_naive_honest_crash_without_new_updates_recovers(tmp_path):
     assert_all_agree(tmp_path, 3)
 
 
-@pytest.mark.parametrize("discipline,expected", [("wal", 0), ("naive", 4)])
-def test_signer_killed_after_persisting_before_replying(tmp_path, discipline, expected):
-    """VLS's own window: the signer persisted 'signed commitment 2' and died before replying."""
-    crashed = sim_node(tmp_path, "--updates", "3", "--discipline", discipline, FAST,
-                       env_extra={"HSMPROXY_SIM_SIGNER_CRASH_AT": "hsmd_sign_remote_commitment_tx:3"})
-    assert crashed.returncode == 3, crashed.stderr  # lightningd dies with its hsmd
-    assert "signer exit status -9" in crashed.stderr
-    resumed = sim_node(tmp_path, "--updates", "3", "--discipline", discipline, FAST)
-    assert resumed.returncode == expected, resumed.stderr
-    if expected == 0:
-        assert_all_agree(tmp_path, 3)
+SIGNER_WINDOWS = ["hsmd_sign_remote_commitment_tx:3", "hsmd_sign_remote_htlc_tx:2", "hsmd_validate_commitment_tx:3",
+                  "hsmd_revoke_commitment_tx:2", "hsmd_validate_revocation:2"]
+
+
+def test_wal_signer_killed_between_persist_and_reply_loses_nothing(tmp_path):
+    """VLS's own window, for every state-changing request: the signer persisted, then died before replying."""
+    target = 8
+    for window in SIGNER_WINDOWS:
+        crashed = sim_node(tmp_path, "--updates", str(target), "--discipline", "wal", FAST,
+                           env_extra={"HSMPROXY_SIM_SIGNER_CRASH_AT": window})
+        assert crashed.returncode == 3, crashed.stderr  # lightningd dies with its hsmd
+        assert "signer exit status -9" in crashed.stderr
+    resumed = sim_node(tmp_path, "--updates", str(target), "--discipline", "wal", FAST)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_all_agree(tmp_path, target)
+
+
+def test_naive_signer_killed_after_signing_is_the_split_brain(tmp_path):
+    crashed = sim_node(tmp_path, "--updates", "3", FAST, env_extra={"HSMPROXY_SIM_SIGNER_CRASH_AT": SIGNER_WINDOWS[0]})
+    assert crashed.returncode == 3, crashed.stderr
+    resumed = sim_node(tmp_path, "--updates", "3", FAST)
+    assert resumed.returncode == 4 and "policy-commitment-retry-same" in resumed.stderr
 
 
 def _children(pid: int) -> list[int]:
