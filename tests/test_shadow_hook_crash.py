@@ -24,7 +24,6 @@ from coincurve import PrivateKey
 
 import wire
 from proxy import hooks as H
-from proxy import shadow as S
 from proxy.digest import digest_of_request
 from proxy.shadow_hook import ShadowHook, recover
 from tests.shadow_vectors import peer_id, request

@@ -11,8 +11,8 @@ honest node never triggers a divergence.
 from __future__ import annotations
 
 import msgpack
-from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from proxy import shadow as S
 
@@ -165,11 +165,9 @@ class ShadowMachine(RuleBasedStateMachine):
                 assert ch.previous_counterparty_point == previous[1]
             if ch.previous_counterparty_digest is not None:
                 assert ch.previous_counterparty_digest == previous[0]
-        for name in ("next_counterparty_commit_num", "next_counterparty_revoke_num", "next_holder_commit_num"):
+        for name, seen in (("next_counterparty_commit_num", self.C_seen), ("next_counterparty_revoke_num", self.R_seen),
+                           ("next_holder_commit_num", self.H_seen)):
             value = getattr(ch, name)
-            seen = getattr(self, name[5] + "_seen" if False else {"next_counterparty_commit_num": "C_seen",
-                                                                   "next_counterparty_revoke_num": "R_seen",
-                                                                   "next_holder_commit_num": "H_seen"}[name])
             if value is not None:
                 assert value >= seen, f"{name} went back from {seen} to {value}"
 
@@ -197,7 +195,6 @@ ShadowMachine.TestCase.settings = settings(
 TestShadowModel = ShadowMachine.TestCase
 
 
-@settings(max_examples=40, deadline=None)
 @st.composite
 def honest_traces(draw):
     """channeld's order for several channels, interleaved, with crash-and-retransmit of the
@@ -207,7 +204,7 @@ def honest_traces(draw):
 
 
 @settings(max_examples=40, deadline=None)
-@__import__("hypothesis").given(honest_traces())
+@given(honest_traces())
 def test_an_honest_node_never_triggers_a_divergence(trace):
     shadow = S.Shadow()
     state = {}  # dbid -> dict(next_remote, revoked, next_local, conn, last_sent)
@@ -248,5 +245,6 @@ def test_an_honest_node_never_triggers_a_divergence(trace):
             op(dbid, S.GET_POINT, ch["next_local"] - 1)
             n, digest = ch["last_sent"]
             op(dbid, S.SIGN_REMOTE, n, digest, point(n))
-            op(dbid, S.REVOKE_HOLDER, ch["next_local"] - 2) if ch["next_local"] >= 2 else None
+            if ch["next_local"] >= 2:
+                op(dbid, S.REVOKE_HOLDER, ch["next_local"] - 2)
     assert shadow.events == []
