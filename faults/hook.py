@@ -84,6 +84,7 @@ class FaultHook:
         verdict = None
         for decision in engine.decide(obs):
             log.warning("fault injected: %s", _describe(decision))
+            self.runtime.injected(decision.event)
             outcome = await self._carry_out(decision, point)
             if outcome is not None and verdict is None:
                 verdict = outcome

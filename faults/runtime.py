@@ -37,6 +37,7 @@ class FaultRuntime:
         self.allowed = allowed  # --enable-faults: without it no rule may be installed
         self.held: dict[int, HeldMessage] = {}
         self._next_hold = 1
+        self.listeners: list = []  # callables(FaultEvent) told of every injected fault (metrics)
         if self.engine.rules and not allowed:
             raise FaultsNotEnabled(REFUSAL)
 
@@ -44,6 +45,16 @@ class FaultRuntime:
         if not self.allowed:
             raise FaultsNotEnabled(REFUSAL)
         return self.engine.add_rule(rule)
+
+    def injected(self, event: FaultEvent) -> None:
+        for listener in self.listeners:
+            listener(event)
+
+    def attach_metrics(self, metrics) -> None:
+        """Feed proxy.metrics.Metrics: faults injected by action and point, enabled, held."""
+        metrics.faults_enabled.set(1 if self.allowed else 0)
+        metrics.held_messages.set_function(lambda: len(self.held))
+        self.listeners.append(lambda event: metrics.faults.labels(action=event.action, point=event.point).inc())
 
     def hold(self, event: FaultEvent) -> HeldMessage:
         held = HeldMessage(self._next_hold, event)

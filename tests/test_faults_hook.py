@@ -160,3 +160,18 @@ async def test_no_rules_costs_nothing_and_changes_nothing():
     runtime, hooks = chain("$hsmd_init")
     runtime.engine.clear()
     assert await all_points(hooks, exchange()) == [Forward()] * 4
+
+
+async def test_injected_faults_feed_the_metrics():
+    from proxy.metrics import Metrics
+
+    metrics = Metrics()
+    runtime, hooks = chain("0hsmd_sign_remote_commitment_tx; ~hsmd_sign_remote_commitment_tx@reply ms=1")
+    runtime.attach_metrics(metrics)
+    verdicts = await all_points(hooks, exchange())
+    text = metrics.registry.get_sample_value
+    assert text("hsmproxy_faults_injected_total", {"action": "hold", "point": "request.before_forward"}) == 1
+    assert text("hsmproxy_faults_injected_total", {"action": "delay", "point": "reply.before_forward"}) == 1
+    assert text("hsmproxy_faults_enabled") == 1 and text("hsmproxy_held_messages") == 1
+    runtime.release()
+    assert text("hsmproxy_held_messages") == 0 and isinstance(verdicts[0], Hold)
