@@ -216,6 +216,8 @@ class FaultEngine:
             return False
         if rule.role is not None and rule.role != obs.role:
             return False
+        if rule.connection is not None and rule.connection != obs.conn_key:
+            return False
         if rule.dbid is not None and rule.dbid != obs.dbid:
             return False
         if rule.peer is not None and rule.peer != obs.peer:

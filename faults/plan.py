@@ -138,6 +138,7 @@ class Rule:
     request_types: frozenset[int] = frozenset()
     reply_types: frozenset[int] = frozenset()
     role: str | None = None
+    connection: str | None = None  # a connection's stable name, as events show it (client:7:02ab..., socket#2)
     dbid: int | None = None
     peer: bytes | None = None
     where: tuple[Predicate, ...] = ()
@@ -159,6 +160,7 @@ class Rule:
             "point": self.point,
             "messages": names,
             "role": self.role,
+            "connection": self.connection,
             "dbid": self.dbid,
             "peer": self.peer.hex() if self.peer else None,
             "where": [str(p) for p in self.where],
@@ -196,6 +198,7 @@ RULE_KEYS = (
     "messages",
     "family",
     "role",
+    "connection",
     "dbid",
     "peer",
     "where",
@@ -340,6 +343,9 @@ def rule_from_mapping(data: dict, default_name: str, source: str = "") -> Rule:
     if role is not None and role not in ROLES:
         raise PlanError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}{_suggest(role, ROLES)}")
     dbid = _int(data["dbid"], "dbid", where) if data.get("dbid") is not None else None
+    connection = data.get("connection")
+    if connection is not None and (not isinstance(connection, str) or not connection):
+        raise PlanError(f"{where}: connection must be a connection name as events show it, e.g. 'client:7:02ab12cd34ef5678'")
     peer = None
     if data.get("peer") is not None:
         try:
@@ -401,6 +407,7 @@ def rule_from_mapping(data: dict, default_name: str, source: str = "") -> Rule:
         request_types=frozenset(request_types),
         reply_types=frozenset(reply_types),
         role=role,
+        connection=connection,
         dbid=dbid,
         peer=peer,
         where=predicates,
@@ -484,7 +491,8 @@ def parse_one_line(text: str, first_index: int = 1) -> list[Rule]:
             if not sep:
                 raise PlanError(f"fault {chunk!r}: cannot read {extra!r}; write key=value or field==value")
             key = _SHORT_KEYS.get(key, key)
-            data[key] = _parse_value(value) if key not in ("peer", "name", "mode", "signal", "role", "description") else value
+            text_keys = ("peer", "name", "mode", "signal", "role", "description", "connection")
+            data[key] = value if key in text_keys else _parse_value(value)
         if predicates:
             data["where"] = predicates
         if data.get("point") in POINT_ALIASES:

@@ -109,7 +109,7 @@ def _rules_table(rules: list[dict], title: str):
     for col in ("name", "action", "point", "messages", "match", "nth", "count", "p"):
         table.add_column(col, overflow="fold")
     for r in rules:
-        match = [f"{k}={r[k]}" for k in ("role", "dbid", "peer") if r.get(k) is not None] + r.get("where", [])
+        match = [f"{k}={r[k]}" for k in ("role", "connection", "dbid", "peer") if r.get(k) is not None] + r.get("where", [])
         messages = r["messages"]
         shown = ", ".join(messages[:3]) + (f" (+{len(messages) - 3})" if len(messages) > 3 else "") if messages else "any"
         extra = {"delay": f" {r.get('ms')}±{r.get('jitter_ms')}ms", "corrupt": f" {r.get('mode')}"}.get(r["action"], "")

@@ -52,6 +52,8 @@ def test_connection_filters():
     assert run(FaultEngine(parse_one_line("$hsmd_check_outpoint dbid=2")), observations()) == []
     assert len(run(FaultEngine(parse_one_line("$hsmd_check_outpoint dbid=1")), observations())) == 1
     assert run(FaultEngine(parse_one_line("$hsmd_check_outpoint role=master")), observations()) == []
+    assert run(FaultEngine(parse_one_line("$hsmd_check_outpoint connection=client:1:b")), observations("client:1:a")) == []
+    assert len(run(FaultEngine(parse_one_line("$hsmd_check_outpoint connection=client:1:a")), observations("client:1:a"))) == 1
 
 
 def test_counters_are_per_connection():
