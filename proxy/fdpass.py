@@ -28,7 +28,7 @@ class Endpoint:
     ``FAIRNESS_BUDGET`` calls that did not have to wait end with a checkpoint.
     """
 
-    __slots__ = ("sock", "raw", "unix", "truncated_control", "_budget")
+    __slots__ = ("sock", "raw", "unix", "truncated_control", "_budget", "_drained")
 
     FAIRNESS_BUDGET = 16
 
@@ -38,6 +38,7 @@ class Endpoint:
         self.unix = sock.family == socket.AF_UNIX
         self.truncated_control = 0  # reads where the kernel had to drop fds (should stay 0)
         self._budget = self.FAIRNESS_BUDGET
+        self._drained = False
 
     @classmethod
     def from_stdlib(cls, sock: socket.socket) -> "Endpoint":
@@ -60,10 +61,16 @@ class Endpoint:
         it with an abrupt close instead of an orderly one."""
         raw = self.raw
         try:
+            if self._drained:
+                # The last read emptied the socket: in request/reply traffic the next bytes are
+                # not there yet, so wait first instead of paying for a read that says EAGAIN.
+                await trio.lowlevel.wait_readable(raw)
+                self._budget = self.FAIRNESS_BUDGET
             while True:
                 try:
                     if not self.unix:
                         data = raw.recv(RECV_SIZE)
+                        self._drained = len(data) < RECV_SIZE
                         await self._fair()
                         return data, []
                     data, ancdata, flags, _ = raw.recvmsg(RECV_SIZE, _ANC_SIZE)
@@ -73,6 +80,7 @@ class Endpoint:
                     self._budget = self.FAIRNESS_BUDGET
         except trio.ClosedResourceError:  # closed by the relay itself while waiting
             return b"", []
+        self._drained = len(data) < RECV_SIZE
         fds: list[int] = []
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
