@@ -220,3 +220,35 @@ async def test_malformed_http_gets_400_and_keep_alive_works():
                 assert json.loads(body)["ok"] is True
             await good.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_control_service_that_cannot_bind_logs_and_lets_the_relay_run(caplog, tmp_path):
+    from faults.setup import ControlService
+
+    not_a_socket = tmp_path / "file"
+    not_a_socket.write_text("x")
+    service = ControlService(parse_address(f"unix:{not_a_socket}"), FaultRuntime(allowed=True))
+    with trio.fail_after(5):
+        await service.on_connection(None, "opened")  # what the wrapper's first connection does
+        await service.on_connection(None, "opened")  # started once only
+    assert service.bound is None and "is not a socket" in caplog.text
+    assert not_a_socket.read_text() == "x"  # a file in the way is never removed
+
+
+async def test_control_service_serves_extra_routes(tmp_path):
+    from faults.setup import ControlService
+
+    service = ControlService(parse_address(f"unix:{tmp_path / 'c.sock'}"), FaultRuntime(allowed=True))
+
+    async def metrics(request):
+        return Response.text("hsmproxy_up 1\n", content_type="text/plain; version=0.0.4")
+
+    service.routes.add("GET", "/metrics", metrics)
+    service.health_extra.append(lambda: {"wal": "ok"})
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await service.start(nursery)
+            client = ControlClient(service.bound)
+            assert (await call(client, "request", "GET", "/metrics")) == {"text": "hsmproxy_up 1\n"}
+            assert (await call(client, "health"))["wal"] == "ok"
+            nursery.cancel_scope.cancel()
