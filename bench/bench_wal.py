@@ -36,11 +36,12 @@ from proxy import wal as W  # noqa: E402
 from proxy.shadow_hook import recover  # noqa: E402
 
 PEER = b"\x02" * 33
+FUNDING = os.urandom(36)
 
 
 def sign_intent(dbid: int, n: int) -> S.Intent:
     return S.Intent(0, S.SIGN_REMOTE, PEER, dbid, n, os.urandom(32), b"\x03" + os.urandom(32), conn=dbid, seq=n,
-                    time_ns=time.time_ns())
+                    time_ns=time.time_ns(), funding=FUNDING)
 
 
 # --- 1. group commit ---------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def write_log(directory: str, records: int, channels: int = 1000) -> int:
             for kind, index in kinds:
                 if kind == S.SIGN_REMOTE:
                     intent = S.Intent(0, kind, PEER, dbid, index, os.urandom(32), b"\x03" + index.to_bytes(32, "big"),
-                                      dbid, index, time.time_ns())
+                                      dbid, index, time.time_ns(), FUNDING)
                 else:
                     intent = S.Intent(0, kind, PEER, dbid, index, None, b"\x03" + index.to_bytes(32, "big"),
                                       dbid, index, time.time_ns())
@@ -151,9 +152,11 @@ def memory_per_channel(channels: int) -> tuple[float, float]:
     for peer, dbid in peers:
         # A channel in full swing: two counterparty commitments, a revocation, holder side current.
         for intent in (
-            S.Intent(0, S.SIGN_REMOTE, peer, dbid, 7, os.urandom(32), b"\x03" + os.urandom(32), dbid),
+            S.Intent(0, S.SIGN_REMOTE, peer, dbid, 7, os.urandom(32), b"\x03" + os.urandom(32), dbid,
+                     funding=os.urandom(36)),
             S.Intent(0, S.VALIDATE_REVOCATION, peer, dbid, 6, None, b"\x03" + os.urandom(32), dbid),
-            S.Intent(0, S.SIGN_REMOTE, peer, dbid, 8, os.urandom(32), b"\x03" + os.urandom(32), dbid),
+            S.Intent(0, S.SIGN_REMOTE, peer, dbid, 8, os.urandom(32), b"\x03" + os.urandom(32), dbid,
+                     funding=os.urandom(36)),
             S.Intent(0, S.VALIDATE_HOLDER, peer, dbid, 8, os.urandom(32), None, dbid),
             S.Intent(0, S.REVOKE_HOLDER, peer, dbid, 7, None, None, dbid),
         ):

@@ -58,6 +58,20 @@ def tx_outputs(raw: bytes) -> list[tuple[int, bytes]]:
     return outputs
 
 
+def funding_outpoint(raw: bytes) -> bytes:
+    """The first input's prevout (txid + vout, 36 bytes): for a commitment, the funding outpoint.
+
+    A splice in flight makes channeld sign the same commitment index once per funding
+    candidate; the outpoint tells those apart from a changed retry."""
+    pos = 4
+    if len(raw) > 6 and raw[pos] == 0 and raw[pos + 1] == 1:
+        pos += 2
+    n_inputs, pos = _varint(raw, pos)
+    if n_inputs < 1 or pos + 36 > len(raw):
+        raise TxParseError("transaction has no complete input")
+    return raw[pos : pos + 36]
+
+
 def commitment_digest(
     raw_tx: bytes,
     htlcs: list[dict],

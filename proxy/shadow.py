@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .digest import digest_of_request
+from .digest import digest_of_request, funding_outpoint
 
 # Intent kinds: the hsmd requests that carry a channel index.
 SIGN_REMOTE = "sign_remote_commitment"  # 19
@@ -104,6 +104,7 @@ class Intent(NamedTuple):
     conn: int = 0  # connection identity, unique across proxy runs (run id and conn id)
     seq: int = 0  # request number on that connection
     time_ns: int = 0  # wall clock, for people; never used for decisions
+    funding: bytes | None = None  # the commitment's funding outpoint (sign_remote)
 
     def to_record(self) -> list:
         return list(self)
@@ -166,6 +167,7 @@ class ChannelShadow:
         "next_counterparty_commit_num", "next_counterparty_revoke_num",
         "current_counterparty_point", "current_counterparty_digest",
         "previous_counterparty_point", "previous_counterparty_digest",
+        "current_counterparty_funding", "previous_counterparty_funding",
         "next_holder_commit_num", "pending_holder_digest", "current_holder_digest",
         "max_point_handed_out",
         "last_conn", "last_request_kind", "last_request_index", "last_request_time_ns", "requests",
@@ -180,6 +182,8 @@ class ChannelShadow:
         self.current_counterparty_digest: bytes | None = None
         self.previous_counterparty_point: bytes | None = None
         self.previous_counterparty_digest: bytes | None = None
+        self.current_counterparty_funding: bytes | None = None  # funding outpoint of C-1's commitment
+        self.previous_counterparty_funding: bytes | None = None
         self.next_holder_commit_num: int | None = None
         self.pending_holder_digest: bytes | None = None
         self.current_holder_digest: bytes | None = None
@@ -254,10 +258,11 @@ def intent_from_request(
     fields = msg.fields
     try:
         index = fields[_INDEX_FIELD[kind]]
-        digest = point = None
+        digest = point = funding = None
         if kind == SIGN_REMOTE:
             digest = digest_of_request(fields, with_point=True)
             point = fields["remote_per_commit"]
+            funding = funding_outpoint(fields["tx"]["tx"])
         elif kind == VALIDATE_HOLDER:
             digest = digest_of_request(fields, with_point=False)
         elif kind == VALIDATE_REVOCATION:
@@ -267,7 +272,7 @@ def intent_from_request(
                 point = b""  # not a valid scalar: matches no point
     except (KeyError, TypeError, ValueError) as exc:
         raise IntentError(f"{msg.name} from peer {peer_id.hex()} dbid {dbid}: cannot read {exc}") from exc
-    return Intent(0, kind, bytes(peer_id), int(dbid), int(index), digest, point, conn, seq, time_ns)
+    return Intent(0, kind, bytes(peer_id), int(dbid), int(index), digest, point, conn, seq, time_ns, funding)
 
 
 class _Pending(NamedTuple):
@@ -413,7 +418,9 @@ def _predict(ch: ChannelShadow, it: Intent) -> list[tuple[str, bytes | None, str
     recreated = ch.last_conn is not None and ch.last_conn != it.conn
 
     if it.kind == SIGN_REMOTE and C is not None:
-        if n == C - 1:
+        if _other_funding(ch, it, C):
+            pass  # a splice candidate for the same index: a different commitment line, not a retry
+        elif n == C - 1:
             if it.digest != ch.current_counterparty_digest:
                 out.append((RETRY_CHANGED, ch.current_counterparty_digest,
                             f"re-sign of counterparty commitment {n} with different contents"))
@@ -475,6 +482,15 @@ def _predict(ch: ChannelShadow, it: Intent) -> list[tuple[str, bytes | None, str
     return out
 
 
+def _other_funding(ch: ChannelShadow, it: Intent, C: int) -> bool:
+    """Whether a signing request at C-1 or C-2 is for another funding outpoint than the one signed."""
+    if it.funding is None:
+        return False
+    known = ch.current_counterparty_funding if it.index == C - 1 else (
+        ch.previous_counterparty_funding if it.index == C - 2 else None)
+    return known is not None and known != it.funding
+
+
 def _counterparty_point(ch: ChannelShadow, n: int) -> bytes | None:
     C = ch.next_counterparty_commit_num
     if C is None:
@@ -491,13 +507,18 @@ def _apply_success(ch: ChannelShadow, it: Intent) -> None:
     n = it.index
     if it.kind == SIGN_REMOTE:
         C = ch.next_counterparty_commit_num
+        if C is not None and _other_funding(ch, it, C):
+            return  # a splice candidate: the main funding's commitment stays the one tracked
         if C is None or n >= C:
             if C is not None and n == C:
                 ch.previous_counterparty_point = ch.current_counterparty_point
                 ch.previous_counterparty_digest = ch.current_counterparty_digest
+                ch.previous_counterparty_funding = ch.current_counterparty_funding
             else:  # first sight or a jump: nothing is known about n-1
                 ch.previous_counterparty_point = ch.previous_counterparty_digest = None
+                ch.previous_counterparty_funding = None
             ch.current_counterparty_point, ch.current_counterparty_digest = it.point, it.digest
+            ch.current_counterparty_funding = it.funding
             ch.next_counterparty_commit_num = n + 1
             if ch.next_counterparty_revoke_num is None:
                 ch.next_counterparty_revoke_num = max(n - 1, 0)

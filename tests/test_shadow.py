@@ -205,3 +205,20 @@ def test_requests_without_a_channel_or_index_are_ignored():
 def test_bad_outcome_is_named():
     with pytest.raises(ValueError, match="unknown outcome 'ok'"):
         S.Shadow().finish(1, "ok")
+
+
+def test_a_splice_candidate_at_the_same_index_is_not_a_changed_retry():
+    shadow = S.Shadow()
+    normal_flow(shadow)
+    fields = channel_messages()[(SIGN, 1)].fields
+    raw = fields["tx"]["tx"]
+    assert raw[4] == 1  # one input, right after the version (no segwit marker here)
+    spliced = raw[:5] + bytes(32) + raw[37:]  # the same commitment on another funding outpoint
+    htlc = dict(fields["htlcs"][0], amount=4_000_000)
+    predicted, final = step(shadow, request(SIGN, 1, tx={"tx": spliced, "psbt": fields["tx"]["psbt"]},
+                                            htlcs=[htlc]), seq=20)
+    assert predicted == [] and final == []
+    ch = shadow.channel(peer_id(), 1)
+    assert ch.current_counterparty_funding == raw[5:41]  # the main funding stays tracked
+    # A changed retry on the main funding is still the split-brain.
+    assert step(shadow, request(SIGN, 1, htlcs=[htlc]), seq=21)[0] == [S.RETRY_CHANGED, S.DOUBLE_SIGNED]
