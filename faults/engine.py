@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import wire
 
+from .corrupt import wrong_signatures
 from .plan import PlanError, Rule, VERDICT_ACTIONS
 
 _EMPTY_HASH = bytes(32)
@@ -146,7 +147,7 @@ class FaultEngine:
         self._candidates.clear()
         # Replies are remembered only while a rule may swap one in (corrupt stale/other-channel):
         # such a rule works from the replies seen after it was added.
-        self.keeps_replies = any(r.action == "corrupt" and r.mode != "bitflip" for r in self._rules.values())
+        self.keeps_replies = any(r.action == "corrupt" and r.mode in ("stale", "other-channel") for r in self._rules.values())
 
     @property
     def active(self) -> bool:
@@ -268,6 +269,11 @@ class FaultEngine:
             out = bytearray(raw)
             out[position] ^= 1 << bit
             return bytes(out)
+        if rule.mode == "wrong-sig":
+            msg = obs.reply if obs.point.startswith("reply.") else obs.request
+            if msg is None:
+                return None
+            return wrong_signatures(msg, f"{self.seed}|{rule.name}|{obs.conn_key}|{obs.seq}|{obs.point}".encode())
         if obs.reply is None:
             return None
         if rule.mode == "stale":

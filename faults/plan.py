@@ -35,7 +35,7 @@ POINT_ALIASES = {
 VERDICT_ACTIONS = frozenset({"drop", "duplicate", "corrupt", "hold", "reject", "disconnect"})
 SIDE_EFFECT_ACTIONS = frozenset({"delay", "kill-node", "kill-signer", "crash-proxy"})
 ACTIONS = tuple(sorted(VERDICT_ACTIONS | SIDE_EFFECT_ACTIONS))
-CORRUPT_MODES = ("bitflip", "stale", "other-channel")
+CORRUPT_MODES = ("bitflip", "wrong-sig", "stale", "other-channel")
 ROLES = ("master", "client", "socket")  # socket: a connection accepted by `hsmproxy serve`
 
 # One-line prefixes, mirroring Core Lightning's dev-disconnect (see docs/faults.md for the table).

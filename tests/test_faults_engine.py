@@ -155,3 +155,44 @@ def test_same_seed_same_hash_twenty_times_and_seeds_differ():
     assert len(by_seed) == 10
     engine = trace(5, [])
     assert engine.event_count > 0 and engine.status()["trace_hash"] == hashes.pop()
+
+
+def test_corrupt_wrong_sig_is_well_formed_and_does_not_verify():
+    import hashlib
+
+    import coincurve
+    from coincurve.ecdsa import cdata_to_der, deserialize_compact
+
+    engine = FaultEngine(parse_one_line("%hsmd_sign_remote_commitment_tx mode=wrong-sig"), seed=4)
+    [d] = run(engine, observations())
+    original = wire.decode(bytes.fromhex(EXCHANGES[3]["reply"]))
+    forged = wire.decode(d.replacement)  # the strict decoder accepts it: canonical, sighash byte kept
+    assert forged.name == "hsmd_sign_tx_reply" and forged.fields["sig"][64] == original.fields["sig"][64]
+
+    def verifies(sig65: bytes, pubkey: coincurve.PublicKey, digest: bytes) -> bool:
+        return pubkey.verify(cdata_to_der(deserialize_compact(sig65[:64])), digest, hasher=None)
+
+    # A real secp256k1 signature (by a seed-derived key over another digest), so only checking it
+    # against the right key and sighash can tell: the signer's key does not verify it.
+    material = b"4|rule1|client:1:0123|3|reply.before_forward"
+    key = coincurve.PrivateKey(hashlib.sha256(b"hsmproxy wrong-sig key|" + material).digest())
+    digest = hashlib.sha256(b"hsmproxy wrong-sig|0|" + original.fields["sig"]).digest()
+    assert verifies(forged.fields["sig"], key.public_key, digest)
+    assert not verifies(original.fields["sig"], key.public_key, digest)
+    again = FaultEngine(parse_one_line("%hsmd_sign_remote_commitment_tx mode=wrong-sig"), seed=4)
+    assert run(again, observations())[0].replacement == d.replacement  # reproducible from the seed
+    other = FaultEngine(parse_one_line("%hsmd_sign_remote_commitment_tx mode=wrong-sig"), seed=5)
+    assert run(other, observations())[0].replacement != d.replacement
+
+
+def test_corrupt_wrong_sig_on_a_request_forges_the_counterparty_signatures():
+    engine = FaultEngine(parse_one_line("%hsmd_validate_commitment_tx@req mode=wrong-sig"))
+    decisions = run(engine, observations())
+    assert len(decisions) == 1
+    original = wire.decode(bytes.fromhex(EXCHANGES[7]["request"]))
+    forged = wire.decode(decisions[0].replacement)
+    assert forged.fields["tx"] == original.fields["tx"] and forged.fields["commit_num"] == original.fields["commit_num"]
+    assert forged.fields["sig"] != original.fields["sig"]
+    assert len(forged.fields["htlc_sigs"]) == len(original.fields["htlc_sigs"])
+    assert all(a != b for a, b in zip(forged.fields["htlc_sigs"], original.fields["htlc_sigs"]))
+    assert run(FaultEngine(parse_one_line("%hsmd_check_outpoint mode=wrong-sig")), observations()) == []  # no signature

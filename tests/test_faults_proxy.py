@@ -363,3 +363,11 @@ async def test_the_documented_crash_window_plan(tmp_path):
     signed = [r for r in read_trace(str(trace)) if r["kind"] == "frame" and r["dir"] == "reply" and r["seq"] == SIGN_REMOTE]
     assert signed[0]["raw"].hex() == REPLIES[SIGN_REMOTE]
     assert "FAULT INJECTION ENABLED: seed 7" in run.stderr  # --fault-seed wins over the plan's seed
+
+
+async def test_corrupt_wrong_sig_reply_is_well_formed(tmp_path):
+    run = await run_plan(tmp_path, "%hsmd_sign_remote_commitment_tx mode=wrong-sig")
+    got = replies(run)
+    forged = wire.decode(bytes.fromhex(got[SIGN_REMOTE]))
+    assert forged.name == "hsmd_sign_tx_reply" and got[SIGN_REMOTE] != REPLIES[SIGN_REMOTE]
+    assert got[:SIGN_REMOTE] + got[SIGN_REMOTE + 1:] == REPLIES[:SIGN_REMOTE] + REPLIES[SIGN_REMOTE + 1:]
