@@ -93,6 +93,17 @@ class Endpoint:
 
     async def send(self, data: bytes, fds: list[int] | tuple = ()) -> None:
         """Write all of ``data``; ``fds`` ride on its first byte (callers pass carriers alone)."""
+        await self._write(data, fds)
+        await self._fair()
+
+    async def send_pair(self, first: bytes, first_fds, second: bytes, second_fds) -> None:
+        """Two writes back to back, with no checkpoint between them: a 109 frame and its fd
+        carrier, so a reader that does one ``recvmsg`` gets both, as it does from hsmd."""
+        await self._write(first, first_fds)
+        await self._write(second, second_fds)
+        await self._fair()
+
+    async def _write(self, data: bytes, fds) -> None:
         raw = self.raw
         view = memoryview(data)
         while view or fds:
@@ -106,7 +117,6 @@ class Endpoint:
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(raw)
                 self._budget = self.FAIRNESS_BUDGET
-        await self._fair()
 
     def shutdown_write(self) -> None:
         """Half-close: the peer reads end of stream, but can still write to us."""

@@ -152,12 +152,18 @@ class RelayShell:
                         await self._forward_raw(link, link.node, seg, REPLY)
                     link.node.shutdown_write()
                     return
-                for seg in splitter.feed(data, fds):
+                segments = splitter.feed(data, fds)
+                carrier_sent = None
+                for i, seg in enumerate(segments):
                     kind = type(seg)
                     if kind is Frame:
-                        await self._reply_frame(link, core, seg)
+                        # A 109 frame and its carrier read together leave together (send_pair).
+                        after = segments[i + 1] if i + 1 < len(segments) else None
+                        carrier_sent = after if type(after) is Carrier else None
+                        await self._reply_frame(link, core, seg, carrier_sent, children)
                     elif kind is Carrier:
-                        await self._carrier(link, seg, children)
+                        if seg is not carrier_sent:
+                            await self._carrier(link, seg, children)
                     elif kind is FramingLost:
                         await self._framing_lost(link, seg, REPLY)
                     else:
@@ -235,21 +241,33 @@ class RelayShell:
         ex.request_forwarded_ns = _now()
         await self.hooks.request(ex, H.REQUEST_AFTER)
 
-    async def _reply_frame(self, link: Link, core: ConnectionRelay, seg: Frame) -> None:
+    async def _reply_frame(self, link: Link, core: ConnectionRelay, seg: Frame, carrier=None, children=None) -> None:
+        """A reply frame; ``carrier``, when given, is the fd carrier that came right after it and
+        is forwarded here too (back to back with the frame when the frame is forwarded as is)."""
         ex = core.reply_frame(seg)
-        if not self.hooks.watches_replies:
-            await link.node.send(seg.raw, seg.fds)
-            close_fds(seg.fds)
-            return
-        ex.reply_received_ns = _now()
-        verdict = await self.hooks.reply(ex, H.REPLY_BEFORE)
+        watching = self.hooks.watches_replies
+        verdict = H.FORWARD
+        if watching:
+            ex.reply_received_ns = _now()
+            verdict = await self.hooks.reply(ex, H.REPLY_BEFORE)
         if type(verdict) is H.Forward:
-            await link.node.send(seg.raw, seg.fds)
-        elif not await self._apply(link, core, ex, seg, verdict, link.node, request=False):
-            return
+            if carrier is not None:
+                await self._carrier(link, carrier, children, frame=seg)
+            else:
+                await link.node.send(seg.raw, seg.fds)
+        else:
+            forwarded = await self._apply(link, core, ex, seg, verdict, link.node, request=False)
+            if carrier is not None:
+                if link.cancel_scope.cancel_called:
+                    close_fds(carrier.fds)  # the connection is gone: so is the fd it carried
+                else:
+                    await self._carrier(link, carrier, children)
+            if not forwarded:
+                return
         close_fds(seg.fds)
-        ex.reply_forwarded_ns = _now()
-        await self.hooks.reply(ex, H.REPLY_AFTER)
+        if watching:
+            ex.reply_forwarded_ns = _now()
+            await self.hooks.reply(ex, H.REPLY_AFTER)
 
     async def _apply(self, link, core, ex, seg: Frame, verdict, dst: Endpoint, *, request: bool) -> bool:
         """Apply a verdict other than Forward; False when nothing was forwarded."""
@@ -292,28 +310,30 @@ class RelayShell:
         )
         await self.status_out.send(wire.frame(wire.encode(msg)))
 
-    async def _carrier(self, link: Link, seg: Carrier, children: trio.Nursery) -> None:
+    async def _carrier(self, link: Link, seg: Carrier, children: trio.Nursery, frame: Frame | None = None) -> None:
         """The fd after a 109 reply: hand the node one end of a new socketpair instead, and relay
-        between the other end and the signer's socket, with the context of the request."""
+        between the other end and the signer's socket, with the context of the request.
+        ``frame`` is the 109 frame when it has not been forwarded yet: it goes right before."""
         await self.hooks.raw(link.ctx, REPLY, seg.raw)
-        if not seg.fds:
-            await link.node.send(seg.raw)  # a carrier without an fd: forwarded as it came
-            return
-        signer_fd, extra = seg.fds[0], seg.fds[1:]
-        try:
-            signer_sock = socket.socket(fileno=signer_fd)
-        except OSError:  # not a socket: pass it through untouched
-            await link.node.send(seg.raw, seg.fds)
+        adopted = self._adopt_signer_socket(seg.fds)
+        if adopted is None:  # no fd, or not a stream socket: forwarded as it came
+            if frame is not None:
+                await link.node.send_pair(frame.raw, frame.fds, seg.raw, seg.fds)
+            else:
+                await link.node.send(seg.raw, seg.fds)
             close_fds(seg.fds)
             return
-        if signer_sock.type != socket.SOCK_STREAM:
-            signer_sock.detach()
-            await link.node.send(seg.raw, seg.fds)
-            close_fds(seg.fds)
-            return
+        signer_sock, extra = adopted
         ours, theirs = socket.socketpair()
         try:
-            await link.node.send(seg.raw, [theirs.fileno(), *extra])
+            if frame is not None:
+                await link.node.send_pair(frame.raw, frame.fds, seg.raw, [theirs.fileno(), *extra])
+            else:
+                await link.node.send(seg.raw, [theirs.fileno(), *extra])
+        except BaseException:
+            ours.close()
+            signer_sock.close()
+            raise
         finally:
             theirs.close()
             close_fds(extra)
@@ -322,10 +342,24 @@ class RelayShell:
         old = self.clients_by_dbid.get(ctx.dbid) if ctx.dbid else None
         if ctx.dbid is not None:
             self.clients_by_dbid[ctx.dbid] = ctx
+        children.start_soon(self.run_connection, Endpoint.from_stdlib(ours), Endpoint.from_stdlib(signer_sock), ctx)
         if old is not None:
             # hsmd closes the old client itself; the relay carries that EOF through.
             await self.hooks.connection(old, H.CONN_REPLACED)
-        children.start_soon(self.run_connection, Endpoint.from_stdlib(ours), Endpoint.from_stdlib(signer_sock), ctx)
+
+    @staticmethod
+    def _adopt_signer_socket(fds: list[int]) -> tuple[socket.socket, list[int]] | None:
+        """The signer's end of a new client connection (the first fd), if it is a stream socket."""
+        if not fds:
+            return None
+        try:
+            sock = socket.socket(fileno=fds[0])
+        except OSError:  # not a socket
+            return None
+        if sock.type != socket.SOCK_STREAM:
+            sock.detach()  # the fd stays open, to be passed on untouched
+            return None
+        return sock, fds[1:]
 
     # ---- draining -----------------------------------------------------------------------------
 
