@@ -292,3 +292,27 @@ async def test_a_client_outlives_its_parent_connection():
             await node.send(PCP)
             assert await recv_exactly(signer, len(PCP)) == PCP
             nursery.cancel_scope.cancel()
+
+
+async def test_a_109_and_its_carrier_read_together_reach_the_node_together():
+    """hsmd's frame and fd carrier usually arrive in one recvmsg (the captures show 7 bytes and
+    the fd); the proxy writes them back to back so the node sees the same."""
+    with trio.fail_after(10):
+        node, proxy_node = socket.socketpair()
+        proxy_signer, signer = socket.socketpair()
+        ours, theirs = socket.socketpair()
+        signer.sendall(REPLY_109)
+        signer.sendmsg([b"\x00"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))])
+        theirs.close()
+        shell = RelayShell([])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(shell.run_connection, Endpoint.from_stdlib(proxy_node), Endpoint.from_stdlib(proxy_signer),
+                               H.ConnContext(conn_id=0, role=H.ROLE_MASTER))
+            tnode = tsock(node)
+            await trio.lowlevel.wait_readable(node)
+            data, ancdata, flags, _ = await tnode.recvmsg(4096, socket.CMSG_SPACE(4))
+            assert data == REPLY_109 + b"\x00" and len(ancdata) == 1 and not flags & socket.MSG_CTRUNC
+            client = tsock(socket.socket(fileno=array.array("i", ancdata[0][2])[0]))
+            await client.send(PCP)  # and the passed fd is relayed to the signer's socket
+            assert await recv_exactly(tsock(ours), len(PCP)) == PCP
+            nursery.cancel_scope.cancel()
