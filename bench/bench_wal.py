@@ -122,17 +122,18 @@ def write_log(directory: str, records: int, channels: int = 1000) -> int:
     return os.path.getsize(os.path.join(directory, "wal-0.log"))
 
 
-def recovery_time(directory: str) -> tuple[float, float, int]:
+def recovery_time(directory: str) -> tuple[float, float, int, float]:
+    """(wall s, baseline wall s, channels, CPU s): CPU time is what a busy machine distorts least."""
     path = os.path.join(directory, "wal-0.log")
     started = time.perf_counter()
     with open(path, "rb") as f:
         f.read()
     baseline = time.perf_counter() - started
     gc.collect()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     shadow, _ = recover(directory, repair=False)  # what the proxy and `hsmproxy state` run
-    elapsed = time.perf_counter() - started
-    return elapsed, baseline, len(shadow.channels)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return elapsed, baseline, len(shadow.channels), cpu
 
 
 # --- 3. memory -------------------------------------------------------------------------------
@@ -173,67 +174,85 @@ def memory_per_channel(channels: int) -> tuple[float, float]:
 # --- report ------------------------------------------------------------------------------------
 
 
+def group_commit_table(args, fresh):
+    from rich.table import Table
+
+    table = Table(title=f"1. Durable WAL records/s (median of {args.runs})")
+    for col in ("channels", "records/s (group commit)", "records per fdatasync", "vs 1 channel",
+                "baseline: 1 fdatasync per record, records/s", "vs baseline"):
+        table.add_column(col, justify="right")
+    shapes = ((1, 400), (8, 150), (64, 40))
+    samples: dict[int, list] = {c: [] for c, _ in shapes}
+    baselines = []
+    for _ in range(args.runs):  # interleaved, so machine load hits every column alike
+        baselines.append(baseline_sync_per_record(fresh(), 400))
+        for channels, per_channel in shapes:
+            samples[channels].append(group_commit_rate(fresh(), channels, per_channel))
+    base = statistics.median(baselines)
+    one = statistics.median(r for r, _ in samples[1])
+    for channels, _ in shapes:
+        rate = statistics.median(r for r, _ in samples[channels])
+        per_sync = statistics.median(p for _, p in samples[channels])
+        table.add_row(str(channels), f"{rate:,.0f}", f"{per_sync:.1f}", f"{rate / one:.1f}x",
+                      f"{base:,.0f}", f"{rate / base:.1f}x")
+    return table
+
+
+def recovery_table(args, fresh):
+    from rich.table import Table
+
+    table = Table(title=f"2. Recovery of a {args.records:,}-record log (median of {args.runs})")
+    for col in ("records", "log size", "recovery s (wall)", "recovery s (CPU)", "baseline: read file s",
+                "channels", "target"):
+        table.add_column(col, justify="right")
+    d = fresh()
+    size = write_log(d, args.records)
+    results = [recovery_time(d) for _ in range(args.runs)]
+    elapsed = statistics.median(r[0] for r in results)
+    cpu = statistics.median(r[3] for r in results)
+    table.add_row(f"{args.records:,}", f"{size / 2**20:,.1f} MiB", f"{elapsed:.2f}", f"{cpu:.2f}",
+                  f"{statistics.median(r[1] for r in results):.3f}", f"{results[0][2]:,}",
+                  ("OK" if elapsed < 10 else "MISSED") + " (< 10 s wall)")
+    shutil.rmtree(d)
+    return table
+
+
+def memory_table(args, fresh):
+    from rich.table import Table
+
+    table = Table(title=f"3. Memory per tracked channel at {args.channels:,} channels (median of {args.runs})")
+    for col in ("channels", "bytes per channel (shadow)", "baseline: bare (peer, dbid) key", "target"):
+        table.add_column(col, justify="right")
+    mem = [memory_per_channel(args.channels) for _ in range(args.runs)]
+    used = statistics.median(m[0] for m in mem)
+    table.add_row(f"{args.channels:,}", f"{used:,.0f}", f"{statistics.median(m[1] for m in mem):,.0f}",
+                  ("OK" if used < 2048 else "MISSED") + " (< 2 KiB)")
+    return table
+
+
+TABLES = {"group": group_commit_table, "recovery": recovery_table, "memory": memory_table}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--channels", type=int, default=100_000)
-    parser.add_argument("--dir", default=None, help="where to put the WAL (default: a temporary directory next to the repository)")
+    parser.add_argument("--only", choices=tuple(TABLES), action="append",
+                        help="run only these tables (repeatable); default: all three")
+    parser.add_argument("--dir", default=None,
+                        help="where to put the WAL (default: a temporary directory next to the repository)")
     args = parser.parse_args()
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     # Shared machines skew every number here: say how busy this one was.
     console.print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPU(s)")
-    parent = args.dir or str(Path(__file__).resolve().parent.parent)
-    root = tempfile.mkdtemp(prefix=".bench-wal-", dir=parent)
+    root = tempfile.mkdtemp(prefix=".bench-wal-", dir=args.dir or str(Path(__file__).resolve().parent.parent))
     try:
-        def fresh() -> str:
-            d = tempfile.mkdtemp(dir=root)
-            return d
-
-        table = Table(title=f"1. Durable WAL records/s (median of {args.runs})")
-        for col in ("channels", "records/s (group commit)", "records per fdatasync", "vs 1 channel",
-                    "baseline: 1 fdatasync per record, records/s", "vs baseline"):
-            table.add_column(col, justify="right")
-        shapes = ((1, 400), (8, 150), (64, 40))
-        samples: dict[int, list] = {c: [] for c, _ in shapes}
-        baselines = []
-        for _ in range(args.runs):  # interleaved, so machine load hits every column alike
-            baselines.append(baseline_sync_per_record(fresh(), 400))
-            for channels, per_channel in shapes:
-                samples[channels].append(group_commit_rate(fresh(), channels, per_channel))
-        base = statistics.median(baselines)
-        one = statistics.median(r for r, _ in samples[1])
-        for channels, _ in shapes:
-            rate = statistics.median(r for r, _ in samples[channels])
-            per_sync = statistics.median(p for _, p in samples[channels])
-            table.add_row(str(channels), f"{rate:,.0f}", f"{per_sync:.1f}", f"{rate / one:.1f}x",
-                          f"{base:,.0f}", f"{rate / base:.1f}x")
-        console.print(table)
-
-        table = Table(title=f"2. Recovery of a {args.records:,}-record log (median of {args.runs})")
-        for col in ("records", "log size", "recovery (scan+verify+replay) s", "baseline: read file s", "channels", "target"):
-            table.add_column(col, justify="right")
-        d = fresh()
-        size = write_log(d, args.records)
-        results = [recovery_time(d) for _ in range(args.runs)]
-        elapsed = statistics.median(r[0] for r in results)
-        table.add_row(f"{args.records:,}", f"{size / 2**20:,.1f} MiB", f"{elapsed:.2f}",
-                      f"{statistics.median(r[1] for r in results):.3f}", f"{results[0][2]:,}",
-                      ("OK" if elapsed < 10 else "MISSED") + " (< 10 s)")
-        console.print(table)
-        shutil.rmtree(d)
-
-        table = Table(title=f"3. Memory per tracked channel at {args.channels:,} channels (median of {args.runs})")
-        for col in ("channels", "bytes per channel (shadow)", "baseline: bare (peer, dbid) key", "target"):
-            table.add_column(col, justify="right")
-        mem = [memory_per_channel(args.channels) for _ in range(args.runs)]
-        used = statistics.median(m[0] for m in mem)
-        table.add_row(f"{args.channels:,}", f"{used:,.0f}", f"{statistics.median(m[1] for m in mem):,.0f}",
-                      ("OK" if used < 2048 else "MISSED") + " (< 2 KiB)")
-        console.print(table)
+        for name, make_table in TABLES.items():
+            if not args.only or name in args.only:
+                console.print(make_table(args, lambda: tempfile.mkdtemp(dir=root)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     console.print(f"load average at end: {os.getloadavg()[0]:.2f}")
