@@ -168,6 +168,34 @@ def test_unanswered_requests_must_be_explained_by_a_fault():
     assert check_invariants(ev) == []
     ev.unanswered.append(lost)  # incarnation 1 had no fault
     assert len(check_invariants(ev)) == 1
+    # a duplicated request's extra reply answers the node's next request: that one is accounted for
+    ev.incarnations[1].faults.append(replace(KILL, incarnation=1, action="duplicate", point="request.before_forward"))
+    assert check_invariants(ev) == []
+
+
+def _args(*argv):
+    import argparse
+
+    from proxy import cmd_chaos
+
+    parser = argparse.ArgumentParser()
+    cmd_chaos.configure(parser)
+    return cmd_chaos.build_specs(parser.parse_args(list(argv)))
+
+
+def test_cli_builds_stories_campaigns_and_shards():
+    stories = _args()
+    assert [(s.scenario, s.signer_policy) for s in stories] == [
+        ("honest-crash", "enforce"), ("pretend-crash", "enforce"), ("pretend-crash", "warn"), ("wal-fix", "enforce")]
+    assert stories[2].reproduce == "hsmproxy chaos --scenario pretend-crash --seeds 1..1 --signer-policy warn"
+    shard = _args("--seeds", "1..10", "--shard", "2/3", "--discipline", "naive")
+    assert [s.seed for s in shard] == [2, 5, 8] and {s.discipline for s in shard} == {"naive"}
+    assert shard[0].reproduce == "hsmproxy chaos --seeds 2..2 --discipline naive"
+    assert shard[0].faults == tuple(f.line() for f in schedule.schedule_for(2))
+    with pytest.raises(ValueError, match="--shard splits a seed range"):
+        _args("--shard", "1/2")
+    with pytest.raises(ValueError, match="external --signer keeps its own"):
+        _args("--signer", "/bin/true", "--signer-policy", "warn")
 
 
 # --- faults and the trace hash -------------------------------------------------------------------

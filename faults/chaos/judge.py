@@ -10,8 +10,10 @@ from .scenarios import (CONVERGED, ENFORCE, FUNDS_LOST, INVARIANT_VIOLATED, REFU
 
 # Divergence statuses that mean "did not happen".
 _HARMLESS = frozenset({"refuted", "prevented"})
-# Faults after which a request may legitimately stay unanswered.
-_DISRUPTIVE = frozenset({"kill-node", "kill-signer", "crash-proxy", "drop", "disconnect", "hold"})
+# Faults after which a request may legitimately stay unanswered: crashes end what is in flight,
+# and a duplicated request's second reply answers the node's next request (the conversation is
+# one reply out of step until the node gives up and restarts).
+_DISRUPTIVE = frozenset({"kill-node", "kill-signer", "crash-proxy", "drop", "disconnect", "hold", "duplicate"})
 
 
 @dataclass(frozen=True)
