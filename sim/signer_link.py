@@ -46,7 +46,9 @@ class Connection:
     def request(self, msg: wire.Message) -> wire.Message:
         try:
             self.sock.sendall(wire.frame(wire.encode(msg)))
-            (length,) = [int.from_bytes(read_exact(self.sock, HEADER), "big")]
+            length = int.from_bytes(read_exact(self.sock, HEADER), "big")
+            if length > wire.MAX_BODY_LEN:
+                raise SignerGone(f"reply length {length} exceeds the protocol limit {wire.MAX_BODY_LEN}")
             body = read_exact(self.sock, length)
         except (OSError, SignerGone) as exc:
             raise SignerGone(f"{self.name}: {msg.name}: {exc}") from None
@@ -177,9 +179,12 @@ class SignerProcess:
         return "; ".join(parts)
 
     def close(self) -> None:
+        """Close the master socket (hsmd exits on EOF), wait for the process, then drop fd 0."""
         self.master.close()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.status.join(timeout=1)
+        self.status.sock.close()

@@ -36,13 +36,7 @@ def init_msg(lo=5, hi=6):
 def signer(tmp_path):
     proc = SignerProcess(SIGNER, tmp_path)
     yield proc
-    proc.master.close()
-    try:
-        proc.proc.wait(timeout=10)
-    finally:
-        if proc.proc.poll() is None:
-            proc.proc.kill()
-            proc.proc.wait()
+    proc.close()  # closes the master (the signer exits on EOF), waits, kills if it must
 
 
 def wait_for(predicate, timeout=5.0):
