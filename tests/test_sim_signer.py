@@ -219,3 +219,19 @@ def test_forget_channel_deletes_its_state(tmp_path, signer):
     assert len(list(state_dir.glob("*.json"))) == 1
     signer.master.request(wire.build("hsmd_forget_channel", id=PEER_ID, dbid=5))
     assert list(state_dir.glob("*.json")) == []
+
+
+def test_pipelined_requests_get_in_order_replies_and_clients_are_served_concurrently(signer):
+    signer.master.request(init_msg())
+    a = signer.client(PEER_ID, 1, 0x1BF)
+    b = signer.client(PEER_ID, 2, 0x1BF)
+    burst = b"".join(wire.frame(wire.encode(wire.build("hsmd_get_per_commitment_point", n=n))) for n in (0, 1))
+    a.sock.sendall(burst)  # two requests in one write, like the capture's pipelining probe
+    assert b.request(wire.build("hsmd_get_per_commitment_point", n=0)).name == "hsmd_get_per_commitment_point_reply"
+    replies = []
+    for _ in range(2):
+        length = int.from_bytes(read_exact(a.sock, 4), "big")
+        replies.append(wire.decode(read_exact(a.sock, length)))
+    points = [r.fields["per_commitment_point"] for r in replies]
+    assert points[0] != points[1]
+    assert points == [a.request(wire.build("hsmd_get_per_commitment_point", n=n)).fields["per_commitment_point"] for n in (0, 1)]
