@@ -103,7 +103,9 @@ LOG_DBG, LOG_UNUSUAL, LOG_BROKEN = 3, 5, 6
 
 
 class SignerCore:
-    def __init__(self, root_secret: bytes, policy_filter: PolicyFilter | None = None, channels: list[ChannelRecord] | None = None):
+    def __init__(self, root_secret: bytes, policy_filter: PolicyFilter | None = None, channels: list[ChannelRecord] | None = None,
+                 developer: bool = False):
+        self.developer = developer
         self.keys = NodeKeys(root_secret)
         self.filter = policy_filter or PolicyFilter()
         self.version: int | None = None
@@ -119,7 +121,7 @@ class SignerCore:
     def handle(self, client: Client, msg: wire.Message) -> Outcome:
         if not client.can(msg.type):
             raise BadRequest(f"client does not have capability to run {msg.type}")
-        if msg.type != 11 and not self.initialized:
+        if msg.type not in (11, 99) and not self.initialized:
             raise NotInitialized("hsmd was not initialized correctly")
         handler = getattr(self, "_" + msg.name.removeprefix("hsmd_"), None)
         if handler is None:
@@ -166,6 +168,18 @@ class SignerCore:
         return wire.build("hsmd_init_reply_v4", hsm_version=self.version, hsm_capabilities=CAPABILITIES,
                           node_id=self.keys.node_id, bip32=self.keys.bip32_ext_key(), bolt12=self.keys.bolt12_pubkey,
                           tlvs={"hsm_secret_type": 0})
+
+    def _dev_preinit(self, client, f, outcome):
+        self._need_developer("hsmd_dev_preinit")
+        return None  # lightningd --developer sends it before hsmd_init; hsmd never answers it
+
+    def _dev_memleak(self, client, f, outcome):
+        self._need_developer("hsmd_dev_memleak")
+        return wire.build("hsmd_dev_memleak_reply", leak=False)
+
+    def _need_developer(self, name: str) -> None:
+        if not self.developer:
+            raise BadRequest(f"{name} needs --developer")
 
     def _client_hsmfd(self, client, f, outcome):
         outcome.pass_fd_for = Client(f["id"], f["dbid"], f["permissions"])

@@ -35,7 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "Also read from HSMPROXY_SIM_SIGNER_CRASH_AT")
     parser.add_argument("--no-fsync", action="store_true", help="skip fsync when persisting state (benchmarks only; "
                         "a killed process still loses nothing, a power cut might)")
-    for flag in ("--developer", "--log-io", "--log-trace", "--dev-debug-self"):
+    parser.add_argument("--developer", action="store_true", help="accept hsmd_dev_preinit and hsmd_dev_memleak, as lightning_hsmd --developer")
+    for flag in ("--log-io", "--log-trace", "--dev-debug-self"):
         parser.add_argument(flag, action="store_true", help=f"accepted for lightning_hsmd compatibility ({flag[2:]}); ignored")
 
 
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         secret, created = load_or_create_secret(workdir)
         store = SignerStore(workdir, fsync=not args.no_fsync)
         store.lock()  # a previous signer of this directory may still be exiting
-        core = SignerCore(secret, policy_filter, store.load_all())
+        core = SignerCore(secret, policy_filter, store.load_all(), developer=args.developer)
     except (OSError, ValueError) as exc:
         status.send(wire.build("status_fail", failreason=FAIL_INTERNAL_ERROR, desc=str(exc)))
         return EXIT_STATUS_FAIL

@@ -105,6 +105,8 @@ class SignerServer:
         self.seen[msg.name] = self.seen.get(msg.name, 0) + 1
         if self.crash_at and self.crash_at == (msg.name, self.seen[msg.name]):
             os.kill(os.getpid(), signal.SIGKILL)
+        if outcome.reply is None:
+            return True  # dev_preinit: no reply, as hsmd
         try:
             await sock.send_all(wire.frame(wire.encode(outcome.reply)))
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -235,3 +235,23 @@ def test_pipelined_requests_get_in_order_replies_and_clients_are_served_concurre
     points = [r.fields["per_commitment_point"] for r in replies]
     assert points[0] != points[1]
     assert points == [a.request(wire.build("hsmd_get_per_commitment_point", n=n)).fields["per_commitment_point"] for n in (0, 1)]
+
+
+PREINIT = wire.build("hsmd_dev_preinit", tlvs={"fail_preapprove": False, "no_preapprove_check": False, "warn_on_overgrind": True})
+
+
+def test_developer_preinit_gets_no_reply_and_init_follows(tmp_path):
+    signer = SignerProcess(SIGNER + ["--developer"], tmp_path)
+    try:
+        signer.master.sock.sendall(wire.frame(wire.encode(PREINIT)))
+        assert signer.master.request(init_msg()).name == "hsmd_init_reply_v4"
+        assert signer.master.request(wire.build("hsmd_dev_memleak")).fields["leak"] is False
+    finally:
+        signer.close()
+
+
+def test_dev_memleak_without_developer_is_fatal(signer):
+    signer.master.request(init_msg())
+    with pytest.raises(SignerGone):
+        signer.master.request(wire.build("hsmd_dev_memleak"))
+    assert signer.proc.wait(timeout=10) == 242
