@@ -55,6 +55,7 @@ CRASH_POINTS = (
 )
 
 EXIT_OK, EXIT_USAGE, EXIT_SIGNER, EXIT_REFUSED, EXIT_PEER = 0, 2, 3, 4, 5
+LOG_UNUSUAL = 5  # status_log levels: 5 unusual, 6 broken
 
 
 class NodeError(Exception):
@@ -135,6 +136,12 @@ class Node:
                                               "fields": wire.to_jsonable(msg)["fields"]}) + "\n")
             self._trace.flush()
 
+    @staticmethod
+    def _on_status(msg: wire.Message) -> None:
+        """Unusual and broken signer logs go to stderr, as lightningd logs them (policy warnings among them)."""
+        if msg.name == "status_log" and msg.fields["level"] >= LOG_UNUSUAL:
+            print(f"sim-node: signer: {msg.fields['entry']}", file=sys.stderr, flush=True)
+
     def call(self, conn, msg: wire.Message, expect: str) -> wire.Message:
         try:
             reply = conn.request(msg)
@@ -146,7 +153,8 @@ class Node:
         return reply
 
     def start_signer(self) -> None:
-        self.signer = SignerProcess(self.cfg.signer_argv, self.cfg.datadir, self.cfg.signer_env, on_exchange=self._on_exchange)
+        self.signer = SignerProcess(self.cfg.signer_argv, self.cfg.datadir, self.cfg.signer_env,
+                                    on_status=self._on_status, on_exchange=self._on_exchange)
         init = wire.build("hsmd_init", bip32_key_version=TEST_BIP32_VERSIONS, chainparams=REGTEST_GENESIS,
                           hsm_encryption_key=None, dev_force_privkey=None, dev_force_bip32_seed=None,
                           dev_force_channel_secrets=None, dev_force_channel_secrets_shaseed=None,

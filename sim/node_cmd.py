@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.signer:
         signer = Path(args.signer)
+        if not signer.is_file() and os.sep not in args.signer and shutil.which(args.signer):
+            signer = Path(shutil.which(args.signer))  # a bare name found on PATH
         if not (signer.is_file() and os.access(signer, os.X_OK)):
             print(f"sim-node: --signer {args.signer}: not an executable file; give the path of lightning_hsmd "
                   "or another hsmd-compatible signer", file=sys.stderr)

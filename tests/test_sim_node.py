@@ -117,6 +117,7 @@ def test_compromised_node_theft_succeeds_when_retry_same_is_only_a_warning(tmp_p
     s = summary(proc)
     (stale,) = s["attacker_publishable"]
     assert stale["commit_num"] == 2 and stale["htlcs"] != stale["committed_htlcs"]
+    assert "signer: policy failed: policy-commitment-retry-same" in proc.stderr  # the warning is visible
 
 
 @pytest.mark.parametrize("args,message", [
