@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from embit.script import Script, Witness  # noqa: F401 (Witness: for callers that sign)
+from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from .crypto import add_points, hash160, pubkey_of, ripemd160, scalar_add, scalar_mul, sha256, tweak_point

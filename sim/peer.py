@@ -14,6 +14,8 @@ import hashlib
 import hmac
 from pathlib import Path
 
+from embit.script import Witness
+
 from . import bolt3, crypto
 from .bolt3 import ChannelParams, Party
 from .channel_state import ChannelState, Update, UpdateRejected, propose
@@ -223,10 +225,6 @@ class SimPeer:
         points[str(n + 2)] = next_point.hex()
         self.kv.put_many({"node_revoked": n, "node_points": points})
 
-    def set_node_point(self, n: int, point: bytes) -> None:
-        points = self._get("node_points")
-        points[str(n)] = point.hex()
-        self.kv.put_many({"node_points": points})
 
 
 class AttackerPeer(SimPeer):
@@ -257,7 +255,7 @@ class AttackerPeer(SimPeer):
             own = crypto.sign_digest(self.keys.funding, digest, crypto.SIGHASH_ALL)
             sigs = {params.node.funding_pubkey: sig, params.peer.funding_pubkey: own}
             k1, k2 = sorted(sigs)
-            commitment.tx.vin[0].witness = bolt3.Witness([b"", crypto.to_der_with_sighash(sigs[k1]),
+            commitment.tx.vin[0].witness = Witness([b"", crypto.to_der_with_sighash(sigs[k1]),
                                                            crypto.to_der_with_sighash(sigs[k2]), params.funding_wscript])
             out.append({"commit_num": k, "txid": commitment.tx.txid().hex(), "tx": commitment.tx.serialize().hex(),
                         "htlcs": len(state.htlcs), "committed_htlcs": len(final["htlcs"]) if final else None})

@@ -19,7 +19,6 @@ from .policy import (FEE_RANGE, HTLC_OTHER, RECOMPOSED_MISMATCH, ChannelPolicy, 
 from .signer_keys import NodeKeys
 from .txpsbt import spent_output
 
-from .signer_proc import VERSION  # noqa: E402 (one definition)
 MIN_VERSION, MAX_VERSION = 5, 6
 CAPABILITIES = [32, 34, 40]  # message numbers beyond the baseline that we implement
 
