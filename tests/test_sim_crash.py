@@ -114,3 +114,15 @@ def test_wal_survives_random_kills_of_node_and_signer(tmp_path):
     final = sim_node(tmp_path, "--updates", str(target), "--discipline", "wal", FAST)
     assert final.returncode == 0, final.stderr
     assert_all_agree(tmp_path, target)
+
+
+def test_naive_split_brain_carries_on_when_retry_same_is_relaxed(tmp_path):
+    """The tempting fix (Greenlight's, stm32's): retry-same as a warning. The honest crash recovers,
+    with the warning logged; test_sim_node's theft test shows what the same relaxation allows."""
+    args = ("--updates", "3", FAST, "--policy-filter", "policy-commitment-retry-same:warn")
+    crashed = sim_node(tmp_path, *args, "--crash-at", "after_sign_remote_before_persist:2")
+    assert crashed.returncode == -signal.SIGKILL
+    resumed = sim_node(tmp_path, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "signer: policy failed: policy-commitment-retry-same" in resumed.stderr and "changed info" in resumed.stderr
+    assert_all_agree(tmp_path, 3)
