@@ -194,3 +194,56 @@ def test_an_unusable_wal_dir_stops_the_proxy_with_a_clear_message(tmp_path):
     (wal / "wal-0.log").write_bytes(b"SQLite format 3\x00" + bytes(16))
     with pytest.raises(SystemExit, match="not an hsmproxy WAL file"):
         build_hooks(argparse.Namespace(parse=True, wal_dir=str(wal), guard=False, trace=None))
+
+
+def test_sigkill_of_the_real_proxy_at_random_moments_loses_no_answer(tmp_path):
+    """`hsmproxy wrap --wal-dir` killed with SIGKILL at random moments while the harness signs
+    commitment after commitment: every signature the node received is in the recovered WAL."""
+    import hashlib
+    import random
+    import threading
+    import time
+
+    from coincurve import PrivateKey
+
+    from proxy.digest import digest_of_request
+
+    rng = random.Random(4)
+    wal = tmp_path / "wal"
+    base = request("hsmd_sign_remote_commitment_tx", 1)
+    acked: dict[int, bytes] = {}
+
+    def point(n):
+        return PrivateKey(hashlib.sha256(b"peer secret %d" % n).digest()).public_key.format()
+
+    def workload(ld, start_index):
+        n = start_index
+        while True:
+            fields = dict(base.fields, commit_num=n, remote_per_commit=point(n), feerate=rng.randrange(253, 10**6))
+            body = wire.encode(wire.build("hsmd_sign_remote_commitment_tx", **fields))
+            if ld.request(CHANNELD, body) is None:
+                return
+            acked[n] = digest_of_request(wire.decode(body).fields, with_point=True)  # the node has it
+            n += 1
+
+    for iteration in range(4):
+        ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal))
+        try:
+            open_channel(ld)
+            worker = threading.Thread(target=workload, args=(ld, max(acked, default=1) + 1), daemon=True)
+            worker.start()
+            time.sleep(rng.uniform(0.2, 1.0))
+            os.kill(ld.proc.pid, signal.SIGKILL)
+            ld.proc.wait(timeout=10)
+            for sock in (ld.master, *ld.clients.values()):
+                sock.close()  # the signer child sees EOF and exits; the worker's read fails
+            worker.join(timeout=20)
+            assert not worker.is_alive()
+        finally:
+            ld.close()
+        (channel,) = state(wal)["channels"]
+        last = max(acked)
+        assert channel["next_counterparty_commit_num"] >= last + 1, (iteration, last, channel)
+        if channel["next_counterparty_commit_num"] == last + 1:
+            assert channel["current_counterparty_digest"] == acked[last].hex()
+    assert len(acked) >= 4
