@@ -24,11 +24,18 @@ class BadInput(Exception):
 
 @dataclass
 class Item:
-    """One message to show: its body and where it came from."""
+    """One message to show: its body and where it came from.
 
-    body: bytes
-    origin: str  # "arg 1", "stdin line 3", "capture.jsonl seq 12"
+    A trace recorded without --trace-secrets keeps no body for frames that hold secrets, only
+    their redacted decoding: then ``body`` is None and ``shown`` is that decoding. ``event`` is
+    a line about something that is not a message (a connection opened, the signer exited).
+    """
+
+    body: bytes | None
+    origin: str  # "argument 1", "stdin line 3", "capture.jsonl line 12"
     context: dict  # conn, dir, session... whatever the source knows
+    shown: dict | None = None
+    event: str | None = None
 
 
 def configure(parser) -> None:
@@ -67,7 +74,14 @@ def run(args) -> int:
             bad_inputs += 1
             print(f"hsmproxy decode: {item}", file=sys.stderr)
             continue
+        if item.event is not None:
+            out.event(item)
+            continue
         total += 1
+        if item.body is None:
+            if not args.only or item.shown.get("name") in args.only:
+                out.shown(item, item.shown)
+            continue
         try:
             message = wire.decode(item.body)
         except wire.DecodeError as exc:
@@ -179,18 +193,43 @@ def _capture_items(path: Path):
 
 
 def _trace_items(path: Path):
-    """Items of an hsmproxy trace, or None if ``path`` is not one (or trace support is absent)."""
-    try:
-        from proxy import trace
-    except ImportError:
+    """Items of an hsmproxy trace, or None if ``path`` is not one."""
+    from proxy import trace
+
+    if not trace.is_trace(str(path)):
         return None
-    if not trace.is_trace(path):
-        return None
-    return (
-        Item(record["raw"], f"{path.name} record {number}", {k: record[k] for k in ("conn", "dir", "t") if k in record})
-        for number, record in enumerate(trace.read_trace(path), 1)
-        if record.get("kind") == "frame"
-    )
+    return _trace_records(path, trace)
+
+
+def _trace_records(path: Path, trace):
+    for number, record in enumerate(trace.read_trace(str(path)), 1):
+        origin = f"{path.name} record {number}"
+        kind = record.get("kind")
+        context = {"seq": number}
+        if isinstance(record.get("conn"), dict):
+            context["conn"] = _describe_conn(record["conn"])
+        if kind == "frame":
+            context["dir"] = record.get("dir")
+            if record.get("verdict", "Forward") != "Forward":
+                context["verdict"] = record["verdict"]
+            if record.get("raw") is None:
+                yield Item(None, origin, context, shown=record.get("msg") or {"name": "redacted", "fields": {}})
+            else:
+                yield Item(record["raw"], origin, context)
+        elif kind == "conn":
+            yield Item(None, origin, context, event=f"connection {record.get('event')}")
+        elif kind == "exit":
+            yield Item(None, origin, context, event=f"signer exited with status {record.get('status')}")
+        elif kind == "raw":
+            size = len(record["raw"]) if record.get("raw") is not None else record.get("len", 0)
+            yield Item(None, origin, context, event=f"{size} unframed byte(s) {record.get('dir')} (fd carrier or raw relay)")
+
+
+def _describe_conn(conn: dict) -> str:
+    text = f"{conn.get('role')}#{conn.get('conn_id')}"
+    if conn.get("dbid") is not None:
+        text += f"(dbid={conn['dbid']})"
+    return text
 
 
 # -- outputs -----------------------------------------------------------------------------------
@@ -200,8 +239,13 @@ class _JsonOut:
         self.show_secrets = args.show_secrets
 
     def message(self, item: Item, message: wire.Message) -> None:
-        record = {**item.context, **wire.to_jsonable(message, show_secrets=self.show_secrets)}
-        print(json.dumps(record))
+        self.shown(item, wire.to_jsonable(message, show_secrets=self.show_secrets))
+
+    def shown(self, item: Item, rendered: dict) -> None:
+        print(json.dumps({**item.context, **rendered}))
+
+    def event(self, item: Item) -> None:
+        print(json.dumps({**item.context, "event": item.event}))
 
     def error(self, item: Item, exc: wire.DecodeError) -> None:
         record = {
@@ -233,16 +277,27 @@ class _TreeOut:
         return f"[dim]{where or item.origin}[/dim] {text}"
 
     def message(self, item: Item, message: wire.Message) -> None:
+        shown = wire.to_jsonable(message, show_secrets=self.show_secrets, max_bytes=self.max_bytes)
+        style = "bold" if message.known else "bold yellow"
+        self._tree(item, f"[{style}]{message.name}[/{style}] [dim]({message.type}, {len(item.body)} bytes)[/dim]", shown)
+
+    def shown(self, item: Item, rendered: dict) -> None:
+        self._tree(item, f"[bold]{rendered.get('name')}[/bold] [dim](body not recorded: it holds secrets)[/dim]", rendered)
+
+    def _tree(self, item: Item, title: str, rendered: dict) -> None:
         from rich.markup import escape
         from rich.tree import Tree
 
-        style = "bold" if message.known else "bold yellow"
-        tree = Tree(self._title(item, f"[{style}]{message.name}[/{style}] [dim]({message.type}, {len(item.body)} bytes)[/dim]"))
-        shown = wire.to_jsonable(message, show_secrets=self.show_secrets, max_bytes=self.max_bytes)
-        _add_fields(tree, shown["fields"], escape)
-        if message.trailing:
-            tree.add(f"[yellow]trailing bytes (kept, as hsmd ignores them): {message.trailing.hex()}[/yellow]")
+        if item.context.get("verdict"):
+            title += f" [magenta]{item.context['verdict']}[/magenta]"
+        tree = Tree(self._title(item, title))
+        _add_fields(tree, rendered.get("fields", {}), escape)
+        if rendered.get("trailing"):
+            tree.add(f"[yellow]trailing bytes (kept, as hsmd ignores them): {rendered['trailing']}[/yellow]")
         self.console.print(tree)
+
+    def event(self, item: Item) -> None:
+        self.console.print(self._title(item, f"[dim]{item.event}[/dim]"))
 
     def error(self, item: Item, exc: wire.DecodeError) -> None:
         from rich.markup import escape

@@ -77,3 +77,38 @@ def test_unreadable_input_names_it():
 def test_help_lists_decode():
     result = subprocess.run([sys.executable, "-m", "proxy.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "decode" in result.stdout
+
+
+def test_trace_file_decodes_with_secrets_still_redacted(tmp_path):
+    import trio
+
+    import wire
+    from proxy.hooks import REPLY_BEFORE, REQUEST_BEFORE, ConnContext, Exchange
+    from proxy.trace import TraceHook
+
+    path = tmp_path / "run.trace"
+    hook = TraceHook(str(path))
+    conn = ConnContext(3, "client", peer_id=bytes(33), dbid=7, permissions=1)
+    request = bytes.fromhex("0001") + bytes.fromhex("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
+    reply = wire.encode(wire.build("hsmd_ecdh_resp", ss=b"\x42" * 32))
+
+    async def record():
+        await hook.on_connection(conn, "opened")
+        ex = Exchange(conn=conn, seq=0, request_raw=request, request=wire.decode(request))
+        await hook.on_request(ex, REQUEST_BEFORE)
+        ex.reply_raw, ex.reply = reply, wire.decode(reply)
+        await hook.on_reply(ex, REPLY_BEFORE)
+        await hook.on_signer_exit(0)
+
+    trio.run(record)
+    hook.close()
+    result = decode(str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line.get("event") or line.get("name") for line in lines] == [
+        "connection opened", "hsmd_ecdh_req", "hsmd_ecdh_resp", "signer exited with status 0"]
+    assert lines[1]["conn"] == "client#3(dbid=7)" and lines[1]["dir"] == "request"
+    assert lines[2]["fields"]["ss"] == "<redacted>"
+    assert "42424242" not in result.stdout
+    tree = decode(str(path))
+    assert "body not recorded" in tree.stdout and "signer exited" in tree.stdout
