@@ -125,6 +125,7 @@ class Node:
         self._trace = open(cfg.trace_path, "a") if cfg.trace_path else None
         self.signer: SignerProcess | None = None
         self.dance_started: float | None = None
+        self._params: ChannelParams | None = None
         self.channel_conn = None
 
     # --- signer plumbing ---
@@ -186,7 +187,9 @@ class Node:
         return self.peer.keys.node_id
 
     def params(self) -> ChannelParams:
-        return params_from_json(self.db.channel(DBID)["params"])
+        if self._params is None:  # fixed once the channel is open
+            self._params = params_from_json(self.db.channel(DBID)["params"])
+        return self._params
 
     def open_or_resume(self) -> None:
         master = self.signer.master

@@ -11,6 +11,7 @@ import hmac
 import os
 import secrets as _random
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from embit.bip32 import HDKey
@@ -53,13 +54,17 @@ class ChannelSecrets:
     delayed_payment_base: bytes
     shaseed: bytes
 
-    @property
+    @cached_property
     def funding_pubkey(self) -> bytes:
         return pubkey_of(self.funding)
 
-    def basepoints_wire(self) -> dict:
+    @cached_property
+    def _basepoints(self) -> dict:
         return {"revocation": pubkey_of(self.revocation_base), "payment": pubkey_of(self.payment_base),
                 "htlc": pubkey_of(self.htlc_base), "delayed_payment": pubkey_of(self.delayed_payment_base)}
+
+    def basepoints_wire(self) -> dict:
+        return dict(self._basepoints)
 
 
 class NodeKeys:
@@ -77,6 +82,7 @@ class NodeKeys:
     def derive_secret(self, info: bytes) -> bytes:
         return _label(self._root, b"derive", info)
 
+    @lru_cache(maxsize=1024)  # noqa: B019 (one NodeKeys per process)
     def channel(self, peer_id: bytes, dbid: int) -> ChannelSecrets:
         seed = _label(self._root, b"channel", peer_id, dbid.to_bytes(8, "little"))
         parts = [_label(seed, name) for name in (b"funding", b"revocation", b"payment", b"htlc", b"delayed", b"shaseed")]

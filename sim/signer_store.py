@@ -42,7 +42,7 @@ class SignerStore:
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(record.to_json(), f)
+            f.write(json.dumps(record.to_json()))  # dumps uses the C encoder; dump would not
             f.flush()
             if self.fsync:
                 os.fsync(f.fileno())
