@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -48,7 +49,10 @@ class Session:
         async def one(spec: RunSpec) -> RunResult:
             return await run_spec(spec, self.workdir, self.keep)
 
+        results: list[RunResult] = []
+        self.interrupted = False
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._stop_on_sigterm, nursery.cancel_scope)
             if self.metrics_address:
                 address = await nursery.start(self._serve_metrics)
                 print(f"hsmproxy chaos: metrics on {address}", file=sys.stderr)
@@ -57,7 +61,18 @@ class Session:
             results = await run_jobs(self.specs, one, self.jobs, on_result=self._record, on_start=self.progress.on_start)
             nursery.cancel_scope.cancel()
         self.wall_s = trio.current_time() - started
+        if self.interrupted:
+            raise KeyboardInterrupt  # the runs were cancelled and their process groups killed
         return results
+
+    async def _stop_on_sigterm(self, cancel_scope: trio.CancelScope) -> None:
+        """SIGTERM (a test's timeout, systemd, kill) cancels the runs; each run kills its own
+        process group on the way out, so nothing is left behind."""
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                self.interrupted = True
+                cancel_scope.cancel()
+                return
 
     async def _live(self) -> None:
         from rich.live import Live
