@@ -98,3 +98,43 @@ async def test_bad_arguments_are_named(tmp_path):
     assert code == 2 and "--seeds '9..2'" in err
     code, _, err = await chaos("--signer", str(tmp_path / "nope"), timeout=30)
     assert code == 2 and "not an executable file" in err
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text in cmdline and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+async def test_sigterm_stops_the_session_and_leaves_no_process(tmp_path):
+    import signal
+
+    workdir = tmp_path / "runs"
+    with trio.fail_after(60):
+        proc = await trio.lowlevel.open_process([*CLI, "chaos", "--no-live", "--scenario", "wal-fix", "--workdir",
+                                                 str(workdir)])
+        try:
+            while not any("--wal-dir" in _cmdline(pid) for pid in _processes_mentioning(str(workdir))):
+                await trio.sleep(0.05)  # until the node has started the proxy in front of its signer
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 130
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert _processes_mentioning(str(workdir)) == []
