@@ -21,7 +21,7 @@ from typing import Callable
 
 from .control import HTTPError, Request, Response, RouteTable
 from .plan import PlanError, parse_one_line, rule_from_mapping
-from .runtime import FaultRuntime, FaultsNotEnabled
+from .runtime import REFUSAL, FaultRuntime, FaultsNotEnabled
 
 
 def add_fault_routes(
@@ -43,6 +43,8 @@ def add_fault_routes(
         return Response.json({"enabled": engine.enabled, "rules": [r.to_json() for r in engine.rules]})
 
     async def add_rules(request: Request) -> Response:
+        if not runtime.allowed:  # say so first: fixing the rule would not help
+            raise HTTPError(403, REFUSAL)
         data = request.json()
         if not isinstance(data, dict):
             raise HTTPError(400, 'send a JSON object: {"line": "..."} or {"rule": {...}} or {"rules": [...]}')
@@ -58,9 +60,12 @@ def add_fault_routes(
             else:
                 raise HTTPError(400, 'send {"line": "<one-line plan>"} or {"rule": {...}} or {"rules": [...]}')
             names = [r.name for r in rules]
-            taken = [n for n in names if n in {r.name for r in engine.rules}] or [n for n in names if names.count(n) > 1]
-            if taken:
-                raise PlanError(f"a rule named {taken[0]!r} exists already; remove it first or pick another name")
+            installed = {r.name for r in engine.rules}
+            for name in names:
+                if name in installed:
+                    raise PlanError(f"a rule named {name!r} exists already; remove it first or pick another name")
+                if names.count(name) > 1:
+                    raise PlanError(f"two of the new rules are named {name!r}; give each a unique name")
             for rule in rules:  # all-or-nothing: validated above, so these cannot fail half way
                 runtime.add_rule(rule)
         except FaultsNotEnabled as exc:
