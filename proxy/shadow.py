@@ -305,6 +305,8 @@ class Shadow:
         self.next_op_id = intent.op_id + 1
         ch = self.channels.get((intent.peer_id, intent.dbid)) or self.channel(intent.peer_id, intent.dbid)
         predicted = _predict(ch, intent)
+        if self.in_doubt and intent.kind == SIGN_REMOTE:
+            predicted = predicted + self._against_in_doubt(ch, intent, predicted)
         events = [self._event(intent, *p) for p in predicted] if predicted else []
         ch.last_conn = intent.conn
         ch.last_request_kind = intent.kind
@@ -325,6 +327,11 @@ class Shadow:
                 return []
             pending = _Pending(late, [])
         intent, events = pending.intent, pending.events
+        if outcome == SIGNED and self.in_doubt and intent.kind == SIGN_REMOTE:
+            # The signer answered for this index now; what it did before is in the events.
+            self.in_doubt = [d for d in self.in_doubt if not (
+                d.kind == SIGN_REMOTE and d.index == intent.index and d.dbid == intent.dbid
+                and d.peer_id == intent.peer_id)]
         if outcome == SIGNED and not events:  # the common case, and most of a WAL replay
             _apply_success(self.channels[(intent.peer_id, intent.dbid)], intent)
             return events
@@ -354,6 +361,21 @@ class Shadow:
         if len(self.events) > self.max_events:
             del self.events[: len(self.events) - self.max_events]
         return events
+
+    def _against_in_doubt(self, ch: ChannelShadow, it: Intent, predicted: list) -> list:
+        """A signing request that differs from one sent before the proxy stopped, whose answer
+        was never recorded: the signer may have signed that one, so this could be a second
+        signature at the index (the proxy's own crash window)."""
+        kinds = {p[0] for p in predicted}
+        for doubt in self.in_doubt:
+            if (doubt.kind == SIGN_REMOTE and doubt.index == it.index and doubt.dbid == it.dbid
+                    and doubt.peer_id == it.peer_id and doubt.digest != it.digest
+                    and doubt.funding == it.funding and DOUBLE_SIGNED not in kinds):
+                detail = (f"counterparty commitment {it.index} differs from a request in doubt (sent before the "
+                          "proxy stopped; the signer may have signed it)")
+                extra = [] if RETRY_CHANGED in kinds else [(RETRY_CHANGED, doubt.digest, detail)]
+                return extra + [(DOUBLE_SIGNED, doubt.digest, detail)]
+        return []
 
     def restart(self) -> list[Intent]:
         """The proxy restarted: intents still in flight will never be answered through us."""

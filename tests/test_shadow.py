@@ -222,3 +222,24 @@ def test_a_splice_candidate_at_the_same_index_is_not_a_changed_retry():
     assert ch.current_counterparty_funding == raw[5:41]  # the main funding stays tracked
     # A changed retry on the main funding is still the split-brain.
     assert step(shadow, request(SIGN, 1, htlcs=[htlc]), seq=21)[0] == [S.RETRY_CHANGED, S.DOUBLE_SIGNED]
+
+
+def test_a_request_differing_from_one_in_doubt_after_a_proxy_restart_is_a_possible_double_signature():
+    shadow = S.Shadow()
+    normal_flow(shadow)
+    # Sign 2 was forwarded, then the proxy died before the answer was durable.
+    first = request(SIGN, 1, commit_num=2, feerate=300)
+    shadow.begin(S.intent_from_request(first, peer_id(), 1, conn=1, seq=30))
+    shadow.restart()
+    assert [i.index for i in shadow.in_doubt] == [2]
+    # The node comes back and asks for 2 with other contents: the signer may now sign twice.
+    predicted, final = step(shadow, request(SIGN, 1, commit_num=2, feerate=400), conn=2, seq=0)
+    assert predicted == [S.RETRY_CHANGED, S.DOUBLE_SIGNED]
+    assert "in doubt" in final[0].detail
+    assert shadow.in_doubt == []  # resolved: the signer answered for index 2
+    # The same contents as the one in doubt is a plain retry.
+    shadow2 = S.Shadow()
+    normal_flow(shadow2)
+    shadow2.begin(S.intent_from_request(first, peer_id(), 1, conn=1, seq=30))
+    shadow2.restart()
+    assert step(shadow2, first, conn=2, seq=0) == ([], [])

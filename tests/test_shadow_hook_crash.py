@@ -43,6 +43,12 @@ def point(dbid: int, n: int) -> bytes:
     return PrivateKey(secret(dbid, n)).public_key.format()
 
 
+def feerate(dbid: int, n: int) -> int:
+    # Deterministic per index: after a kill the node re-sends the same commitment, as a node
+    # that writes its intent first does (different contents would be a possible double signature).
+    return 253 + int.from_bytes(hashlib.sha256(b"%d/%d" % (dbid, n)).digest()[:3], "big")
+
+
 def child(directory: str, ack_fd: int, seed: int) -> None:
     rng = random.Random(seed)
     base = request("hsmd_sign_remote_commitment_tx", 1)
@@ -69,7 +75,7 @@ def child(directory: str, ack_fd: int, seed: int) -> None:
                                                   per_commitment_secret=secret(dbid, n - 2)))
                     await exchange(ctx, seq, body, REVOKED)
                     continue
-                fields = dict(base.fields, commit_num=n, remote_per_commit=point(dbid, n), feerate=rng.randrange(253, 10**6))
+                fields = dict(base.fields, commit_num=n, remote_per_commit=point(dbid, n), feerate=feerate(dbid, n))
                 body = wire.encode(wire.build("hsmd_sign_remote_commitment_tx", **fields))
                 await exchange(ctx, seq, body, SIGNED)
                 os.write(ack_fd, ACK.pack(dbid, n, digest_of_request(wire.decode(body).fields, with_point=True)))

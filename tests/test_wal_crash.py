@@ -10,6 +10,7 @@ an acknowledgement to a pipe; the parent kills it at a random moment and recover
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import select
@@ -50,7 +51,9 @@ def child(directory: str, ack_fd: int, seed: int) -> None:
                     # The peer revokes n-2 (again, if a kill interrupted it), as channeld does.
                     await step(S.Intent(0, S.VALIDATE_REVOCATION, PEER, dbid, n - 2, None, point(n - 2), conn=dbid))
                     continue
-                digest = rng.randbytes(32)
+                # Deterministic per index: after a kill the node re-sends the same commitment,
+                # as a node that writes its intent first does.
+                digest = hashlib.sha256(b"%d/%d" % (dbid, n)).digest()
                 await step(S.Intent(0, S.SIGN_REMOTE, PEER, dbid, n, digest, point(n), conn=dbid))
                 os.write(ack_fd, ACK.pack(dbid, n, digest))  # the node is told only now
 
