@@ -65,6 +65,8 @@ def test_requests_and_replies_have_the_shapes_of_a_real_hsmd_session(tmp_path):
     trace = tmp_path / "trace.jsonl"
     proc = sim_node(tmp_path / "d", "--updates", "4", "--trace", str(trace))
     assert proc.returncode == 0, proc.stderr
+    revoke_replies = [json.loads(line) for line in trace.read_text().splitlines() if '"hsmd_revoke_commitment_tx_reply"' in line]
+    assert revoke_replies and all(r["fields"]["old_commitment_secret"] == wire.REDACTED for r in revoke_replies)  # no secrets in traces
     ours: dict[str, dict] = {}
     for line in trace.read_text().splitlines():
         r = json.loads(line)
