@@ -217,6 +217,8 @@ class FaultEngine:
             return False
         if rule.role is not None and rule.role != obs.role:
             return False
+        if rule.action == "reject" and obs.role == "master":
+            return False  # the relay forwards instead (hsmd exits rather than refuse the master)
         if rule.connection is not None and rule.connection != obs.conn_key:
             return False
         if rule.dbid is not None and rule.dbid != obs.dbid:

@@ -342,6 +342,8 @@ def rule_from_mapping(data: dict, default_name: str, source: str = "") -> Rule:
     role = data.get("role")
     if role is not None and role not in ROLES:
         raise PlanError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}{_suggest(role, ROLES)}")
+    if action == "reject" and role == "master":
+        raise PlanError(f"{where}: the proxy never refuses the master connection (hsmd would exit instead); use drop, disconnect or kill-signer")
     dbid = _int(data["dbid"], "dbid", where) if data.get("dbid") is not None else None
     connection = data.get("connection")
     if connection is not None and (not isinstance(connection, str) or not connection):

@@ -56,6 +56,12 @@ def test_connection_filters():
     assert len(run(FaultEngine(parse_one_line("$hsmd_check_outpoint connection=client:1:a")), observations("client:1:a"))) == 1
 
 
+def test_reject_never_fires_on_the_master():
+    master = [Observation(o.point, "master", "master", o.seq, o.request, o.reply, o.raw) for o in observations()]
+    assert run(FaultEngine(parse_one_line("?hsmd_check_outpoint")), master) == []
+    assert len(run(FaultEngine(parse_one_line("?hsmd_check_outpoint")), observations())) == 1
+
+
 def test_counters_are_per_connection():
     engine = FaultEngine(parse_one_line("$hsmd_check_outpoint"))
     a = run(engine, observations("client:1:a"))

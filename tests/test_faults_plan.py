@@ -94,6 +94,7 @@ mode = "stale"
         ("!hsmd_init signal=SIGKIL", "did you mean 'SIGKILL'"),
         ("", "empty fault plan"),
         ("-hsmd_init peer=abcd", "33-byte node id"),
+        ("?hsmd_init role=master", "never refuses the master"),
     ],
 )
 def test_bad_one_line_plans_say_what_to_do(text, expected):
