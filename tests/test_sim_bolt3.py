@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import wire
 from sim import bolt3, crypto
-from tests.bolt3_vectors import GENERATE_FROM_SEED, KEY_DERIVATION, OBSCURING
+from tests.bolt3_vectors import GENERATE_FROM_SEED, KEY_DERIVATION, OBSCURING, STORAGE_CORRECT_SEQUENCE
 
 K = {k: bytes.fromhex(v) for k, v in KEY_DERIVATION.items()}
 
@@ -35,6 +35,18 @@ def test_key_derivation_vectors():
 def test_obscuring_factor_vector():
     lp, rp = bytes.fromhex(OBSCURING["local_payment_basepoint"]), bytes.fromhex(OBSCURING["remote_payment_basepoint"])
     assert bolt3.obscuring_factor(lp, rp) == OBSCURING["factor"]
+
+
+def test_storage_vector_correct_sequence_and_a_wrong_first_secret():
+    store = bolt3.SecretStore()
+    for n, secret in enumerate(STORAGE_CORRECT_SEQUENCE):
+        store.insert(n, bytes.fromhex(secret))
+    assert [store.get(n).hex() for n in range(len(STORAGE_CORRECT_SEQUENCE))] == STORAGE_CORRECT_SEQUENCE
+    # "insert_secret #1 incorrect": a wrong secret at the first index is caught by the next one.
+    bad = bolt3.SecretStore()
+    bad.insert(0, bytes.fromhex(GENERATE_FROM_SEED[0][3]))
+    with pytest.raises(bolt3.ShachainError):
+        bad.insert(1, bytes.fromhex(STORAGE_CORRECT_SEQUENCE[1]))
 
 
 @settings(max_examples=25, deadline=None)
