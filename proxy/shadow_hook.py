@@ -91,11 +91,18 @@ class ShadowHook:
                 log.warning("in doubt after restart: %s %d for peer %s dbid %d was sent to the signer, "
                             "its answer never recorded", intent.kind, intent.index, intent.peer_id.hex(), intent.dbid)
         if metrics is not None:
-            metrics.wal_recovered.inc(recovery.record_count)
-            if recovery.problem:
-                metrics.wal_cut_tails.inc()
-            metrics.channels_tracked.set(len(shadow.channels))
+            hook.attach_metrics(metrics)
         return hook
+
+    def attach_metrics(self, metrics) -> None:
+        """Report to a ``proxy.metrics.Metrics`` from now on (and what recovery found)."""
+        self.metrics = metrics
+        if self.recovery is not None:
+            metrics.wal_recovered.inc(self.recovery.record_count)
+            if self.recovery.problem:
+                metrics.wal_cut_tails.inc()
+        metrics.channels_tracked.set(len(self.shadow.channels))
+        metrics.channels_diverged.set(len({(e.peer_id, e.dbid) for e in self.shadow.events}))
 
     def close(self) -> None:
         if self.wal is not None:

@@ -247,3 +247,32 @@ def test_sigkill_of_the_real_proxy_at_random_moments_loses_no_answer(tmp_path):
         if channel["next_counterparty_commit_num"] == last + 1:
             assert channel["current_counterparty_digest"] == acked[last].hex()
     assert len(acked) >= 4
+
+
+async def test_metrics_count_divergences_guard_refusals_and_wal_work(tmp_path):
+    """The hook reports to the real Prometheus registry of proxy.metrics."""
+    from prometheus_client import generate_latest
+
+    from proxy import hooks as H
+    from proxy.metrics import Metrics
+    from proxy.shadow_hook import ShadowHook
+
+    metrics = Metrics()
+    hook = ShadowHook.open(str(tmp_path / "wal"), guard=True)
+    hook.attach_metrics(metrics)
+    ctx = H.ConnContext(conn_id=1, role=H.ROLE_CLIENT, peer_id=peer_id(), dbid=1, permissions=447)
+    signed = wire.encode(wire.build("hsmd_sign_tx_reply", sig=bytes(64) + b"\x01"))
+    for seq, body in enumerate([wire.encode(request("hsmd_sign_remote_commitment_tx", 0)),
+                                wire.encode(request("hsmd_sign_remote_commitment_tx", 0, feerate=999))]):
+        ex = H.Exchange(ctx, seq, body, wire.decode(body))
+        verdict = await hook.on_request(ex, H.REQUEST_BEFORE)
+        if verdict is None:
+            ex.reply_raw, ex.reply = signed, wire.decode(signed)
+            await hook.on_reply(ex, H.REPLY_BEFORE)
+    assert isinstance(verdict, H.Refuse)
+    hook.close()
+    text = generate_latest(metrics.registry).decode()
+    assert 'hsmproxy_divergences_total{kind="double_signed"} 1.0' in text
+    assert 'hsmproxy_guard_refusals_total{kind="double_signed"} 1.0' in text
+    assert "hsmproxy_wal_appends_total 4.0" in text  # intent, outcome, intent, guard outcome
+    assert "hsmproxy_channels_tracked 1.0" in text
