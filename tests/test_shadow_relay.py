@@ -262,13 +262,16 @@ async def test_metrics_count_divergences_guard_refusals_and_wal_work(tmp_path):
     hook.attach_metrics(metrics)
     ctx = H.ConnContext(conn_id=1, role=H.ROLE_CLIENT, peer_id=peer_id(), dbid=1, permissions=447)
     signed = wire.encode(wire.build("hsmd_sign_tx_reply", sig=bytes(64) + b"\x01"))
-    for seq, body in enumerate([wire.encode(request("hsmd_sign_remote_commitment_tx", 0)),
-                                wire.encode(request("hsmd_sign_remote_commitment_tx", 0, feerate=999))]):
-        ex = H.Exchange(ctx, seq, body, wire.decode(body))
-        verdict = await hook.on_request(ex, H.REQUEST_BEFORE)
-        if verdict is None:
-            ex.reply_raw, ex.reply = signed, wire.decode(signed)
-            await hook.on_reply(ex, H.REPLY_BEFORE)
+    import trio
+
+    with trio.fail_after(10):
+        for seq, body in enumerate([wire.encode(request("hsmd_sign_remote_commitment_tx", 0)),
+                                    wire.encode(request("hsmd_sign_remote_commitment_tx", 0, feerate=999))]):
+            ex = H.Exchange(ctx, seq, body, wire.decode(body))
+            verdict = await hook.on_request(ex, H.REQUEST_BEFORE)
+            if verdict is None:
+                ex.reply_raw, ex.reply = signed, wire.decode(signed)
+                await hook.on_reply(ex, H.REPLY_BEFORE)
     assert isinstance(verdict, H.Refuse)
     hook.close()
     text = generate_latest(metrics.registry).decode()
