@@ -137,7 +137,7 @@ class ControlService:
     wants to start it before any connection (socket mode).
     """
 
-    def __init__(self, address: ControlAddress, runtime: FaultRuntime, token=None, allow_remote=False):
+    def __init__(self, address: ControlAddress, runtime: FaultRuntime | None, token=None, allow_remote=False):
         self.address = address
         self.runtime = runtime
         self.routes = RouteTable()
@@ -147,13 +147,14 @@ class ControlService:
         self.health_extra: list = []  # callables returning dicts merged into /health
         self.shadow = None  # the shadow hook, when the proxy keeps a shadow state
         self._started = False
-        add_fault_routes(
-            self.routes,
-            runtime,
-            shadow_state=lambda: self._shadow().state_jsonable(),
-            shadow_divergences=lambda: {"divergences": self._shadow().divergences_jsonable()},
-            health_extra=self._health_extra,
-        )
+        if runtime is not None:  # None: a bare server for other routes (e.g. --metrics alone)
+            add_fault_routes(
+                self.routes,
+                runtime,
+                shadow_state=lambda: self._shadow().state_jsonable(),
+                shadow_divergences=lambda: {"divergences": self._shadow().divergences_jsonable()},
+                health_extra=self._health_extra,
+            )
 
     def _shadow(self):
         if self.shadow is None:

@@ -38,6 +38,15 @@ def add_relay_options(parser: argparse.ArgumentParser) -> None:
         help="refuse (as hsmd refuses a bad client request) any request that would make the signer "
         "sign two different commitments at one index; trades liveness for safety, see docs/shadow.md",
     )
+    group.add_argument(
+        "--metrics", metavar="ADDR",
+        help="serve Prometheus metrics at http://ADDR/metrics (HOST:PORT on loopback, or unix:PATH); "
+        "with --control they are also served there",
+    )
+    group.add_argument(
+        "--channel-detail", type=int, default=0, metavar="N",
+        help="export per-channel gauges for at most N channels (off by default: label cardinality)",
+    )
     from faults.setup import add_fault_options
 
     add_fault_options(parser)
@@ -47,12 +56,14 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
     """The hooks for this run, in order: shadow/WAL first, then faults, then metrics, then the
     trace (last, so it records the verdict the others decided)."""
     hooks: list = []
+    metrics = _metrics(args)
     if getattr(args, "parse", True):
         from .shadow_hook import ShadowHook
         from .wal import WalError
 
         try:
-            hooks.append(ShadowHook.open(getattr(args, "wal_dir", None), guard=getattr(args, "guard", False)))
+            hooks.append(ShadowHook.open(getattr(args, "wal_dir", None), guard=getattr(args, "guard", False),
+                                         metrics=metrics))
         except (WalError, OSError) as exc:
             raise SystemExit(f"hsmproxy: --wal-dir {args.wal_dir}: {exc}") from None
     elif getattr(args, "guard", False) or getattr(args, "wal_dir", None):
@@ -65,6 +76,8 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
     hooks += fault_hooks
     if control is not None:
         hooks.append(control)
+    if metrics is not None:
+        hooks += _metrics_hooks(args, metrics, fault_hooks, control)
     if getattr(args, "trace", None):
         from .trace import TraceHook
 
@@ -74,6 +87,43 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
             if hasattr(hook, "listeners") and hasattr(hook, "shadow"):
                 hook.listeners.append(lambda ev: trace._write({"kind": "divergence", "t": time.time_ns(), "event": ev.to_jsonable()}))
     return HookChain(hooks)
+
+
+def _metrics(args: argparse.Namespace):
+    """A metrics registry when something will serve it (--metrics, or the control API)."""
+    if not (getattr(args, "metrics", None) or getattr(args, "control", None)):
+        return None
+    from .metrics import Metrics
+
+    return Metrics(channel_detail=getattr(args, "channel_detail", 0) or 0)
+
+
+def _metrics_hooks(args: argparse.Namespace, metrics, fault_hooks: list, control) -> list:
+    """The metrics hook, and a server for /metrics unless the control API already serves it."""
+    from faults.control import ControlAddressError, parse_address
+    from faults.setup import ControlService
+
+    from .metrics_hook import MetricsHook, add_metrics_route
+
+    runtime = next((h.runtime for h in [*fault_hooks, control] if getattr(h, "runtime", None) is not None), None)
+    if runtime is not None:
+        runtime.attach_metrics(metrics)
+    out = []
+    if control is not None:
+        add_metrics_route(control.routes, metrics)
+    if args.metrics and (control is None or args.metrics != args.control):
+        try:
+            address = parse_address(args.metrics)
+        except ControlAddressError as exc:
+            raise SystemExit(f"hsmproxy: --metrics: {exc}") from None
+        if not address.is_loopback:
+            raise SystemExit(f"hsmproxy: --metrics {args.metrics}: serve metrics on a loopback address "
+                             "(or put --control-allow-remote and a token on --control)")
+        server = ControlService(address, None)
+        add_metrics_route(server.routes, metrics)
+        out.append(server)
+    out.append(MetricsHook(metrics))  # last but the trace: its timings include the WAL and faults
+    return out
 
 
 def close_hooks(chain: HookChain) -> None:
