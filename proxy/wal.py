@@ -335,30 +335,37 @@ class GroupCommitWal:
         trio = self._trio
         self._writing = True
         try:
-            while self._buffer:
-                batch = b"".join(self._buffer)
-                self._buffer.clear()
-                covered = self._appended
-                try:
-                    await trio.to_thread.run_sync(self.store.write_durably, batch)
-                except OSError as exc:
-                    self._failure = exc
-                    raise WalError(f"WAL write to {self.store.directory!r} failed: {exc}") from exc
-                self.syncs += 1
-                self._durable = covered
-                self._progress.set()
-                self._progress = trio.Event()
-                if not self._buffer and self._snapshot_source and self.store.index >= self.checkpoint_every:
-                    await self._checkpoint()
+            # Shielded: a write or a checkpoint cut off halfway would leave the file and the
+            # encoder disagreeing (records are encoded for their position and epoch). A cancelled
+            # writer finishes the buffer first; that work is bounded by what was appended.
+            with trio.CancelScope(shield=True):
+                while self._buffer:
+                    batch = b"".join(self._buffer)
+                    self._buffer.clear()
+                    covered = self._appended
+                    await self._guarded(self.store.write_durably, batch)
+                    self.syncs += 1
+                    self._durable = covered
+                    self._progress.set()
+                    self._progress = trio.Event()
+                    if not self._buffer and self._snapshot_source and self.store.index >= self.checkpoint_every:
+                        await self._checkpoint()
         finally:
             self._writing = False
             self._progress.set()
             self._progress = trio.Event()
 
+    async def _guarded(self, fn, *args) -> None:
+        try:
+            await self._trio.to_thread.run_sync(fn, *args)
+        except OSError as exc:
+            self._failure = exc
+            raise WalError(f"WAL write to {self.store.directory!r} failed: {exc}") from exc
+
     async def _checkpoint(self) -> None:
         snapshot = self._snapshot_source()  # no await since the buffer drained: matches the log
         epoch = self.store.start_epoch()
-        await self._trio.to_thread.run_sync(self.store.checkpoint, epoch, snapshot)
+        await self._guarded(self.store.checkpoint, epoch, snapshot)
         self.checkpoints += 1
 
     async def checkpoint_now(self) -> None:
@@ -370,7 +377,8 @@ class GroupCommitWal:
                 await self._progress.wait()
         self._writing = True
         try:
-            await self._checkpoint()
+            with self._trio.CancelScope(shield=True):
+                await self._checkpoint()
         finally:
             self._writing = False
             self._progress.set()
