@@ -46,3 +46,11 @@ STORAGE_CORRECT_SEQUENCE = [
     "a5a64476122ca0925fb344bdc1854c1c0a59fc614298e50a33e331980a220f32",
     "05cde6323d949933f7f7b78776bcc1ea6d9b31447732e3802e1f7ac44b650e17",
 ]
+
+# Appendix C's funding keys and funding witness script.
+FUNDING = {
+    "local_funding_privkey": "30ff4956bbdd3222d44cc5e8a1261dab1e07957bdac5ae88fe3261ef321f3749",
+    "local_funding_pubkey": "023da092f6980e58d2c037173180e9a465476026ee50f96695963e8efe436f54eb",
+    "remote_funding_pubkey": "030e9f7b623d2ccc7c9bd44d66d5ce21ce504c0acf6385a132cec6d3c39fa711c1",
+    "funding_witness_script": "5221023da092f6980e58d2c037173180e9a465476026ee50f96695963e8efe436f54eb21030e9f7b623d2ccc7c9bd44d66d5ce21ce504c0acf6385a132cec6d3c39fa711c152ae",
+}

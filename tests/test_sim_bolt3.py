@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import wire
 from sim import bolt3, crypto
-from tests.bolt3_vectors import GENERATE_FROM_SEED, KEY_DERIVATION, OBSCURING, STORAGE_CORRECT_SEQUENCE
+from tests.bolt3_vectors import FUNDING, GENERATE_FROM_SEED, KEY_DERIVATION, OBSCURING, STORAGE_CORRECT_SEQUENCE
 
 K = {k: bytes.fromhex(v) for k, v in KEY_DERIVATION.items()}
 
@@ -35,6 +35,14 @@ def test_key_derivation_vectors():
 def test_obscuring_factor_vector():
     lp, rp = bytes.fromhex(OBSCURING["local_payment_basepoint"]), bytes.fromhex(OBSCURING["remote_payment_basepoint"])
     assert bolt3.obscuring_factor(lp, rp) == OBSCURING["factor"]
+
+
+def test_funding_key_and_witness_script_vector():
+    f = {k: bytes.fromhex(v) for k, v in FUNDING.items()}
+    assert crypto.pubkey_of(f["local_funding_privkey"]) == f["local_funding_pubkey"]
+    # Key order in the 2-of-2 is lexicographic, whichever side is "local".
+    for a, b in [("local_funding_pubkey", "remote_funding_pubkey"), ("remote_funding_pubkey", "local_funding_pubkey")]:
+        assert bolt3.funding_script(f[a], f[b]) == f["funding_witness_script"]
 
 
 def test_storage_vector_correct_sequence_and_a_wrong_first_secret():
