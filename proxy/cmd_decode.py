@@ -218,6 +218,11 @@ def _trace_records(path: Path, trace):
                 yield Item(record["raw"], origin, context)
         elif kind == "conn":
             yield Item(None, origin, context, event=f"connection {record.get('event')}")
+        elif kind == "divergence":
+            ev = record.get("event") or {}
+            yield Item(None, origin, context, event=(
+                f"divergence {ev.get('kind')} ({ev.get('status')}) dbid {ev.get('dbid')} index {ev.get('index')}"
+            ))
         elif kind == "exit":
             yield Item(None, origin, context, event=f"signer exited with status {record.get('status')}")
         elif kind == "raw":

@@ -7,7 +7,6 @@ and your hook in ``build_hooks``, in the documented order. The shells never impo
 from __future__ import annotations
 
 import argparse
-import time
 
 from .hooks import HookChain
 
@@ -85,7 +84,7 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
         hooks.append(trace)
         for hook in hooks:  # divergence events go into the trace too (`hsmproxy decode` skips them)
             if hasattr(hook, "listeners") and hasattr(hook, "shadow"):
-                hook.listeners.append(lambda ev: trace._write({"kind": "divergence", "t": time.time_ns(), "event": ev.to_jsonable()}))
+                hook.listeners.append(trace.divergence)
     return HookChain(hooks)
 
 

@@ -97,6 +97,9 @@ class ShadowHook:
     def attach_metrics(self, metrics) -> None:
         """Report to a ``proxy.metrics.Metrics`` from now on (and what recovery found)."""
         self.metrics = metrics
+        for kind in S.DIVERGENCE_KINDS:  # every kind is a series from the start, at 0
+            metrics.divergences.labels(kind=kind)
+        metrics.guard_refusals.labels(kind=S.DOUBLE_SIGNED)
         if self.recovery is not None:
             metrics.wal_recovered.inc(self.recovery.record_count)
             if self.recovery.problem:

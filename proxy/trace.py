@@ -117,6 +117,10 @@ class TraceHook:
     async def on_signer_exit(self, status: int) -> None:
         self._write({"kind": "exit", "t": time.time_ns(), "status": status})
 
+    def divergence(self, event) -> None:
+        """Record a shadow-state divergence event (``hsmproxy decode`` shows it as an event)."""
+        self._write({"kind": "divergence", "t": time.time_ns(), "event": event.to_jsonable()})
+
 
 def read_trace(path: str) -> Iterator[dict]:
     """The records of a trace file, header first. A trace cut short by a crash yields every
