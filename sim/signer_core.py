@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import wire
+from wire import permissions
 from coincurve import PrivateKey
 
 from . import bolt3, crypto
@@ -22,22 +23,7 @@ from .txpsbt import spent_output
 MIN_VERSION, MAX_VERSION = 5, 6
 CAPABILITIES = [32, 34, 40]  # message numbers beyond the baseline that we implement
 
-PERM_ECDH, PERM_SIGN_GOSSIP, PERM_SIGN_ONCHAIN_TX, PERM_COMMITMENT_POINT = 1, 2, 4, 8
-PERM_SIGN_REMOTE_TX, PERM_SIGN_CLOSING_TX, PERM_SIGN_WILL_FUND_OFFER = 16, 32, 64
-PERM_SIGN_SPLICE_TX, PERM_LOCK_OUTPOINT, PERM_MASTER = 128, 256, 1024
-MASTER_PERMISSIONS = PERM_MASTER | PERM_SIGN_GOSSIP | PERM_ECDH
-
-# Request number -> permission bit it needs (hsmd/permissions.h); everything else needs MASTER.
-REQUIRED_PERMISSION = {
-    1: PERM_ECDH, 2: PERM_SIGN_GOSSIP, 3: PERM_SIGN_GOSSIP, 6: PERM_SIGN_GOSSIP,
-    12: PERM_SIGN_ONCHAIN_TX, 13: PERM_SIGN_ONCHAIN_TX, 14: PERM_SIGN_ONCHAIN_TX,
-    18: PERM_COMMITMENT_POINT, 22: PERM_COMMITMENT_POINT, 31: PERM_COMMITMENT_POINT,
-    19: PERM_SIGN_REMOTE_TX, 20: PERM_SIGN_REMOTE_TX, 35: PERM_SIGN_REMOTE_TX, 36: PERM_SIGN_REMOTE_TX,
-    40: PERM_SIGN_REMOTE_TX, 21: PERM_SIGN_CLOSING_TX, 26: PERM_SIGN_WILL_FUND_OFFER, 29: PERM_SIGN_SPLICE_TX,
-    32: PERM_LOCK_OUTPOINT, 37: PERM_LOCK_OUTPOINT,
-}
-REQUEST_TYPES = {s.type for s in wire.ALL_SPECS
-                 if s.name.startswith("hsmd_") and "_reply" not in s.name and not s.name.endswith(("_resp", "_failure"))}
+MASTER_PERMISSIONS = permissions.MASTER_SOCKET
 
 
 @dataclass
@@ -48,9 +34,7 @@ class Client:
     is_master: bool = False
 
     def can(self, msg_type: int) -> bool:
-        if msg_type not in REQUEST_TYPES:
-            return False
-        return bool(self.permissions & REQUIRED_PERMISSION.get(msg_type, PERM_MASTER))
+        return permissions.allows(self.permissions, msg_type)
 
 
 class BadRequest(Exception):
