@@ -295,13 +295,21 @@ def _fields_of(types: frozenset[int]) -> set[str]:
     return names
 
 
+_TEXT_KEYS = ("name", "action", "point", "family", "role", "mode", "description", "connection", "peer")
+
+
 def rule_from_mapping(data: dict, default_name: str, source: str = "") -> Rule:
     """Validate one rule given as a mapping (TOML table, JSON object, or parsed one-line form)."""
+    if not isinstance(data, dict):
+        raise PlanError(f"rule {default_name!r}: a rule is a table of keys (action, message, point, ...)")
     name = str(data.get("name") or default_name)
     where = f"rule {name!r}"
     for key in data:
         if key not in RULE_KEYS:
             raise PlanError(f"{where}: unknown key {key!r}{_suggest(key, RULE_KEYS)}; known keys: {', '.join(RULE_KEYS)}")
+    for key in _TEXT_KEYS:
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise PlanError(f"{where}: {key} must be a string, got {data[key]!r}")
 
     action = data.get("action")
     if action not in ACTIONS:

@@ -132,3 +132,36 @@ def test_one_line_accepts_families():
     assert SIGN_REMOTE in rule.request_types and len(rule.request_types) == len(FAMILIES["signing"])
     with pytest.raises(PlanError, match="families of messages: all, signing, init, channel, commitment"):
         parse_one_line("~signin ms=5")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from faults.plan import ACTIONS, POINTS, RULE_KEYS, rule_from_mapping  # noqa: E402
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-3, 1 << 70), st.floats(allow_nan=True), st.text(max_size=12),
+                    st.lists(st.text(max_size=8), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=60))
+def test_any_one_line_text_is_a_plan_or_a_plan_error(text):
+    try:
+        parse_one_line(text)
+    except PlanError as exc:
+        assert str(exc)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(RULE_KEYS + ("bogus",)), _values, max_size=6),
+    st.sampled_from(ACTIONS),
+    st.sampled_from(["hsmd_sign_remote_commitment_tx", "hsmd_sign_tx_reply", "signing", 19, "nope"]),
+    st.sampled_from(POINTS + ("req", "reply", "soon")),
+)
+def test_any_mapping_is_a_rule_or_a_plan_error(data, action, message, point):
+    data = {"action": action, "family" if message == "signing" else "message": message, "point": point, **data}
+    try:
+        rule_from_mapping(data, "r")
+    except PlanError as exc:
+        assert str(exc).startswith("rule ")
