@@ -54,6 +54,8 @@ class FaultRuntime:
         """Feed proxy.metrics.Metrics: faults injected by action and point, enabled, held."""
         metrics.faults_enabled.set(1 if self.allowed else 0)
         metrics.held_messages.set_function(lambda: len(self.held))
+        for rule in self.engine.rules:  # planned faults are series (at 0) before they fire
+            metrics.faults.labels(action=rule.action, point=rule.point)
         self.listeners.append(lambda event: metrics.faults.labels(action=event.action, point=event.point).inc())
 
     def hold(self, event: FaultEvent) -> HeldMessage:
