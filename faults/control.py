@@ -53,8 +53,8 @@ class ControlAddress:
 
 
 def parse_address(text: str) -> ControlAddress:
-    """``unix:/path``, ``/path``, ``HOST:PORT``, ``:PORT`` or ``PORT``."""
-    text = text.strip()
+    """``unix:/path``, ``/path``, ``HOST:PORT``, ``tcp:HOST:PORT`` (as `serve` writes it), ``:PORT`` or ``PORT``."""
+    text = text.strip().removeprefix("tcp:")
     if text.startswith("unix:") or text.startswith("/") or text.startswith("./"):
         path = text[5:] if text.startswith("unix:") else text
         if not path:

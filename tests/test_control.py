@@ -138,6 +138,7 @@ def test_parse_address():
     assert parse_address("[::1]:9").host == "::1" and parse_address("[::1]:9").is_loopback
     assert parse_address("/run/x.sock") == ControlAddress("unix", path="/run/x.sock")
     assert not parse_address("10.0.0.1:80").is_loopback
+    assert parse_address("tcp:127.0.0.1:9464") == ControlAddress("tcp", "127.0.0.1", 9464)  # serve's spelling
     with pytest.raises(ControlAddressError, match="HOST:PORT"):
         parse_address("localhost:http")
 
