@@ -51,8 +51,9 @@ OPERATOR = {
              [q(p50("hsmproxy_signer_roundtrip_seconds", "family"), "p50 {{family}}"),
               q(p99("hsmproxy_signer_roundtrip_seconds", "family"), "p99 {{family}}")]),
             ("Requests in flight", "timeseries", "short", [q("sum(hsmproxy_requests_in_flight)", "in flight")]),
-            ("Signer exits by status", "stat", "short",
-             [q("sum by (status) (hsmproxy_signer_exits_total)", "exit {{status}}")]),
+            ("Signer exits and last exit status", "stat", "short",
+             [q("sum(hsmproxy_signer_exits_total)", "exits"),
+              q("max(hsmproxy_signer_last_exit_status)", "last status (-1: running)")]),
         ]),
         ("Proxy overhead", [
             ("Latency added by the proxy p50 / p99", "timeseries", "s",

@@ -73,6 +73,7 @@ class Metrics:
             "hsmproxy_parse_failures_total",
             "Frames that did not decode (forwarded unchanged anyway), by message name", ["type"], registry=r,
         )
+        self.parse_failures.labels(type="unknown")  # a series from the start: "no failures" is 0, not absent
         self.framing_lost = Counter(
             "hsmproxy_framing_lost_total",
             "Connections that lost framing and fell back to a raw byte relay", ["role"], registry=r,
@@ -98,9 +99,12 @@ class Metrics:
             "hsmproxy_connections_open", "Connections currently open, by role", ["role"], registry=r
         )
         self.signer_up = Gauge("hsmproxy_signer_up", "1 while the signer process or connection is alive", registry=r)
-        self.signer_exits = Counter(
-            "hsmproxy_signer_exits_total", "Signer exits, by exit status (128+N for signal N)", ["status"], registry=r
+        self.signer_exits = Counter("hsmproxy_signer_exits_total", "Signer exits", registry=r)
+        self.signer_exit_status = Gauge(
+            "hsmproxy_signer_last_exit_status",
+            "Exit status of the signer's last exit (128+N for signal N); -1 while it has not exited", registry=r,
         )
+        self.signer_exit_status.set(-1)
         # shadow state
         self.divergences = Counter(
             "hsmproxy_divergences_total", "Divergence events detected by the shadow state, by kind",

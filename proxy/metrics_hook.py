@@ -83,7 +83,8 @@ class MetricsHook:
 
     async def on_signer_exit(self, status: int) -> None:
         self.metrics.signer_up.set(0)
-        self.metrics.signer_exits.labels(status=str(status)).inc()
+        self.metrics.signer_exits.inc()
+        self.metrics.signer_exit_status.set(status)
 
 
 def add_metrics_route(routes, metrics: Metrics) -> None:

@@ -161,7 +161,17 @@ class ShadowHook:
         events, now = self._finish(op_id, outcome, detail)
         await self._append(S.outcome_record(op_id, outcome, now, detail))
         self._report(events, counted=False)
+        if self.metrics is not None:
+            self._channel_metrics(ex.conn)
         return None
+
+    def _channel_metrics(self, conn: H.ConnContext) -> None:
+        m = self.metrics
+        m.channels_tracked.set(len(self.shadow.channels))
+        if m.channel_detail_cap and conn.peer_id is not None:
+            channel = self.shadow.channels.get((conn.peer_id, conn.dbid))
+            if channel is not None and channel.next_counterparty_commit_num is not None:
+                m.channel_detail(f"{conn.peer_id.hex()[:16]}/{conn.dbid}", channel.next_counterparty_commit_num)
 
     async def on_connection(self, conn: H.ConnContext, event: str) -> None:
         if event != H.CONN_CLOSED:
@@ -197,14 +207,19 @@ class ShadowHook:
     async def _append(self, record: list) -> None:
         if self.wal is None:
             return
-        before = self.wal.syncs
+        wal = self.wal
+        syncs, written, checkpoints = wal.syncs, wal.bytes_written, wal.checkpoints
         started = time.monotonic()
-        await self.wal.append(record)
+        await wal.append(record)
         if self.metrics is not None:
-            self.metrics.wal_appends.inc()
-            if self.wal.syncs != before:
-                self.metrics.wal_syncs.inc(self.wal.syncs - before)
-                self.metrics.wal_sync_seconds.observe(time.monotonic() - started)
+            m = self.metrics
+            m.wal_appends.inc()
+            if wal.syncs != syncs:  # this append led a group commit: time it
+                m.wal_syncs.inc(wal.syncs - syncs)
+                m.wal_sync_seconds.observe(time.monotonic() - started)
+                m.wal_bytes.inc(wal.bytes_written - written)
+            if wal.checkpoints != checkpoints:
+                m.wal_checkpoints.inc(wal.checkpoints - checkpoints)
 
     def _report(self, events: list[S.Divergence], *, counted: bool) -> None:
         for ev in events:

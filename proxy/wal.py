@@ -316,6 +316,7 @@ class GroupCommitWal:
         self._failure: BaseException | None = None
         self.syncs = 0
         self.checkpoints = 0
+        self.bytes_written = 0
 
     async def append(self, obj) -> None:
         if self._failure is not None:
@@ -345,6 +346,7 @@ class GroupCommitWal:
                     covered = self._appended
                     await self._guarded(self.store.write_durably, batch)
                     self.syncs += 1
+                    self.bytes_written += len(batch)
                     self._durable = covered
                     self._progress.set()
                     self._progress = trio.Event()

@@ -72,7 +72,8 @@ async def test_hook_counts_frames_latency_connections_and_exits():
     assert sample(metrics, "hsmproxy_requests_in_flight") == 0
     assert sample(metrics, "hsmproxy_connections_open", role="client") == 0
     assert sample(metrics, "hsmproxy_connections_total", role="client") == 1
-    assert sample(metrics, "hsmproxy_signer_exits_total", status="242") == 1
+    assert sample(metrics, "hsmproxy_signer_exits_total") == 1
+    assert sample(metrics, "hsmproxy_signer_last_exit_status") == 242
     assert sample(metrics, "hsmproxy_signer_up") == 0
 
 
