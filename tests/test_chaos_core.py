@@ -349,3 +349,24 @@ def test_scenario_names():
     assert scenario_named("wal-fix").discipline == WAL
     with pytest.raises(ValueError, match="did you mean 'wal-fix'"):
         scenario_named("wal-fx")
+
+
+async def test_session_serves_chaos_metrics_over_http():
+    from faults.chaos.session import Session
+
+    ok, bad = _results()
+    session = Session([], metrics_address="127.0.0.1:0", console=Console(file=open(os.devnull, "w")))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(session._serve_metrics)
+            session._record(ok)
+            session._record(bad)
+            stream = await trio.open_tcp_stream("127.0.0.1", address.port)
+            await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            body = b""
+            while chunk := await stream.receive_some():
+                body += chunk
+            nursery.cancel_scope.cancel()
+    text = body.decode()
+    assert 'hsmproxy_chaos_runs_total{outcome="converged",scenario="wal-fix"} 1.0' in text
+    assert 'hsmproxy_chaos_invariant_violations_total{invariant="wal-node-never-stuck"} 1.0' in text
