@@ -26,8 +26,9 @@ async def test_fifty_seed_campaign_keeps_every_invariant_and_replays(tmp_path):
     actions = {f["action"] for r in runs for f in r["faults"]}
     assert {"kill-node", "kill-signer", "crash-proxy"} <= actions
     assert sum(r["restarts"] for r in runs) >= 50
-    points = {f["point"] for r in runs for f in r["faults"] if f["action"] == "kill-node"}
-    assert "reply.before_forward" in points  # the split-brain window was hit, and the WAL node recovered
+    window = [r["seed"] for r in runs for f in r["faults"] if f["action"] == "kill-node"
+              and f["point"] == "reply.before_forward" and f["message"] == "hsmd_sign_tx_reply"]
+    assert len(window) >= 8  # the split-brain window was hit, and each time the WAL node converged
 
     # Re-running a seed reproduces its fault trace and outcome: replay the two with the most faults.
     busiest = sorted(runs, key=lambda r: (-len(r["faults"]), r["seed"]))[:2]

@@ -46,6 +46,9 @@ def test_schedules_cover_every_crash_action_and_point():
     for action in schedule.CRASHES:
         assert {p for a, p in seen if a == action} == set(schedule.POINTS), action
     assert {a for a, _ in seen} == set(schedule.ACTIONS)
+    window = sum(1 for s in range(400) if schedule.schedule_for(s)[0].line().startswith("!hsmd_sign_remote_commitment_tx")
+                 and schedule.schedule_for(s)[0].point == "reply")
+    assert 100 <= window <= 170  # about a third of the seeds open the write-up's crash window
 
 
 # --- seeds and shards --------------------------------------------------------------------------

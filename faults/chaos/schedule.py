@@ -30,6 +30,8 @@ ACTIONS = {
     "duplicate": ("&", 1, ("req",)),
 }
 CRASHES = frozenset({"kill-node", "kill-signer", "crash-proxy"})
+# The write-up's window: the signer signed counterparty commitment N, the node never saw it.
+WINDOW_SHARE = 1 / 3  # of seeds whose first fault is exactly that crash (drawn uniformly it would be ~1.5%)
 
 
 def draw(seed: int, *parts) -> float:
@@ -72,8 +74,9 @@ class ScheduledFault:
 
 
 def schedule_for(seed: int, max_faults: int = 3, max_nth: int = 3) -> tuple[ScheduledFault, ...]:
-    """1..max_faults faults for this seed; at least one is a crash (kill node, signer or proxy),
-    so every campaign run exercises a restart."""
+    """1..max_faults faults for this seed; the first is a crash (kill node, signer or proxy), so
+    every campaign run exercises a restart, and for a third of the seeds it is the split-brain
+    window itself (kill-node when the signer's signature of commitment N is on its way)."""
     count = 1 + int(draw(seed, "count") * max_faults)
     weights = {a: w for a, (_, w, _) in ACTIONS.items()}
     faults = []
@@ -84,6 +87,8 @@ def schedule_for(seed: int, max_faults: int = 3, max_nth: int = 3) -> tuple[Sche
         message = _pick(seed, (i, "message"), DANCE)
         point = _pick(seed, (i, "point"), ACTIONS[action][2])
         nth = 1 + int(draw(seed, i, "nth") * max_nth)
+        if i == 0 and draw(seed, "window") < WINDOW_SHARE:
+            action, message, point = "kill-node", "hsmd_sign_remote_commitment_tx", "reply"
         options = ""
         if action == "delay":
             options = f"ms={1 + int(draw(seed, i, 'ms') * 30)}"
