@@ -88,7 +88,10 @@ def schedule_for(seed: int, max_faults: int = 3, max_nth: int = 3) -> tuple[Sche
         point = _pick(seed, (i, "point"), ACTIONS[action][2])
         nth = 1 + int(draw(seed, i, "nth") * max_nth)
         if i == 0 and draw(seed, "window") < WINDOW_SHARE:
+            # the 1st signing request is commitment 0 at the channel's opening (nothing to lose
+            # yet); the 2nd and 3rd are commitments 1 and 2, which carry the peer's updates
             action, message, point = "kill-node", "hsmd_sign_remote_commitment_tx", "reply"
+            nth = 2 + int(draw(seed, i, "window-nth") * 2)
         options = ""
         if action == "delay":
             options = f"ms={1 + int(draw(seed, i, 'ms') * 30)}"
