@@ -52,6 +52,7 @@ class Prometheus:
 def running_prometheus(workdir: Path, targets: list[str], *, scrape_interval: str = "1s", rule_files=()):
     """Start Prometheus scraping ``targets`` (HOST:PORT) every ``scrape_interval``; stop it after."""
     port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
     rules = "".join(f"  - {Path(r).resolve()}\n" for r in rule_files)
     config.write_text(

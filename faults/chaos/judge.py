@@ -94,6 +94,9 @@ def requests_accounted(ev: RunEvidence) -> list[Violation]:
 
 
 INVARIANTS = (no_double_sign_when_enforcing, wal_node_converges, shadow_matches_signer, requests_accounted)
+# The names the checks above report (metrics series exist for each from the start).
+INVARIANT_NAMES = ("enforcing-signer-never-double-signs", "wal-node-never-stuck", "wal-node-never-diverges",
+                   "shadow-equals-signer", "every-request-answered")
 
 
 def check_invariants(ev: RunEvidence) -> list[Violation]:

@@ -85,8 +85,18 @@ class Session:
         from proxy.metrics import Metrics
         from proxy.metrics_hook import add_metrics_route
 
+        from .judge import INVARIANT_NAMES
+        from .scenarios import OUTCOMES
+
         address = parse_address(self.metrics_address)
         self.metrics = Metrics()
+        # Every series a dashboard shows exists from the start: "no funds lost" is 0, not absent.
+        for scenario in {spec.scenario for spec in self.specs}:
+            self.metrics.chaos_funds_lost_msat.labels(scenario=scenario)
+            for outcome in OUTCOMES:
+                self.metrics.chaos_runs.labels(scenario=scenario, outcome=outcome)
+        for invariant in INVARIANT_NAMES:
+            self.metrics.chaos_invariant_violations.labels(invariant=invariant)
         routes = RouteTable()
         add_metrics_route(routes, self.metrics)
         await ControlServer(routes).serve(address, task_status=task_status)
