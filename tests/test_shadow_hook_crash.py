@@ -14,10 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import select
-import signal
 import struct
-import time
 
 import trio
 from coincurve import PrivateKey
@@ -27,6 +24,7 @@ from proxy import hooks as H
 from proxy.digest import digest_of_request
 from proxy.shadow_hook import ShadowHook, recover
 from tests.shadow_vectors import peer_id, request
+from tests.crash_harness import run_and_sigkill
 
 ACK = struct.Struct(">IQ32s")
 CHANNELS = 4
@@ -88,30 +86,7 @@ def child(directory: str, ack_fd: int, seed: int) -> None:
 
 
 def run_once(directory: str, rng: random.Random, acked: dict) -> None:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child never returns
-        try:
-            os.close(read_fd)
-            child(directory, write_fd, rng.randrange(1 << 30))
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    buf = b""
-    deadline = time.monotonic() + rng.uniform(0.0, 0.08)
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            if select.select([read_fd], [], [], left)[0]:
-                buf += os.read(read_fd, 65536)
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    while chunk := os.read(read_fd, 65536):
-        buf += chunk
-    os.close(read_fd)
-    for off in range(0, len(buf) - len(buf) % ACK.size, ACK.size):
-        dbid, n, digest = ACK.unpack_from(buf, off)
-        acked[dbid] = (n, digest)
+    run_and_sigkill(child, directory, rng, acked, ACK, max_seconds=0.08)
 
 
 def test_sigkilled_shadow_hook_keeps_every_answer_the_node_saw(tmp_path):
