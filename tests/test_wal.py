@@ -179,7 +179,7 @@ async def test_cancelled_appenders_never_tear_the_log(tmp_path):
             await wal.append(S.outcome_record(intent.op_id, S.SIGNED, 0))
 
     with trio.fail_after(30):
-        for round_ in range(20):
+        for round_ in range(8):
             async with trio.open_nursery() as nursery:
                 for dbid in range(4):
                     nursery.start_soon(appender, round_ * 10 + dbid)
