@@ -37,7 +37,7 @@ def _parser(selected: str | None) -> argparse.ArgumentParser:
         description="A man-in-the-middle for Core Lightning's hsmd signer protocol: "
         "relay, decode, shadow channel state, inject faults, export metrics.",
     )
-    parser.add_argument("--version", action="version", version=f"hsmproxy {_version()}")
+    parser.add_argument("--version", action="store_true", help="print hsmproxy's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, summary) in COMMANDS.items():
         cmd = sub.add_parser(name, help=summary, description=summary)
@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"hsmproxy {selected}: {exc}", file=sys.stderr)
                 return EXIT_USAGE
     args = parser.parse_args(argv)
+    if args.command is None and args.version:
+        print(f"hsmproxy {_version()}")
+        return 0
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -32,8 +32,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .wrapper import WrapSetupError, run_version, run_wrapper, take_node_sockets
-
     signer_args = list(args.signer_args)
     if signer_args[:1] == ["--"]:
         signer_args = signer_args[1:]
@@ -41,8 +39,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"hsmproxy wrap: --signer {args.signer!r} is not an executable file; "
               "give the path of lightning_hsmd (or another signer)", file=sys.stderr)
         return 2
-    if signer_args == ["--version"]:
+    if signer_args == ["--version"]:  # lightningd's start-up check: answer it without importing the relay
+        from .subd import run_version
+
         return run_version(args.signer)
+    from .wrapper import WrapSetupError, run_wrapper, take_node_sockets
+
     logging.basicConfig(level=logging.WARNING, format="hsmproxy: %(message)s", stream=sys.stderr)
     try:
         node_status, node_master = take_node_sockets()

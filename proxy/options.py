@@ -46,7 +46,7 @@ def add_relay_options(parser: argparse.ArgumentParser) -> None:
         "--channel-detail", type=int, default=0, metavar="N",
         help="export per-channel gauges for at most N channels (off by default: label cardinality)",
     )
-    from faults.setup import add_fault_options
+    from faults.options import add_fault_options
 
     add_fault_options(parser)
 

@@ -44,3 +44,9 @@ def spawn_subdaemon(argv: list[str], *, status_fd: int, request_fd: int, **popen
 def exit_status(returncode: int) -> int:
     """A shell-style exit status: 128+N for death by signal N."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+def run_version(signer: str) -> int:
+    """``--version``: lightningd compares the output byte for byte, so the signer prints it."""
+    completed = subprocess.run([signer, "--version"])
+    return exit_status(completed.returncode)

@@ -124,7 +124,3 @@ async def run_wrapper(
     return status
 
 
-def run_version(signer: str) -> int:
-    """``--version``: lightningd compares the output byte for byte, so the signer prints it."""
-    completed = subprocess.run([signer, "--version"])
-    return exit_status(completed.returncode)
