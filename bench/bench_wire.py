@@ -5,7 +5,7 @@ Prints a table of medians over several runs. Baselines measured in the same run:
 - "located": the codec's own uncompiled path (what every decode would cost without compile);
 - "construct Struct": a stock construct Struct of the same layout, compiled (the usual way).
 
-Usage: .venv/bin/python bench/bench_wire.py [--runs 7] [--seconds 0.3]
+Usage: .venv/bin/python bench/bench_wire.py [--runs 15] [--seconds 0.1]
 """
 
 from __future__ import annotations
@@ -64,24 +64,32 @@ def stock_construct_commitment() -> c.Construct:
     ).compile()
 
 
-def rate(fn, seconds: float, runs: int) -> float:
-    """Median operations per second of ``fn`` over ``runs`` timed batches of about ``seconds``."""
+def _batch_size(fn, seconds: float) -> int:
+    """How many calls of ``fn`` take about ``seconds``."""
     batch = 1
-    while True:  # calibrate the batch size once
+    while True:
         start = time.perf_counter()
         for _ in range(batch):
             fn()
-        if time.perf_counter() - start > seconds / 4:
-            break
+        elapsed = time.perf_counter() - start
+        if elapsed > seconds / 8:
+            return max(1, int(batch * seconds / elapsed))
         batch *= 2
-    batch = max(1, int(batch * 4 * (seconds / 4) / max(time.perf_counter() - start, 1e-9)))
-    rates = []
+
+
+def rates(fns: dict, seconds: float, runs: int) -> dict:
+    """Median calls per second of each function. The runs are interleaved (one batch of each
+    function per round), so a noisy neighbour slows every function alike, not one of them."""
+    batches = {name: _batch_size(fn, seconds) for name, fn in fns.items()}
+    samples: dict = {name: [] for name in fns}
     for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(batch):
-            fn()
-        rates.append(batch / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for name, fn in fns.items():
+            batch = batches[name]
+            start = time.perf_counter()
+            for _ in range(batch):
+                fn()
+            samples[name].append(batch / (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def located_decode(body: bytes):
@@ -93,27 +101,31 @@ def located_decode(body: bytes):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--seconds", type=float, default=0.3, help="length of one timed batch")
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=0.1, help="length of one timed batch")
     args = parser.parse_args()
 
-    table = Table(title=f"hsmd codec, one core, median of {args.runs} runs")
-    for column in ("message", "bytes", "decode/s", "µs/decode", "encode/s", "located decode/s", "compiled/located"):
-        table.add_column(column, justify="right" if column != "message" else "left")
-    for name, body in sample_bodies().items():
+    bodies = sample_bodies()
+    stock = stock_construct_commitment()
+    commitment = bodies["hsmd_sign_remote_commitment_tx"]
+    fns = {("stock", ""): lambda: stock.parse(commitment)}
+    for name, body in bodies.items():
         message = wire.decode(body)
         assert wire.encode(message) == body
-        dec = rate(lambda: wire.decode(body), args.seconds, args.runs)
-        enc = rate(lambda: wire.encode(message), args.seconds, args.runs)
-        slow = rate(lambda: located_decode(body), args.seconds, args.runs)
+        fns[(name, "decode")] = lambda body=body: wire.decode(body)
+        fns[(name, "encode")] = lambda message=message: wire.encode(message)
+        fns[(name, "located")] = lambda body=body: located_decode(body)
+    measured = rates(fns, args.seconds, args.runs)
+
+    table = Table(title=f"hsmd codec, one core, median of {args.runs} interleaved runs")
+    for column in ("message", "bytes", "decode/s", "µs/decode", "encode/s", "located decode/s", "compiled/located"):
+        table.add_column(column, justify="right" if column != "message" else "left")
+    for name, body in bodies.items():
+        dec, enc, slow = (measured[(name, what)] for what in ("decode", "encode", "located"))
         table.add_row(name, str(len(body)), f"{dec:,.0f}", f"{1e6 / dec:.1f}", f"{enc:,.0f}", f"{slow:,.0f}", f"{dec / slow:.1f}x")
     console = Console(width=150)
     console.print(table)
-
-    body = sample_bodies()["hsmd_sign_remote_commitment_tx"]
-    stock = stock_construct_commitment()
-    ours = rate(lambda: wire.decode(body), args.seconds, args.runs)
-    theirs = rate(lambda: stock.parse(body), args.seconds, args.runs)
+    ours, theirs = measured[("hsmd_sign_remote_commitment_tx", "decode")], measured[("stock", "")]
     console.print(
         f"baseline, same run: stock compiled construct Struct of the same layout (no validation) "
         f"{theirs:,.0f}/s ({1e6 / theirs:.1f} µs); hsmproxy codec {ours:,.0f}/s ({1e6 / ours:.1f} µs), "
