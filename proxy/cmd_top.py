@@ -165,7 +165,7 @@ def render(now: Snapshot, before: Snapshot | None):
             str(channel.get("next_holder_commit_num", "")),
         )
     if now.state is None:
-        channels.caption = "this proxy runs without the shadow state"
+        channels.caption = "no /shadow/state at this address: point --control at the proxy's control API to see channels"
 
     diverged = Table(title="latest divergences", expand=True)
     for column in ("kind", "peer", "dbid", "index"):
@@ -182,7 +182,7 @@ def render(now: Snapshot, before: Snapshot | None):
     kinds = by_label(s, "hsmproxy_divergences_total", "kind")
     diverged.caption = ", ".join(f"{k}: {v:.0f}" for k, v in sorted(kinds.items()) if v) or "none"
 
-    return Panel(Group(head, traffic, latency, channels, diverged), title="hsmproxy top", subtitle="q / Ctrl-C to quit")
+    return Panel(Group(head, traffic, latency, channels, diverged), title="hsmproxy top", subtitle="Ctrl-C to quit")
 
 
 def fetch(client) -> Snapshot:

@@ -67,7 +67,7 @@ async def test_top_once_against_a_running_server():
     out = result.stdout.decode()
     assert result.returncode == 0, result.stderr.decode()
     assert "hsmproxy top" in out and "retry_changed: 1" in out
-    assert "without the shadow state" in out  # this server has no /shadow routes
+    assert "no /shadow/state at this address" in out  # this server has no /shadow routes
 
 
 async def test_top_names_an_unreachable_proxy():
