@@ -218,6 +218,12 @@ def _trace_records(path: Path, trace):
                 yield Item(record["raw"], origin, context)
         elif kind == "conn":
             yield Item(None, origin, context, event=f"connection {record.get('event')}")
+        elif kind == "fault":
+            ev = record.get("event") or {}
+            yield Item(None, origin, context, event=(
+                f"fault {ev.get('action')} at {ev.get('point')} on {ev.get('message')} "
+                f"({ev.get('connection')} seq {ev.get('seq')}, rule {ev.get('rule')})"
+            ))
         elif kind == "divergence":
             ev = record.get("event") or {}
             yield Item(None, origin, context, event=(

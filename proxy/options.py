@@ -75,16 +75,19 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
     hooks += fault_hooks
     if control is not None:
         hooks.append(control)
+    runtime = next((h.runtime for h in [*fault_hooks, control] if getattr(h, "runtime", None) is not None), None)
     if metrics is not None:
-        hooks += _metrics_hooks(args, metrics, fault_hooks, control)
+        hooks += _metrics_hooks(args, metrics, runtime, control)
     if getattr(args, "trace", None):
         from .trace import TraceHook
 
         trace = TraceHook(args.trace, secrets=args.trace_secrets)
         hooks.append(trace)
-        for hook in hooks:  # divergence events go into the trace too (`hsmproxy decode` skips them)
+        for hook in hooks:  # divergence events and injected faults go into the trace too
             if hasattr(hook, "listeners") and hasattr(hook, "shadow"):
                 hook.listeners.append(trace.divergence)
+        if runtime is not None:
+            runtime.listeners.append(trace.fault)
     return HookChain(hooks)
 
 
@@ -97,14 +100,13 @@ def _metrics(args: argparse.Namespace):
     return Metrics(channel_detail=getattr(args, "channel_detail", 0) or 0)
 
 
-def _metrics_hooks(args: argparse.Namespace, metrics, fault_hooks: list, control) -> list:
+def _metrics_hooks(args: argparse.Namespace, metrics, runtime, control) -> list:
     """The metrics hook, and a server for /metrics unless the control API already serves it."""
     from faults.control import ControlAddressError, parse_address
     from faults.setup import ControlService
 
     from .metrics_hook import MetricsHook, add_metrics_route
 
-    runtime = next((h.runtime for h in [*fault_hooks, control] if getattr(h, "runtime", None) is not None), None)
     if runtime is not None:
         runtime.attach_metrics(metrics)
     out = []

@@ -15,6 +15,7 @@ Each record is a map. The first is ``{"kind": "header", "format": "hsmproxy-trac
 * ``conn``: ``event`` opened / closed / replaced / framing_lost, with the context; a client
   connection's ``parent_id`` says on which connection its fd was passed.
 * ``exit``: the signer's exit ``status``.
+* ``fault`` / ``divergence``: an injected fault or a shadow-state divergence event (``event``).
 
 The file is created 0600. ``read_trace(path)`` yields the records back.
 """
@@ -116,6 +117,11 @@ class TraceHook:
 
     async def on_signer_exit(self, status: int) -> None:
         self._write({"kind": "exit", "t": time.time_ns(), "status": status})
+
+    def fault(self, event) -> None:
+        """Record an injected fault (a ``faults.engine.FaultEvent``), before it is carried out: a
+        fault that kills the node or the proxy is still in the trace."""
+        self._write({"kind": "fault", "t": time.time_ns(), "event": event.to_json()})
 
     def divergence(self, event) -> None:
         """Record a shadow-state divergence event (``hsmproxy decode`` shows it as an event)."""

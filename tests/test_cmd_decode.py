@@ -84,6 +84,7 @@ def test_trace_file_decodes_with_secrets_still_redacted(tmp_path):
 
     import wire
     from proxy.hooks import REPLY_BEFORE, REQUEST_BEFORE, ConnContext, Exchange
+    from faults.engine import FaultEvent
     from proxy.trace import TraceHook
 
     path = tmp_path / "run.trace"
@@ -98,6 +99,7 @@ def test_trace_file_decodes_with_secrets_still_redacted(tmp_path):
         await hook.on_request(ex, REQUEST_BEFORE)
         ex.reply_raw, ex.reply = reply, wire.decode(reply)
         await hook.on_reply(ex, REPLY_BEFORE)
+        hook.fault(FaultEvent("rule1", "delay", REPLY_BEFORE, "client:7", 0, "hsmd_ecdh_resp"))
         await hook.on_signer_exit(0)
 
     trio.run(record)
@@ -106,7 +108,9 @@ def test_trace_file_decodes_with_secrets_still_redacted(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line.get("event") or line.get("name") for line in lines] == [
-        "connection opened", "hsmd_ecdh_req", "hsmd_ecdh_resp", "signer exited with status 0"]
+        "connection opened", "hsmd_ecdh_req", "hsmd_ecdh_resp",
+        "fault delay at reply.before_forward on hsmd_ecdh_resp (client:7 seq 0, rule rule1)",
+        "signer exited with status 0"]
     assert lines[1]["conn"] == "client#3(dbid=7)" and lines[1]["dir"] == "request"
     assert lines[2]["fields"]["ss"] == "<redacted>"
     assert "42424242" not in result.stdout
