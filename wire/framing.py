@@ -80,13 +80,5 @@ class FrameReader:
 
     @property
     def pending(self) -> bytes:
-        """Bytes received but not yet part of a complete frame (raw-relay fallback uses them)."""
+        """Bytes received but not yet part of a complete frame."""
         return bytes(self._buf)
-
-    def needs(self) -> int:
-        """How many more bytes complete the frame in progress (at least 1 when idle)."""
-        buf = self._buf
-        if len(buf) < HEADER_LEN:
-            return HEADER_LEN - len(buf)
-        (length,) = _HEADER.unpack_from(buf, 0)
-        return max(1, HEADER_LEN + length - len(buf))
