@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CLI = [sys.executable, "-m", "proxy.cli"]
+CLI = [sys.executable, "-m", "hsmproxy.cli"]
 
 
 def _children_cpu() -> float:

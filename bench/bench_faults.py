@@ -28,13 +28,13 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import wire  # noqa: E402
-from faults.api import add_fault_routes  # noqa: E402
-from faults.control import ControlAddress, ControlServer, RouteTable  # noqa: E402
+from proxy.addons.control_api import add_fault_routes  # noqa: E402
+from proxy.trio.http_server import ControlAddress, ControlServer, RouteTable  # noqa: E402
 from faults.engine import FaultEngine, FaultEvent, Observation  # noqa: E402
-from faults.hook import FaultHook  # noqa: E402
+from proxy.addons.fault_hook import FaultHook  # noqa: E402
 from faults.plan import parse_one_line  # noqa: E402
-from faults.runtime import FaultRuntime  # noqa: E402
-from proxy.hooks import REPLY_AFTER, REPLY_BEFORE, REQUEST_AFTER, REQUEST_BEFORE, ConnContext, Exchange, HookChain  # noqa: E402
+from proxy.addons.fault_runtime import FaultRuntime  # noqa: E402
+from proxy.core.hooks import REPLY_AFTER, REPLY_BEFORE, REQUEST_AFTER, REQUEST_BEFORE, ConnContext, Exchange, HookChain  # noqa: E402
 
 EXCHANGES = json.loads((ROOT / "tests" / "fixtures" / "channeld_exchanges.json").read_text())["exchanges"]
 DECODED = [(wire.decode(bytes.fromhex(e["request"])), bytes.fromhex(e["request"]),
@@ -98,7 +98,7 @@ def bench_hook(plan: str | None, n: int, runs: int) -> float:
 CLIENT_SCRIPT = """
 import json, sys, time
 sys.path.insert(0, ".")
-from faults.client import ControlClient
+from hsmproxy.control_client import ControlClient
 client, n, out = ControlClient(sys.argv[1]), int(sys.argv[2]), []
 for i in range(n):
     start = time.perf_counter()

@@ -6,7 +6,7 @@ as lightningd and the subdaemons do, through each path in turn:
 
 * direct          client -> signer
 * hsmproxy serve  client -> `hsmproxy serve` with its default hooks (shadow state, ...) -> signer
-* hsmproxy relay, parse, no hooks   the same shell and relay core (proxy.socket_mode.serve),
+* hsmproxy relay, parse, no hooks   the same shell and relay core (proxy.trio.socket_mode.serve),
                   every frame decoded, an empty hook list: the cost of the relay itself
 * hsmproxy serve --no-parse   `hsmproxy serve` without decoding (and so without the shadow)
 * socat           client -> socat UNIX-LISTEN,fork -> signer
@@ -95,8 +95,8 @@ def role_relay(listen: str, connect: str) -> None:
 
     import trio
 
-    from proxy.hooks import HookChain
-    from proxy.socket_mode import open_listener, parse_address, serve
+    from proxy.core.hooks import HookChain
+    from proxy.trio.socket_mode import open_listener, parse_address, serve
 
     listener = open_listener(parse_address(f"unix:{listen}"))
     trio.run(functools.partial(serve, listener, parse_address(f"unix:{connect}"), HookChain([]), decode=True))
@@ -227,11 +227,11 @@ def main() -> int:
 
     try:
         start("direct", [py, __file__, "--role", "signer", signer_path], signer_path)
-        start("hsmproxy serve", [py, "-m", "proxy.cli", "serve", "--listen", f"unix:{here}/proxy.sock",
+        start("hsmproxy serve", [py, "-m", "hsmproxy.cli", "serve", "--listen", f"unix:{here}/proxy.sock",
                                  "--connect", f"unix:{signer_path}"], f"{here}/proxy.sock")
         start("hsmproxy relay, parse, no hooks", [py, __file__, "--role", "relay", f"{here}/relay.sock",
                                                  signer_path], f"{here}/relay.sock")
-        start("hsmproxy serve --no-parse", [py, "-m", "proxy.cli", "serve", "--no-parse", "--listen",
+        start("hsmproxy serve --no-parse", [py, "-m", "hsmproxy.cli", "serve", "--no-parse", "--listen",
                                             f"unix:{here}/raw.sock", "--connect", f"unix:{signer_path}"],
               f"{here}/raw.sock")
         if shutil.which("socat"):

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import wire  # noqa: E402
 from sim.signer_link import SignerProcess  # noqa: E402
 
-SIGNER = [sys.executable, "-m", "proxy.cli", "sim-signer"]
+SIGNER = [sys.executable, "-m", "hsmproxy.cli", "sim-signer"]
 CONFIGS = [
     ("naive, fsync", ["--discipline", "naive"]),
     ("wal, fsync", ["--discipline", "wal"]),
@@ -58,7 +58,7 @@ def round_trips_per_s(n: int) -> float:
 def updates_per_s(args: list[str], updates: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HSMPROXY_SIM_")}
     with tempfile.TemporaryDirectory() as d:
-        out = subprocess.run([sys.executable, "-m", "proxy.cli", "sim-node", "--data-dir", d, "--updates", str(updates),
+        out = subprocess.run([sys.executable, "-m", "hsmproxy.cli", "sim-node", "--data-dir", d, "--updates", str(updates),
                               "--json", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         if out.returncode != 0:
             raise SystemExit(f"sim-node failed ({out.returncode}): {out.stderr[-1000:]}")

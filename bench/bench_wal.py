@@ -31,9 +31,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy import shadow as S  # noqa: E402
-from proxy import wal as W  # noqa: E402
-from proxy.shadow_hook import recover  # noqa: E402
+from proxy.core import shadow as S
+from proxy.trio import wal as W
+from proxy.addons.shadow_hook import recover  # noqa: E402
 
 PEER = b"\x02" * 33
 FUNDING = os.urandom(36)

@@ -2,7 +2,7 @@
 """Generate hsmproxy's Grafana dashboards (dashboards as code).
 
 The panels are data below; this script writes the JSON that Grafana's provisioning loads, and
-the JSON is committed. tests/test_dashboards.py checks that the committed files are what this
+the JSON is committed. tests/dashboards/test_dashboards.py checks that the committed files are what this
 script generates, that they are well-formed, and (with a real Prometheus) that every query
 returns data. Usage: python dashboards/generate.py
 """

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import wire
 
-from .corrupt import wrong_signatures
-from .plan import PlanError, Rule, VERDICT_ACTIONS
+from faults.corrupt import wrong_signatures
+from faults.plan import PlanError, Rule, VERDICT_ACTIONS
 
 _EMPTY_HASH = bytes(32)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate wire/messages.py from wire/hsmd_wire.csv (Core Lightning's hsmd/hsmd_wire.csv).
 
-Run it when the CSV is updated; tests/test_wire_schema.py fails if the two disagree.
+Run it when the CSV is updated; tests/wire/test_schema.py fails if the two disagree.
 Usage: python scripts/gen_wire_messages.py [CSV] > wire/messages.py
 """
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from .node import CRASH_POINTS, EXIT_OK, EXIT_USAGE, Node, NodeConfig, NodeError, parse_crash_at
 from .policy import PolicyFilter
 
-DEFAULT_SIGNER = [sys.executable, "-m", "proxy.cli", "sim-signer"]
+DEFAULT_SIGNER = [sys.executable, "-m", "hsmproxy.cli", "sim-signer"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

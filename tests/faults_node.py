@@ -19,8 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from tests import ld_harness as h  # noqa: E402
+from tests.paths import CHANNELD_EXCHANGES  # noqa: E402
 
-EXCHANGES = json.loads((Path(__file__).parent / "fixtures" / "channeld_exchanges.json").read_text())["exchanges"]
+EXCHANGES = json.loads(CHANNELD_EXCHANGES.read_text())["exchanges"]
 
 
 def channeld_hsmfd_request() -> bytes:

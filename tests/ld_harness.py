@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from proxy.subd import exit_status, spawn_subdaemon
+from proxy.trio.subdaemon import exit_status, spawn_subdaemon
 
 CAPTURE = Path(__file__).parent / "vectors" / "hsmd-capture.jsonl"
 HSMD_LIKE = Path(__file__).parent / "hsmd_like.py"
@@ -45,7 +45,7 @@ def wrapper_script(directory: Path, signer: Path, *options: str) -> Path:
     opts = " ".join(f'"{o}"' for o in options)
     return write_script(
         directory / "hsmd-wrapper.sh",
-        [f'exec "{sys.executable}" -m proxy.cli wrap --signer "{signer}" {opts} -- "$@"'],
+        [f'exec "{sys.executable}" -m hsmproxy.cli wrap --signer "{signer}" {opts} -- "$@"'],
     )
 
 

@@ -1,6 +1,6 @@
 """hsmd field types as construct Constructs.
 
-Every type parses and builds in two ways that share the readers and writers of ``_runtime``:
+Every type parses and builds in two ways that share the readers and writers of ``primitives``:
 - compiled (construct's ``.compile()``): the hot path; each type emits a short expression, and a
   ``Record`` emits one function building a plain dict, so no construct ``Container`` is made;
 - located (``parse_located`` / ``build_located``): used only after the hot path failed, to name
@@ -13,10 +13,10 @@ from io import BytesIO
 
 from construct import Construct
 
-from . import _runtime
+from . import primitives
 from .errors import WireValueError
 
-_RUNTIME_IMPORT = "from wire._runtime import *"
+_RUNTIME_IMPORT = "from wire.primitives import *"
 
 
 class Located(Exception):
@@ -53,14 +53,14 @@ class WireType(Construct):
 
 
 class Prim(WireType):
-    """A leaf type: one reader ``p_<rt>`` and one writer ``b_<rt>`` in ``_runtime``."""
+    """A leaf type: one reader ``p_<rt>`` and one writer ``b_<rt>`` in ``primitives``."""
 
     def __init__(self, type_name: str, rt: str):
         super().__init__()
         self.type_name = type_name
         self.rt = rt
-        self.parse_fn = getattr(_runtime, "p_" + rt)
-        self.build_fn = getattr(_runtime, "b_" + rt)
+        self.parse_fn = getattr(primitives, "p_" + rt)
+        self.build_fn = getattr(primitives, "b_" + rt)
 
     def parse_located(self, io, path):
         start = io.tell()
@@ -98,13 +98,13 @@ class Optional(WireType):
     def parse_located(self, io, path):
         start = io.tell()
         try:
-            present = _runtime.p_bool(io)
+            present = primitives.p_bool(io)
         except WireValueError as exc:
             raise Located(f"presence byte: {exc}", path, start) from None
         return self.subcon.parse_located(io, path) if present else None
 
     def build_located(self, io, value, path):
-        _runtime.b_bool(io, value is not None)
+        primitives.b_bool(io, value is not None)
         if value is not None:
             self.subcon.build_located(io, value, path)
 
@@ -128,7 +128,7 @@ class Counted(WireType):
     def parse_located(self, io, path):
         start = io.tell()
         try:
-            count = _runtime.p_u16(io)
+            count = primitives.p_u16(io)
         except WireValueError as exc:
             raise Located(f"element count: {exc}", path, start) from None
         return [self.subcon.parse_located(io, f"{path}[{i}]") for i in range(count)]
@@ -137,7 +137,7 @@ class Counted(WireType):
         if not isinstance(value, (list, tuple)):
             raise Located(f"expected a list, got {type(value).__name__}", path, io.tell())
         try:
-            _runtime.b_u16(io, len(value))
+            primitives.b_u16(io, len(value))
         except WireValueError as exc:
             raise Located(f"too many elements: {exc}", path, io.tell()) from None
         for i, item in enumerate(value):
@@ -225,8 +225,8 @@ class TlvStream(WireType):
         while pos < len(data):
             start = pos
             try:
-                number, pos = _runtime.read_bigsize(data, pos)
-                length, pos = _runtime.read_bigsize(data, pos)
+                number, pos = primitives.read_bigsize(data, pos)
+                length, pos = primitives.read_bigsize(data, pos)
             except WireValueError as exc:
                 raise Located(f"record header: {exc}", path, base + start) from None
             if number <= last:
@@ -274,8 +274,8 @@ class TlvStream(WireType):
             else:
                 raise Located(f"unknown TLV record {key!r}; known: {sorted(self.by_name)}", path, io.tell())
         for number, raw in sorted(encoded):
-            io.write(_runtime.bigsize(number))
-            io.write(_runtime.bigsize(len(raw)))
+            io.write(primitives.bigsize(number))
+            io.write(primitives.bigsize(len(raw)))
             io.write(raw)
 
     def _emitparse(self, code):

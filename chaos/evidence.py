@@ -1,0 +1,242 @@
+"""What one chaos run leaves behind, gathered into plain data that the judge reads.
+
+Sources (all read after the processes are gone): the proxy's WAL (the recovered shadow and the
+intent/outcome records), the simulated signer's persisted state, each node incarnation's exit
+status and ``--json`` summary, and the fault events each proxy incarnation logged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_POLICY_TAG = re.compile(r"policy-[a-z0-9-]+")
+
+# The fault hook logs every fault it injects in this form (proxy/addons/fault_hook.py, _describe).
+_FAULT_LINE = re.compile(
+    r"fault injected: (?P<action>[a-z-]+)(?: (?P<detail>.*?))? on (?P<message>\S+) "
+    r"\((?P<conn>\S+) seq (?P<seq>-?\d+)\) at (?P<point>\S+) by rule (?P<rule>\S+)\s*$"
+)
+
+
+@dataclass(frozen=True)
+class FaultRecord:
+    incarnation: int
+    rule: str
+    action: str
+    point: str
+    connection: str
+    seq: int
+    message: str
+    detail: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "incarnation": self.incarnation, "rule": self.rule, "action": self.action, "point": self.point,
+            "connection": self.connection, "seq": self.seq, "message": self.message, "detail": self.detail,
+        }
+
+
+def faults_from_log(text: str, incarnation: int) -> list[FaultRecord]:
+    out = []
+    for line in text.splitlines():
+        m = _FAULT_LINE.search(line)
+        if m:
+            out.append(FaultRecord(incarnation, m["rule"], m["action"], m["point"], m["conn"], int(m["seq"]),
+                                   m["message"], m["detail"] or ""))
+    return out
+
+
+def policy_tags(text: str) -> list[str]:
+    return _POLICY_TAG.findall(text or "")
+
+
+@dataclass(frozen=True)
+class SignedCommitment:
+    """A counterparty commitment the signer signed (its success reply was seen)."""
+
+    dbid: int
+    index: int
+    digest: str
+    incoming_htlcs: tuple[tuple[str, int], ...] = ()  # (payment hash hex, amount msat) offered by the peer
+    incarnation: int = 0
+
+
+@dataclass
+class Incarnation:
+    """One start of the node (in wrapper mode also of the proxy and the signer)."""
+
+    number: int
+    exit_code: int | None  # None: still running when the runner gave up on it
+    summary: dict | None = None
+    faults: list[FaultRecord] = field(default_factory=list)
+    killed_by_runner: bool = False  # the runner's watchdog ended a node that made no progress
+
+
+@dataclass
+class RunEvidence:
+    scenario: str
+    seed: int
+    discipline: str
+    attacker: bool
+    validating: bool
+    signer_policy: str
+    incarnations: list[Incarnation] = field(default_factory=list)
+    workload_done: bool = False  # the node finished every payment of its workload
+    node_stuck: bool = False  # the node reported it cannot go on (its signer refuses)
+    divergences: list[dict] = field(default_factory=list)  # Divergence.to_jsonable() of the recovered shadow
+    signer_rejections: list[str] = field(default_factory=list)
+    signed: list[SignedCommitment] = field(default_factory=list)
+    shadow_channels: dict[int, dict] = field(default_factory=dict)  # dbid -> shadow counters
+    signer_channels: dict[int, dict] | None = None  # dbid -> signer's persisted counters (None: not readable)
+    unanswered: list[dict] = field(default_factory=list)  # requests the node got no answer for (TraceFacts)
+    answered_twice: list[dict] = field(default_factory=list)  # requests answered more often than asked
+    requests: int = 0
+    runner_errors: list[str] = field(default_factory=list)
+
+    @property
+    def faults(self) -> list[FaultRecord]:
+        return [f for inc in self.incarnations for f in inc.faults]
+
+    @property
+    def restarts(self) -> int:
+        return max(0, len(self.incarnations) - 1)
+
+
+# --- adapters from the artefacts --------------------------------------------------------------
+
+COUNTER_KEYS = ("next_counterparty_commit_num", "next_counterparty_revoke_num", "next_holder_commit_num")
+
+
+def shadow_evidence(snapshot, records: list) -> tuple[dict[int, dict], list[dict]]:
+    """From a WAL's snapshot and records: (channels by dbid, divergence events), replayed exactly
+    as the proxy replays them when it starts."""
+    from proxy.core import shadow as sh
+    shadow = sh.load_shadow(snapshot, records)
+    channels = {ch.dbid: ch.to_jsonable() for ch in shadow.channels.values()}
+    return channels, [ev.to_jsonable() for ev in shadow.events]
+
+
+def signed_from_wal(records: list) -> list[SignedCommitment]:
+    """Counterparty commitments the signer signed, by digest, from the WAL's intents and outcomes."""
+    from proxy.core import shadow as sh
+    intents, out = {}, []
+    for rec in records:
+        if rec[0] == sh.INTENT_RECORD:
+            intent = sh.Intent.from_record(rec[1:])
+            if intent.kind == sh.SIGN_REMOTE:
+                intents[intent.op_id] = intent
+        elif rec[0] == sh.OUTCOME_RECORD and rec[2] == sh.SIGNED and rec[1] in intents:
+            it = intents.pop(rec[1])
+            out.append(SignedCommitment(it.dbid, it.index, (it.digest or b"").hex()))
+    return out
+
+
+def signer_channels_from_records(records: list[dict]) -> dict[int, dict]:
+    """The simulated signer's persisted channel files (ChannelRecord.to_json) -> counters by dbid."""
+    out = {}
+    for rec in records:
+        state = rec.get("enforcement_state") or {}
+        out[int(rec["dbid"])] = {k: state.get(k) for k in COUNTER_KEYS} | {
+            "current_counterparty_point": state.get("current_counterparty_point")}
+    return out
+
+
+# --- the proxy's trace: every frame it relayed, per incarnation --------------------------------
+
+SIDE_REMOTE = 1  # hsm_htlc.side: the side that offered the HTLC; REMOTE-offered means incoming to us
+_NOT_DELIVERED = frozenset({"Drop", "Disconnect", "Refuse"})
+_REJECTION_STATUS = frozenset({"hsmstatus_client_bad_request", "status_fail"})
+
+
+@dataclass
+class TraceFacts:
+    signed: list[SignedCommitment] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)
+    unanswered: list[dict] = field(default_factory=list)  # requests with fewer delivered replies than expected
+    answered_twice: list[dict] = field(default_factory=list)
+    requests: int = 0
+
+
+def _incoming_htlcs(fields: dict) -> tuple[tuple[str, int], ...]:
+    out = []
+    for h in fields.get("htlcs") or []:
+        if h.get("side") == SIDE_REMOTE:
+            out.append((bytes(h["payment_hash"]).hex(), int(h["amount"])))
+    return tuple(sorted(out))
+
+
+def trace_facts(records, incarnation: int, digest_of=None) -> TraceFacts:
+    """Signed counterparty commitments (with their incoming HTLCs), signer refusals, and the
+    request/answer accounting of one proxy incarnation's trace records."""
+    import wire
+
+    if digest_of is None:
+        from proxy.core.digest import digest_of_request
+
+        def digest_of(msg):
+            return digest_of_request(msg.fields, with_point=True)
+    facts = TraceFacts()
+    conns: dict[int, dict] = {}
+    requests: dict[tuple[int, int], dict] = {}
+    replies: dict[tuple[int, int], list[dict]] = {}
+    refused_requests: set[bytes] = set()  # hsmd answers a bad client request on the status socket
+    for rec in records:
+        kind = rec.get("kind")
+        if kind == "conn":
+            conns[rec["conn"]["conn_id"]] = rec["conn"]
+            continue
+        if kind != "frame":
+            continue
+        conn = rec["conn"]
+        msg = None
+        if rec.get("raw") is not None:
+            try:
+                msg = wire.decode(rec["raw"])
+            except ValueError:
+                msg = None
+        if rec["dir"] == "status":
+            if msg is not None and msg.name in _REJECTION_STATUS:
+                text = msg.fields.get("description") or msg.fields.get("desc") or ""
+                facts.rejections.extend(policy_tags(str(text)))
+                if msg.name == "hsmstatus_client_bad_request":
+                    refused_requests.add(bytes(msg.fields.get("msg") or b""))
+            elif msg is None and isinstance(rec.get("msg"), dict) and rec["msg"].get("name") in _REJECTION_STATUS:
+                facts.rejections.extend(policy_tags(json_text(rec["msg"])))
+            continue
+        key = (conn["conn_id"], rec["seq"])
+        if rec["dir"] == "request":
+            requests[key] = {"conn": conn, "seq": rec["seq"], "verdict": rec.get("verdict", "Forward"), "msg": msg,
+                             "raw": rec.get("raw"),
+                             "name": msg.name if msg is not None else (rec.get("msg") or {}).get("name", "undecodable")}
+        elif rec["dir"] == "reply" and rec["seq"] is not None and rec["seq"] >= 0:
+            replies.setdefault(key, []).append({"verdict": rec.get("verdict", "Forward"), "msg": msg})
+    for key, req in requests.items():
+        facts.requests += 1
+        got = replies.get(key, [])
+        delivered = [r for r in got if r["verdict"] not in _NOT_DELIVERED]
+        expected = 0 if req["verdict"] in _NOT_DELIVERED else 2 if req["verdict"] == "Duplicate" else 1
+        if len(got) > len(delivered):
+            expected = 0  # a fault stopped the reply on its way to the node: accounted for
+        if req["raw"] is not None and bytes(req["raw"]) in refused_requests:
+            expected = min(expected, len(delivered))  # answered with a refusal on the status socket
+        entry = {"incarnation": incarnation, "conn_id": key[0], "seq": key[1], "message": req["name"],
+                 "verdict": req["verdict"], "replies": len(delivered)}
+        if len(delivered) > max(expected, 1 if req["verdict"] == "Duplicate" else expected):
+            facts.answered_twice.append(entry)
+        elif len(delivered) < expected:
+            facts.unanswered.append(entry)
+        msg = req["msg"]
+        if msg is not None and msg.name == "hsmd_sign_remote_commitment_tx":
+            if any(r["msg"] is not None and r["msg"].name == "hsmd_sign_tx_reply" for r in got):
+                conn = req["conn"]
+                facts.signed.append(SignedCommitment(
+                    int(conn.get("dbid") or 0), int(msg.fields["commit_num"]), digest_of(msg).hex(),
+                    _incoming_htlcs(msg.fields), incarnation))
+    return facts
+
+
+def json_text(obj) -> str:
+    import json
+
+    return json.dumps(obj, default=str)

@@ -1,0 +1,285 @@
+"""The trio shell of a chaos run: real node, proxy (wrapper mode, with a WAL) and signer processes.
+
+One run = one data directory. Each *incarnation* starts ``hsmproxy sim-node``, which starts its
+signer exactly as lightningd starts hsmd: through a two-line script that execs ``hsmproxy wrap``
+around the real signer. Faults fire inside the proxy at exact protocol points (kill-node at
+``reply.before_forward`` of the Nth signing request, ...). When the node dies, the runner waits
+until every process of the incarnation is gone, drops the fault rules that already fired, and
+starts the next incarnation on the same directories: the restart an operator (or systemd) does.
+Then it gathers the evidence (WAL, signer state, traces, fault log) and judges it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from chaos.evidence import (Incarnation, RunEvidence, faults_from_log, shadow_evidence, signer_channels_from_records,
+                       trace_facts)
+from chaos.result import RunResult, judge_run
+from chaos.scenarios import ENFORCE, RETRY_SAME_TAG, WARN, Expectation
+
+NODE_EXIT_OK, NODE_EXIT_USAGE, NODE_EXIT_REFUSED = 0, 2, 4  # sim/node.py
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    scenario: str
+    seed: int
+    discipline: str
+    attacker: bool
+    faults: tuple[str, ...]  # one-line rules, each with a unique name=
+    updates: int
+    reproduce: str
+    expectation: Expectation | None = None
+    signer: str | None = None  # an hsmd-compatible executable; None: our simulated validating signer
+    signer_validates: bool = True
+    signer_policy: str = ENFORCE
+    pretend_crash_at: int | None = None
+    max_incarnations: int = 4
+    incarnation_timeout: float = 30.0  # a node that makes no progress this long is killed and restarted
+    extra_wrap_args: tuple[str, ...] = ()
+
+    @property
+    def signer_label(self) -> str:
+        return "sim-signer" if self.signer is None else os.path.basename(self.signer)
+
+
+def hsmproxy_argv() -> list[str]:
+    """How to run our own CLI from a child process: this interpreter, this checkout."""
+    return [sys.executable, "-m", "hsmproxy.cli"]
+
+
+def _rule_name(line: str) -> str:
+    for word in line.split():
+        if word.startswith("name="):
+            return word[5:]
+    raise ValueError(f"chaos fault rule {line!r} has no name=; the runner needs it to know which rules fired")
+
+
+def _script(path: Path, argv: list[str], comment: str, version: bytes | None = None) -> None:
+    lines = ["#!/bin/sh", f"# {comment}"]
+    if version is not None:
+        # lightningd (and sim-node) run `SIGNER --version` before every start and compare the
+        # output; the wrapper would print the real signer's answer, which was asked once per
+        # session and is replayed here, saving two interpreter starts per restart.
+        lines.append(f'if [ "$#" -eq 1 ] && [ "$1" = "--version" ]; then printf %s {shlex.quote(version.decode())}; exit 0; fi')
+    lines.append(f'exec {shlex.join(argv)} "$@"')
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o700)
+
+
+_VERSIONS: dict[str, bytes] = {}
+
+
+async def signer_version(argv: list[str]) -> bytes | None:
+    """What `hsmproxy wrap --signer X -- --version` prints (cached per signer); None if it fails."""
+    key = shlex.join(argv)
+    if key not in _VERSIONS:
+        done = await trio.run_process([*argv, "--version"], capture_stdout=True, capture_stderr=True, check=False)
+        if done.returncode != 0:
+            return None
+        _VERSIONS[key] = done.stdout
+    return _VERSIONS[key]
+
+
+class RunDirs:
+    def __init__(self, root: Path):
+        self.root = root
+        self.node = root / "node"
+        self.wal = root / "wal"
+        self.logs = root / "logs"
+        for d in (self.node, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def trace(self, n: int) -> Path:
+        return self.logs / f"trace-{n}.mp"
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process of the group is left (zombies may have no reaper here)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
+async def _reap_group(pgid: int, grace: float = 5.0) -> None:
+    """Wait for the incarnation's proxy and signer to finish (they exit when the node's sockets
+    close); SIGKILL whatever is left after ``grace``. Only our own process group is touched."""
+    deadline = trio.current_time() + grace
+    while _group_alive(pgid):
+        if trio.current_time() > deadline:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            deadline = trio.current_time() + grace
+        await trio.sleep(0.01)
+
+
+class Runner:
+    def __init__(self, spec: RunSpec, root: Path):
+        self.spec = spec
+        self.dirs = RunDirs(root)
+        self._sim_signer = self.dirs.root / "sim-signer.sh"
+        if spec.signer is None:
+            _script(self._sim_signer, [*hsmproxy_argv(), "sim-signer"], "our simulated validating signer")
+
+    def _wrapper(self, n: int, rules: list[str], version: bytes | None) -> Path:
+        """The node's --signer: the proxy in wrapper mode in front of the real signer."""
+        real = self._real_signer
+        argv = [*hsmproxy_argv(), "wrap", "--signer", real, "--wal-dir", str(self.dirs.wal),
+                "--trace", str(self.dirs.trace(n)), "--enable-faults", "--fault-seed", str(self.spec.seed),
+                *self.spec.extra_wrap_args]
+        if rules:
+            argv += ["--faults", "; ".join(rules)]
+        path = self.dirs.root / f"hsmd-wrapper-{n}.sh"
+        _script(path, [*argv, "--"], f"chaos {self.spec.scenario} seed {self.spec.seed}, incarnation {n}", version)
+        return path
+
+    @property
+    def _real_signer(self) -> str:
+        return self.spec.signer or str(self._sim_signer)
+
+    def _node_argv(self, wrapper: Path) -> list[str]:
+        s = self.spec
+        argv = [*hsmproxy_argv(), "sim-node", "--data-dir", str(self.dirs.node), "--updates", str(s.updates),
+                "--discipline", s.discipline, "--seed", str(s.seed), "--signer", str(wrapper), "--json"]
+        if s.signer is None and s.signer_policy == WARN:
+            argv += ["--policy-filter", f"{RETRY_SAME_TAG}:warn"]
+        if s.attacker:
+            argv += ["--attacker-peer"]
+            if s.pretend_crash_at is not None:
+                argv += ["--pretend-crash-at", str(s.pretend_crash_at)]
+        return argv
+
+    async def _incarnation(self, n: int, rules: list[str], version: bytes | None) -> Incarnation:
+        argv = self._node_argv(self._wrapper(n, rules, version))
+        out_path, err_path = self.dirs.logs / f"node-{n}.json", self.dirs.logs / f"node-{n}.log"
+        env = dict(os.environ, HSMPROXY_CHAOS_INCARNATION=str(n))
+        env.pop("HSMPROXY_SIM_CRASH_AT", None)
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = await trio.lowlevel.open_process(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                                    env=env, start_new_session=True)
+        killed = False
+        try:
+            with trio.move_on_after(self.spec.incarnation_timeout) as scope:
+                await proc.wait()
+            if scope.cancelled_caught:
+                killed = True
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                if proc.returncode is None:
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    await proc.wait()
+                await _reap_group(proc.pid)
+        log = err_path.read_text(errors="replace")
+        summary = None
+        text = out_path.read_text(errors="replace").strip()
+        if text:
+            try:
+                summary = json.loads(text)
+            except ValueError:
+                summary = None
+        return Incarnation(n, proc.returncode, summary, faults_from_log(log, n), killed_by_runner=killed)
+
+    async def run(self) -> RunEvidence:
+        s = self.spec
+        ev = RunEvidence(scenario=s.scenario, seed=s.seed, discipline=s.discipline, attacker=s.attacker,
+                         validating=s.signer_validates, signer_policy=s.signer_policy)
+        rules = list(s.faults)
+        version = None
+        if s.signer is None:  # an external signer is asked every time, as lightningd asks
+            version = await signer_version([*hsmproxy_argv(), "wrap", "--signer", self._real_signer, "--"])
+        for n in range(s.max_incarnations):
+            inc = await self._incarnation(n, rules, version)
+            ev.incarnations.append(inc)
+            fired = {f.rule for f in inc.faults}
+            rules = [r for r in rules if _rule_name(r) not in fired]
+            if inc.exit_code == NODE_EXIT_OK:
+                ev.workload_done = True
+                break
+            if inc.exit_code == NODE_EXIT_REFUSED:
+                ev.node_stuck = True
+                break
+            if inc.exit_code == NODE_EXIT_USAGE:
+                ev.runner_errors.append(f"sim-node refused its arguments: see {self.dirs.logs / f'node-{n}.log'}")
+                break
+        self._gather(ev)
+        return ev
+
+    def _gather(self, ev: RunEvidence) -> None:
+        from proxy.addons.trace import TraceFormatError, read_trace
+        from proxy.trio.wal import WalError, read_state
+
+        for inc in ev.incarnations:
+            path = self.dirs.trace(inc.number)
+            if not path.exists():
+                continue  # the proxy never started (the node died before its signer)
+            try:
+                facts = trace_facts(list(read_trace(str(path))), inc.number)
+            except TraceFormatError as exc:
+                ev.runner_errors.append(f"trace of incarnation {inc.number}: {exc}")
+                continue
+            ev.signed += facts.signed
+            ev.signer_rejections += facts.rejections
+            ev.unanswered += facts.unanswered
+            ev.answered_twice += facts.answered_twice
+            ev.requests += facts.requests
+        if self.dirs.wal.is_dir():
+            try:
+                recovery = read_state(str(self.dirs.wal), repair=False)
+                ev.shadow_channels, ev.divergences = shadow_evidence(recovery.snapshot, recovery.records)
+            except WalError as exc:
+                ev.runner_errors.append(f"the proxy's WAL: {exc}")
+        if self.spec.signer is None:
+            state_dir = self.dirs.node / "sim-signer-state"
+            records = [json.loads(p.read_text()) for p in sorted(state_dir.glob("*.json"))] if state_dir.is_dir() else []
+            ev.signer_channels = signer_channels_from_records(records)
+
+
+async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "failed") -> RunResult:
+    """Run one spec in ``workdir/<scenario>-<seed>`` (or a temporary directory) and judge it.
+
+    ``keep``: "all", "failed" (the default: a failed run's directory stays for inspection) or "none".
+    """
+    started = time.monotonic()
+    if workdir is not None:
+        root = workdir / f"{spec.scenario}-{spec.seed}-{spec.signer_policy}"
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+    else:
+        root = Path(tempfile.mkdtemp(prefix=f"hsmproxy-chaos-{spec.scenario}-{spec.seed}-"))
+    ev = await Runner(spec, root).run()
+    result = judge_run(ev, spec.expectation, spec.reproduce, spec.signer_label, fault_plan="; ".join(spec.faults),
+                       duration_s=time.monotonic() - started, workdir=str(root))
+    if keep == "none" or (keep == "failed" and result.ok):
+        shutil.rmtree(root, ignore_errors=True)
+        result.workdir = None
+    return result

@@ -1,0 +1,112 @@
+"""A chaos session: many runs with bounded parallelism, a live view, metrics, the final report."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from chaos.campaign import run_jobs
+from chaos.report import LiveProgress, final_view, replay_lines
+from chaos.result import RunResult
+from chaos.runner import RunSpec, run_spec
+
+
+class Session:
+    def __init__(self, specs: list[RunSpec], jobs: int = 1, workdir: Path | None = None, keep: str = "failed",
+                 live: bool = False, metrics_address: str | None = None, meta: dict | None = None, console=None):
+        self.specs = specs
+        self.jobs = jobs
+        self.workdir = workdir
+        self.keep = keep
+        self.live = live
+        self.metrics_address = metrics_address
+        self.meta = dict(meta or {})
+        self.progress = LiveProgress(len(specs))
+        self.metrics = None
+        if console is None:
+            from rich.console import Console
+
+            console = Console()
+        self.console = console
+
+    def _record(self, result: RunResult) -> None:
+        self.progress.on_result(result)
+        if self.metrics is not None:
+            self.metrics.chaos_runs.labels(scenario=result.scenario, outcome=result.outcome).inc()
+            for v in result.violations:
+                self.metrics.chaos_invariant_violations.labels(invariant=v["invariant"]).inc()
+            if result.funds_lost_msat:
+                self.metrics.chaos_funds_lost_msat.labels(scenario=result.scenario).inc(result.funds_lost_msat)
+        if not self.live and not result.ok:
+            print(f"hsmproxy chaos: FAILED {result.scenario} seed {result.seed}: {result.outcome}; "
+                  f"reproduce: {result.reproduce}", file=sys.stderr)
+
+    async def run(self) -> list[RunResult]:
+        started = trio.current_time()
+        async def one(spec: RunSpec) -> RunResult:
+            return await run_spec(spec, self.workdir, self.keep)
+
+        results: list[RunResult] = []
+        self.interrupted = False
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._stop_on_sigterm, nursery.cancel_scope)
+            if self.metrics_address:
+                address = await nursery.start(self._serve_metrics)
+                print(f"hsmproxy chaos: metrics on {address}", file=sys.stderr)
+            if self.live:
+                nursery.start_soon(self._live)
+            results = await run_jobs(self.specs, one, self.jobs, on_result=self._record, on_start=self.progress.on_start)
+            nursery.cancel_scope.cancel()
+        self.wall_s = trio.current_time() - started
+        if self.interrupted:
+            raise KeyboardInterrupt  # the runs were cancelled and their process groups killed
+        return results
+
+    async def _stop_on_sigterm(self, cancel_scope: trio.CancelScope) -> None:
+        """SIGTERM (a test's timeout, systemd, kill) cancels the runs; each run kills its own
+        process group on the way out, so nothing is left behind."""
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                self.interrupted = True
+                cancel_scope.cancel()
+                return
+
+    async def _live(self) -> None:
+        from rich.live import Live
+
+        with Live(self.progress, console=self.console, refresh_per_second=4, transient=True):
+            await trio.sleep_forever()
+
+    async def _serve_metrics(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from proxy.trio.http_server import ControlServer, RouteTable, parse_address
+        from proxy.addons.metrics import Metrics
+        from proxy.addons.metrics_hook import add_metrics_route
+
+        from chaos.judge import INVARIANT_NAMES
+        from chaos.scenarios import OUTCOMES
+
+        address = parse_address(self.metrics_address)
+        self.metrics = Metrics()
+        # Every series a dashboard shows exists from the start: "no funds lost" is 0, not absent.
+        for scenario in {spec.scenario for spec in self.specs}:
+            self.metrics.chaos_funds_lost_msat.labels(scenario=scenario)
+            for outcome in OUTCOMES:
+                self.metrics.chaos_runs.labels(scenario=scenario, outcome=outcome)
+        for invariant in INVARIANT_NAMES:
+            self.metrics.chaos_invariant_violations.labels(invariant=invariant)
+        routes = RouteTable()
+        add_metrics_route(routes, self.metrics)
+        await ControlServer(routes).serve(address, task_status=task_status)
+
+    def print_final(self, results: list[RunResult]) -> None:
+        self.console.print(final_view(results))
+        for line in replay_lines(results):
+            self.console.print(line, soft_wrap=True, highlight=False, markup=False, style="bold red")
+        wall = getattr(self, "wall_s", 0.0)
+        if wall > 0:
+            self.console.print(f"{len(results)} run(s) in {wall:.1f} s with --jobs {self.jobs}: "
+                               f"{len(results) / wall:.2f} runs/s")
+        self.meta["wall_s"] = round(wall, 3)

@@ -1,0 +1,130 @@
+"""``hsmproxy chaos``: the write-up's three stories, and randomized campaigns with invariants.
+
+Node, proxy (wrapper mode, with a WAL) and signer run as real processes; faults fire inside the
+proxy at exact points of the conversation; what was killed is restarted; the outcome is judged
+from the WAL, the signer's persisted state, the proxy's traces and the fault log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from chaos.scenarios import BUILTIN
+
+    parser.description = (
+        "Run node, proxy and signer as real processes, break things at exactly the wrong moments, and show "
+        "what happens. With no arguments: the write-up's stories (honest-crash; pretend-crash with the signer's "
+        "retry-same rule enforced and only warned; wal-fix), each checked against what it must show. "
+        "With --seeds A..B: a campaign, one randomized fault schedule per seed (kills of node, signer and proxy "
+        "at every point of the commitment dance, drops, delays, duplicates), invariants checked after each run. "
+        "Exit status: 0 every run showed what it must, 1 a run violated an invariant or its scenario's promise "
+        "(each is listed with the command that replays it), 2 usage.")
+    parser.epilog = "Scenarios: " + "; ".join(f"{s.name}: {s.story}" for s in BUILTIN.values())
+    parser.add_argument("--scenario", action="append", choices=sorted(BUILTIN), metavar="NAME",
+                        help=f"run this built-in scenario (repeatable): {', '.join(BUILTIN)}")
+    parser.add_argument("--seeds", metavar="A..B",
+                        help="seeds to run (both ends included). Without --scenario: a campaign of randomized fault "
+                             "schedules; with it: the scenario once per seed (the seed drives the node's updates)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="runs in parallel (default 1)")
+    parser.add_argument("--shard", metavar="I/N", help="run only shard I of N of the seeds (1-based), to split a range across machines")
+    parser.add_argument("--signer", metavar="PATH",
+                        help="an hsmd-compatible signer (e.g. lightning_hsmd) instead of our simulated validating signer")
+    parser.add_argument("--signer-validates", action="store_true",
+                        help="the --signer enforces VLS's commitment rules (a VLS stand-in); default: assume stock hsmd, "
+                             "which signs whatever it is asked")
+    parser.add_argument("--signer-policy", choices=("enforce", "warn"),
+                        help="our simulated signer's policy-commitment-retry-same: enforce (VLS's default) or warn "
+                             "(the unsafe fix the write-up refutes). Default: the stories run pretend-crash both ways")
+    parser.add_argument("--discipline", choices=("wal", "naive"), default="wal",
+                        help="campaigns: how the node saves channel state (default wal; naive nodes may get stuck)")
+    parser.add_argument("--updates", type=int, metavar="N", help="commitment updates per run (default 2 for stories, 3 for campaigns)")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                        help="a node that has not finished S seconds after a (re)start is killed and restarted (default 30)")
+    parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the JSON report (a `runs` list) to FILE")
+    parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE (one testcase per run)")
+    parser.add_argument("--workdir", metavar="DIR", help="keep each run's data, WAL, traces and logs under DIR")
+    parser.add_argument("--keep", choices=("failed", "all", "none"), default="failed",
+                        help="which runs' directories to keep (default failed: their path is in the report)")
+    parser.add_argument("--metrics", metavar="ADDR",
+                        help="serve /metrics (hsmproxy_chaos_* counters) on HOST:PORT (loopback) or unix:/path while running")
+    parser.add_argument("--no-live", action="store_true", help="no live view (it is off anyway when stdout is not a terminal)")
+
+
+def build_specs(args: argparse.Namespace) -> list:
+    """The runs this invocation asks for, in the order they are reported."""
+    from chaos.campaign import parse_seeds, parse_shard, shard_seeds
+    from chaos.scenarios import BUILTIN, WARN, ENFORCE
+    from chaos.specs import CAMPAIGN_UPDATES, STORY_SEED, STORY_UPDATES, campaign_spec, scenario_spec
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: give at least 1")
+    if args.updates is not None and args.updates < 1:
+        raise ValueError(f"--updates {args.updates}: give at least 1 (the crash window is commitment 1)")
+    if args.signer is not None:
+        signer = Path(args.signer)
+        if not (signer.is_file() and signer.stat().st_mode & 0o111):
+            raise ValueError(f"--signer {args.signer}: not an executable file; give the path of lightning_hsmd "
+                             "or another hsmd-compatible signer")
+        args.signer = str(signer.resolve())
+    if args.signer is not None and args.signer_policy == WARN and not args.signer_validates:
+        raise ValueError("--signer-policy warn sets our simulated signer's rule; an external --signer keeps its own")
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    shard = parse_shard(args.shard) if args.shard else None
+    if shard is not None and seeds is None:
+        raise ValueError("--shard splits a seed range: give --seeds A..B too")
+    common = dict(signer=args.signer, signer_validates=args.signer_validates if args.signer else None, timeout=args.timeout)
+    if seeds is not None and not args.scenario:
+        return [campaign_spec(seed, discipline=args.discipline, policy=args.signer_policy or ENFORCE,
+                              updates=args.updates or CAMPAIGN_UPDATES, **common)
+                for seed in shard_seeds(seeds, shard)]
+    names = args.scenario or list(BUILTIN)
+    story_seeds = shard_seeds(seeds, shard) if seeds is not None else [STORY_SEED]
+    specs = []
+    for name in names:
+        scenario = BUILTIN[name]
+        if args.signer_policy:
+            policies = [args.signer_policy]
+        elif scenario.attacker and args.signer is None:
+            policies = [ENFORCE, WARN]  # the story needs both: the rule refuses, the "fix" loses funds
+        else:
+            policies = [None]
+        for seed in story_seeds:
+            for policy in policies:
+                specs.append(scenario_spec(scenario, seed, policy=policy, updates=args.updates or STORY_UPDATES, **common))
+    return specs
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        specs = build_specs(args)
+    except ValueError as exc:
+        print(f"hsmproxy chaos: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    import trio
+
+    from chaos.session import Session
+
+    session = Session(specs, jobs=args.jobs, workdir=Path(args.workdir) if args.workdir else None, keep=args.keep,
+                      live=not args.no_live and sys.stdout.isatty(), metrics_address=args.metrics,
+                      meta={"command": "hsmproxy chaos " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["chaos"] else "hsmproxy chaos"})
+    try:
+        results = trio.run(session.run)
+    except ValueError as exc:  # a bad --metrics address
+        print(f"hsmproxy chaos: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    session.print_final(results)
+    if args.json_path:
+        from chaos.report import write_json
+
+        write_json(args.json_path, results, session.meta)
+    if args.junit:
+        from chaos.report import write_junit
+
+        write_junit(args.junit, results)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED

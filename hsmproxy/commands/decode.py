@@ -1,0 +1,349 @@
+"""``hsmproxy decode``: a dissector for people (rich tree) and machines (``--json``).
+
+Inputs: hex bodies or frames on the command line, hex lines on stdin (``-`` or a pipe), or a
+file: a JSON-lines capture (the format of tests/vectors/) or an hsmproxy trace.
+A malformed message is reported where it stands and decoding goes on; the exit status is 1
+if anything was malformed, 2 for unusable input (bad hex, unreadable file).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import wire
+
+EXIT_OK, EXIT_MALFORMED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(Exception):
+    """Input that is not hex, a capture or a trace; the message names it and says what to do."""
+
+
+@dataclass
+class Item:
+    """One message to show: its body and where it came from.
+
+    A trace recorded without --trace-secrets keeps no body for frames that hold secrets, only
+    their redacted decoding: then ``body`` is None and ``shown`` is that decoding. ``event`` is
+    a line about something that is not a message (a connection opened, the signer exited).
+    """
+
+    body: bytes | None
+    origin: str  # "argument 1", "stdin line 3", "capture.jsonl line 12"
+    context: dict  # conn, dir, session... whatever the source knows
+    shown: dict | None = None
+    event: str | None = None
+
+
+def configure(parser) -> None:
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="hex of a message body or of a whole frame, a capture file (JSON lines), a trace file, "
+        "or - for hex lines on stdin (the default when stdin is a pipe)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per message, for machines")
+    parser.add_argument(
+        "--show-secrets", action="store_true", help="show secret values (redacted by default)"
+    )
+    parser.add_argument(
+        "--framed", choices=("auto", "yes", "no"), default="auto",
+        help="whether hex input includes the 4-byte length prefix (default: detect)",
+    )
+    parser.add_argument("--only", metavar="NAME", action="append", help="show only messages with this name (repeatable)")
+    parser.add_argument("--full", action="store_true", help="do not shorten long byte fields in the tree")
+
+
+def run(args) -> int:
+    inputs = args.inputs or (["-"] if not sys.stdin.isatty() else [])
+    if not inputs:
+        print(
+            "hsmproxy decode: nothing to decode: give hex, a capture or trace file, "
+            "or pipe hex lines to stdin (see --help)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    total = malformed = bad_inputs = 0
+    out = _JsonOut(args) if args.json else _TreeOut(args)
+    for item in _items(inputs, args.framed):
+        if isinstance(item, BadInput):
+            bad_inputs += 1
+            print(f"hsmproxy decode: {item}", file=sys.stderr)
+            continue
+        if item.event is not None:
+            out.event(item)
+            continue
+        total += 1
+        if item.body is None:
+            if not args.only or item.shown.get("name") in args.only:
+                out.shown(item, item.shown)
+            continue
+        try:
+            message = wire.decode(item.body)
+        except wire.DecodeError as exc:
+            malformed += 1
+            out.error(item, exc)
+            continue
+        if args.only and message.name not in args.only:
+            continue
+        out.message(item, message)
+    out.close(total, malformed)
+    if bad_inputs:
+        return EXIT_BAD_INPUT
+    return EXIT_MALFORMED if malformed else EXIT_OK
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def _items(inputs: list[str], framed: str):
+    """Items to decode, and BadInput values for input that could not be read (reported, skipped)."""
+    for index, value in enumerate(inputs, 1):
+        try:
+            if value == "-":
+                yield from _hex_lines(sys.stdin, "stdin", framed)
+            elif Path(value).is_file():
+                yield from _file_items(Path(value), framed)
+            else:
+                yield from _hex_items(value, f"argument {index}", framed)
+        except BadInput as exc:
+            yield exc
+
+
+def _hex_lines(stream, name: str, framed: str):
+    for number, line in enumerate(stream, 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            try:
+                yield from _hex_items(line, f"{name} line {number}", framed)
+            except BadInput as exc:
+                yield exc
+
+
+def _hex_items(text: str, origin: str, framed: str):
+    cleaned = "".join(text.split()).removeprefix("0x")
+    try:
+        raw = bytes.fromhex(cleaned)
+    except ValueError:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise BadInput(
+            f"{origin}: {shown!r} is neither hex nor an existing file; give a message as hex "
+            "(e.g. 00120000000000000005) or the path of a capture/trace"
+        ) from None
+    for number, body in enumerate(_split(raw, framed, origin)):
+        yield Item(body, origin if number == 0 else f"{origin} frame {number + 1}", {})
+
+
+def _split(raw: bytes, framed: str, origin: str) -> list[bytes]:
+    """Bodies in ``raw``: either one body, or a sequence of whole frames."""
+    if framed == "no":
+        return [raw]
+    reader = wire.FrameReader()
+    try:
+        bodies = reader.feed(raw)
+    except wire.FramingError as exc:
+        if framed == "yes":
+            raise BadInput(f"{origin}: {exc}") from None
+        return [raw]
+    if bodies and not reader.pending:
+        return bodies
+    if framed == "yes":
+        raise BadInput(f"{origin}: not a whole number of frames ({len(reader.pending)} bytes left over)")
+    return [raw]
+
+
+def _file_items(path: Path, framed: str):
+    try:
+        head = path.open("rb").read(1)
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
+    if head == b"{":
+        yield from _capture_items(path)
+        return
+    trace_items = _trace_items(path)
+    if trace_items is not None:
+        yield from trace_items
+        return
+    with path.open(errors="replace") as stream:
+        yield from _hex_lines(stream, str(path), framed)
+
+
+def _capture_items(path: Path):
+    with path.open() as stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"{path} line {number}: not JSON ({exc.msg}); expected one JSON object per line") from None
+            if record.get("kind", "msg") != "msg":
+                continue
+            if "hex" not in record:
+                raise BadInput(f"{path} line {number}: a message record needs a 'hex' field with the body")
+            try:
+                body = bytes.fromhex(record["hex"])
+            except ValueError:
+                raise BadInput(f"{path} line {number}: 'hex' is not hex") from None
+            context = {k: record[k] for k in ("seq", "session", "conn", "dir") if k in record}
+            yield Item(body, f"{path.name} line {number}", context)
+
+
+def _trace_items(path: Path):
+    """Items of an hsmproxy trace, or None if ``path`` is not one."""
+    from proxy.addons import trace
+    if not trace.is_trace(str(path)):
+        return None
+    return _trace_records(path, trace)
+
+
+def _trace_records(path: Path, trace):
+    for number, record in enumerate(trace.read_trace(str(path)), 1):
+        origin = f"{path.name} record {number}"
+        kind = record.get("kind")
+        context = {"seq": number}
+        if isinstance(record.get("conn"), dict):
+            context["conn"] = _describe_conn(record["conn"])
+        if kind == "frame":
+            context["dir"] = record.get("dir")
+            if record.get("verdict", "Forward") != "Forward":
+                context["verdict"] = record["verdict"]
+            if record.get("raw") is None:
+                yield Item(None, origin, context, shown=record.get("msg") or {"name": "redacted", "fields": {}})
+            else:
+                yield Item(record["raw"], origin, context)
+        elif kind == "conn":
+            yield Item(None, origin, context, event=f"connection {record.get('event')}")
+        elif kind == "fault":
+            ev = record.get("event") or {}
+            yield Item(None, origin, context, event=(
+                f"fault {ev.get('action')} at {ev.get('point')} on {ev.get('message')} "
+                f"({ev.get('connection')} seq {ev.get('seq')}, rule {ev.get('rule')})"
+            ))
+        elif kind == "divergence":
+            ev = record.get("event") or {}
+            yield Item(None, origin, context, event=(
+                f"divergence {ev.get('kind')} ({ev.get('status')}) dbid {ev.get('dbid')} index {ev.get('index')}"
+            ))
+        elif kind == "exit":
+            yield Item(None, origin, context, event=f"signer exited with status {record.get('status')}")
+        elif kind == "raw":
+            size = len(record["raw"]) if record.get("raw") is not None else record.get("len", 0)
+            yield Item(None, origin, context, event=f"{size} unframed byte(s) {record.get('dir')} (fd carrier or raw relay)")
+
+
+def _describe_conn(conn: dict) -> str:
+    text = f"{conn.get('role')}#{conn.get('conn_id')}"
+    if conn.get("dbid") is not None:
+        text += f"(dbid={conn['dbid']})"
+    return text
+
+
+# -- outputs -----------------------------------------------------------------------------------
+
+class _JsonOut:
+    def __init__(self, args):
+        self.show_secrets = args.show_secrets
+
+    def message(self, item: Item, message: wire.Message) -> None:
+        self.shown(item, wire.to_jsonable(message, show_secrets=self.show_secrets))
+
+    def shown(self, item: Item, rendered: dict) -> None:
+        print(json.dumps({**item.context, **rendered}))
+
+    def event(self, item: Item) -> None:
+        print(json.dumps({**item.context, "event": item.event}))
+
+    def error(self, item: Item, exc: wire.DecodeError) -> None:
+        record = {
+            **item.context,
+            "error": exc.reason,
+            "message": exc.message,
+            "field": exc.field,
+            "offset": exc.offset,
+            "hex": item.body.hex(),
+        }
+        print(json.dumps(record))
+
+    def close(self, total: int, malformed: int) -> None:
+        if malformed:
+            print(f"hsmproxy decode: {malformed} of {total} messages malformed", file=sys.stderr)
+
+
+class _TreeOut:
+    def __init__(self, args):
+        from rich.console import Console
+
+        self.console = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+        self.show_secrets = args.show_secrets
+        self.max_bytes = None if args.full else 48
+
+    def _title(self, item: Item, text: str) -> str:
+        where = " ".join(str(item.context[k]) for k in ("seq", "conn", "dir") if k in item.context)
+        return f"[dim]{where or item.origin}[/dim] {text}"
+
+    def message(self, item: Item, message: wire.Message) -> None:
+        shown = wire.to_jsonable(message, show_secrets=self.show_secrets, max_bytes=self.max_bytes)
+        style = "bold" if message.known else "bold yellow"
+        self._tree(item, f"[{style}]{message.name}[/{style}] [dim]({message.type}, {len(item.body)} bytes)[/dim]", shown)
+
+    def shown(self, item: Item, rendered: dict) -> None:
+        self._tree(item, f"[bold]{rendered.get('name')}[/bold] [dim](body not recorded: it holds secrets)[/dim]", rendered)
+
+    def _tree(self, item: Item, title: str, rendered: dict) -> None:
+        from rich.markup import escape
+        from rich.tree import Tree
+
+        if item.context.get("verdict"):
+            title += f" [magenta]{item.context['verdict']}[/magenta]"
+        tree = Tree(self._title(item, title))
+        _add_fields(tree, rendered.get("fields", {}), escape)
+        if rendered.get("trailing"):
+            tree.add(f"[yellow]trailing bytes (kept, as hsmd ignores them): {rendered['trailing']}[/yellow]")
+        self.console.print(tree)
+
+    def event(self, item: Item) -> None:
+        self.console.print(self._title(item, f"[dim]{item.event}[/dim]"))
+
+    def error(self, item: Item, exc: wire.DecodeError) -> None:
+        from rich.markup import escape
+
+        self.console.print(self._title(item, f"[bold red]malformed[/bold red] {escape(str(exc))}"))
+
+    def close(self, total: int, malformed: int) -> None:
+        if malformed:
+            self.err.print(f"[red]{malformed} of {total} messages malformed[/red]")
+
+
+def _add_fields(tree, value, escape) -> None:
+    if isinstance(value, dict):
+        if not value:
+            tree.add("[dim](no fields)[/dim]")
+        for key, item in value.items():
+            if isinstance(item, (dict, list)) and item:
+                _add_fields(tree.add(f"[cyan]{escape(str(key))}[/cyan]"), item, escape)
+            else:
+                tree.add(f"[cyan]{escape(str(key))}[/cyan]: {_scalar(item, escape)}")
+    elif isinstance(value, list):
+        if all(isinstance(item, int) for item in value):
+            tree.add(escape(str(value)))
+            return
+        for index, item in enumerate(value):
+            if isinstance(item, (dict, list)):
+                _add_fields(tree.add(f"[cyan][{index}][/cyan]"), item, escape)
+            else:
+                tree.add(f"[cyan][{index}][/cyan]: {_scalar(item, escape)}")
+
+
+def _scalar(value, escape) -> str:
+    if value is None:
+        return "[dim]absent[/dim]"
+    if value == wire.REDACTED:
+        return "[magenta]<redacted>[/magenta]"
+    if isinstance(value, str):
+        return escape(value) if value else '[dim]""[/dim]'
+    return escape(str(value))

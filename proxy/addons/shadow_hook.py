@@ -1,0 +1,263 @@
+"""The relay hook that keeps the shadow state, writes it ahead to the WAL, and guards.
+
+Order of operations (the point of the whole project, applied to the proxy itself):
+    request.before_forward: intent -> shadow.begin -> WAL append (durable) -> maybe Refuse (guard)
+    reply.before_forward:   outcome -> shadow.finish -> WAL append (durable) -> the reply moves on
+So the signer never sees a state-changing request the WAL does not hold, and the node never
+sees an answer the WAL does not hold. Register this hook first.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import hashlib
+import logging
+import os
+import time
+
+from proxy.core import hooks as H
+from proxy.core import shadow as S
+from proxy.trio.wal import GroupCommitWal, Recovery, WalStore, read_state
+
+log = logging.getLogger("hsmproxy.shadow")
+
+BAD_REQUEST = "hsmstatus_client_bad_request"
+
+
+def recover(directory: str, *, repair: bool) -> tuple[S.Shadow, Recovery]:
+    """Load the snapshot and replay the log. The cyclic garbage collector is paused meanwhile:
+    replay allocates millions of small acyclic objects, and the collector's passes over them
+    would double the recovery time without ever finding garbage."""
+    replayed: list[S.Shadow] = []
+
+    def replay_into(snapshot):
+        shadow = S.Shadow.from_snapshot(snapshot) if snapshot is not None else S.Shadow()
+        replayed.append(shadow)
+        return functools.partial(S.apply_record, shadow)
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        recovery = read_state(directory, repair=repair, make_sink=replay_into)
+        return replayed[-1], recovery
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _request_key(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()[:16]
+
+
+class ShadowHook:
+    """Feeds the relay's exchanges to a ``Shadow``; with a WAL, makes each step durable first."""
+
+    def __init__(self, shadow: S.Shadow, wal: GroupCommitWal | None = None, *, guard: bool = False,
+                 run_id: int = 0, metrics=None, clock=time.time_ns):
+        self.shadow = shadow
+        self.wal = wal
+        self.guard = guard
+        self.metrics = metrics
+        self.listeners: list = []  # callables taking a Divergence (trace, control API, tests)
+        self._run_id = run_id
+        self._clock = clock
+        self._ops: dict[tuple[int, int], tuple[int, str]] = {}  # (conn_id, seq) -> (op_id, kind)
+        self._by_request: dict[bytes, int] = {}  # request hash -> op_id, to match bad-request status
+        self.recovery: Recovery | None = None
+
+    @classmethod
+    def open(cls, wal_dir: str | None, *, guard: bool = False, metrics=None,
+             checkpoint_every: int = 100_000) -> "ShadowHook":
+        """Recover the shadow from ``wal_dir`` (or start an in-memory one) and record this start."""
+        run_id = int.from_bytes(os.urandom(4), "big") >> 1  # tells this run's connections from older ones
+        if wal_dir is None:
+            log.warning("shadow state in memory only (no --wal-dir): it is lost when the proxy stops")
+            return cls(S.Shadow(), None, guard=guard, run_id=run_id, metrics=metrics)
+        os.makedirs(wal_dir, mode=0o700, exist_ok=True)
+        shadow, recovery = recover(wal_dir, repair=True)
+        store = WalStore(wal_dir, recovery.epoch, recovery.record_count)
+        stranded = shadow.restart()
+        store.write_durably(store.encode(S.restart_record(time.time_ns())))
+        hook = cls(shadow, None, guard=guard, run_id=run_id, metrics=metrics)
+        hook.wal = GroupCommitWal(store, shadow.to_snapshot, checkpoint_every=checkpoint_every)
+        hook.recovery = recovery
+        log.info("WAL %s: epoch %d, %d record(s) replayed, %d channel(s), %d divergence event(s)",
+                 wal_dir, recovery.epoch, recovery.record_count, len(shadow.channels), len(shadow.events))
+        if recovery.problem:
+            log.warning("WAL %s: cut %d byte(s) at the end of the log: %s", wal_dir, recovery.cut_bytes, recovery.problem)
+        for intent in stranded:
+            if intent.kind != S.GET_POINT:
+                log.warning("in doubt after restart: %s %d for peer %s dbid %d was sent to the signer, "
+                            "its answer never recorded", intent.kind, intent.index, intent.peer_id.hex(), intent.dbid)
+        if metrics is not None:
+            hook.attach_metrics(metrics)
+        return hook
+
+    def attach_metrics(self, metrics) -> None:
+        """Report to a ``proxy.addons.metrics.Metrics`` from now on (and what recovery found)."""
+        self.metrics = metrics
+        for kind in S.DIVERGENCE_KINDS:  # every kind is a series from the start, at 0
+            metrics.divergences.labels(kind=kind)
+        metrics.guard_refusals.labels(kind=S.DOUBLE_SIGNED)
+        if self.recovery is not None:
+            metrics.wal_recovered.inc(self.recovery.record_count)
+            if self.recovery.problem:
+                metrics.wal_cut_tails.inc()
+        metrics.channels_tracked.set(len(self.shadow.channels))
+        metrics.channels_diverged.set(len({(e.peer_id, e.dbid) for e in self.shadow.events}))
+
+    def close(self) -> None:
+        if self.wal is not None:
+            self.wal.store.close()
+
+    # --- hook methods ----------------------------------------------------------------------
+
+    def _conn_key(self, conn: H.ConnContext) -> int:
+        return (self._run_id << 32) | conn.conn_id
+
+    async def on_request(self, ex: H.Exchange, point: str):
+        if point != H.REQUEST_BEFORE or ex.request is None or ex.duplicate:
+            return None
+        ctx = ex.conn
+        try:
+            intent = S.intent_from_request(ex.request, ctx.peer_id, ctx.dbid, conn=self._conn_key(ctx),
+                                           seq=ex.seq, time_ns=self._clock())
+        except S.IntentError as exc:
+            log.warning("not tracked: %s", exc)
+            return None
+        if intent is None:
+            return None
+        intent, predicted = self.shadow.begin(intent)
+        self._ops[(ctx.conn_id, ex.seq)] = (intent.op_id, intent.kind)
+        await self._append(S.intent_record(intent))
+        self._by_request[_request_key(ex.request_raw)] = intent.op_id
+        if len(self._by_request) > 4096:
+            del self._by_request[next(iter(self._by_request))]
+        self._report(predicted, counted=True)
+        if self.guard and ctx.role != H.ROLE_MASTER and self.shadow.would_double_sign(predicted):
+            del self._ops[(ctx.conn_id, ex.seq)]
+            final = self._finish(intent.op_id, S.GUARD_REFUSED, "refused by --guard")
+            await self._append(S.outcome_record(intent.op_id, S.GUARD_REFUSED, final[1], "refused by --guard"))
+            self._report(final[0], counted=False)
+            if self.metrics is not None:
+                self.metrics.guard_refusals.labels(kind=S.DOUBLE_SIGNED).inc()
+            return H.Refuse(
+                f"hsmproxy --guard: refusing {ex.request.name} commit_num {intent.index}: the signer already "
+                "signed different contents at this index (double signing)"
+            )
+        return None
+
+    async def on_reply(self, ex: H.Exchange, point: str):
+        if point != H.REPLY_BEFORE or ex.duplicate:
+            return None
+        op = self._ops.pop((ex.conn.conn_id, ex.seq), None)
+        if op is None:
+            return None
+        op_id, kind = op
+        ok = ex.reply is not None and ex.reply.name == S.SUCCESS_REPLY[kind]
+        detail = "" if ok else f"the signer answered {ex.reply.name if ex.reply is not None else 'undecodable bytes'}"
+        outcome = S.SIGNED if ok else S.REJECTED
+        events, now = self._finish(op_id, outcome, detail)
+        await self._append(S.outcome_record(op_id, outcome, now, detail))
+        self._report(events, counted=False)
+        if self.metrics is not None:
+            self._channel_metrics(ex.conn)
+        return None
+
+    def _channel_metrics(self, conn: H.ConnContext) -> None:
+        m = self.metrics
+        m.channels_tracked.set(len(self.shadow.channels))
+        if m.channel_detail_cap and conn.peer_id is not None:
+            channel = self.shadow.channels.get((conn.peer_id, conn.dbid))
+            if channel is not None and channel.next_counterparty_commit_num is not None:
+                m.channel_detail(f"{conn.peer_id.hex()[:16]}/{conn.dbid}", channel.next_counterparty_commit_num)
+
+    async def on_connection(self, conn: H.ConnContext, event: str) -> None:
+        if event != H.CONN_CLOSED:
+            return
+        for key in [k for k in self._ops if k[0] == conn.conn_id]:
+            op_id, _ = self._ops.pop(key)
+            detail = "the connection closed before the signer answered"
+            events, now = self._finish(op_id, S.UNANSWERED, detail)
+            await self._append(S.outcome_record(op_id, S.UNANSWERED, now, detail))
+            self._report(events, counted=False)
+
+    async def on_status(self, conn: H.ConnContext, raw: bytes, msg) -> None:
+        if msg is None or msg.name != BAD_REQUEST:
+            return
+        op_id = self._by_request.pop(_request_key(msg.fields.get("msg", b"")), None)
+        if op_id is None:
+            return
+        for key, (pending_op, _) in list(self._ops.items()):
+            if pending_op == op_id:
+                del self._ops[key]
+        detail = f"hsmstatus_client_bad_request: {msg.fields.get('description', '')}"
+        events, now = self._finish(op_id, S.REJECTED, detail)
+        if events:
+            await self._append(S.outcome_record(op_id, S.REJECTED, now, detail))
+            self._report(events, counted=False)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _finish(self, op_id: int, outcome: str, detail: str) -> tuple[list[S.Divergence], int]:
+        now = self._clock()
+        return self.shadow.finish(op_id, outcome, now, detail), now
+
+    async def _append(self, record: list) -> None:
+        if self.wal is None:
+            return
+        wal = self.wal
+        syncs, written, checkpoints = wal.syncs, wal.bytes_written, wal.checkpoints
+        started = time.monotonic()
+        await wal.append(record)
+        if self.metrics is not None:
+            m = self.metrics
+            m.wal_appends.inc()
+            if wal.syncs != syncs:  # this append led a group commit: time it
+                m.wal_syncs.inc(wal.syncs - syncs)
+                m.wal_sync_seconds.observe(time.monotonic() - started)
+                m.wal_bytes.inc(wal.bytes_written - written)
+            if wal.checkpoints != checkpoints:
+                m.wal_checkpoints.inc(wal.checkpoints - checkpoints)
+
+    def _report(self, events: list[S.Divergence], *, counted: bool) -> None:
+        for ev in events:
+            level = logging.INFO if ev.status in (S.REFUTED, S.PREVENTED) else logging.WARNING
+            log.log(level, "divergence %s (%s) peer %s dbid %d index %d: %s", ev.kind, ev.status,
+                    ev.peer_id.hex(), ev.dbid, ev.index, ev.detail)
+            if self.metrics is not None and (counted or ev.kind == S.SIGNER_REJECTED):
+                self.metrics.divergences.labels(kind=ev.kind).inc()
+            for listener in self.listeners:
+                listener(ev)
+        if self.metrics is not None and events:
+            self.metrics.channels_tracked.set(len(self.shadow.channels))
+            self.metrics.channels_diverged.set(len({(e.peer_id, e.dbid) for e in self.shadow.events}))
+
+    # --- read-outs (control API, `hsmproxy state`) -----------------------------------------
+
+    def state_jsonable(self) -> dict:
+        return shadow_jsonable(self.shadow, wal_dir=self.wal.store.directory if self.wal else None)
+
+    def divergences_jsonable(self) -> list:
+        return [ev.to_jsonable() for ev in self.shadow.events]
+
+
+def shadow_jsonable(shadow: S.Shadow, *, wal_dir: str | None = None, recovery: Recovery | None = None) -> dict:
+    out = {
+        "channels": [ch.to_jsonable() for ch in sorted(shadow.channels.values(), key=lambda c: (c.peer_id, c.dbid))],
+        "divergences": [ev.to_jsonable() for ev in shadow.events],
+        "in_flight": [_intent_jsonable(p.intent) for p in shadow.pending.values()],
+        "in_doubt": [_intent_jsonable(i) for i in shadow.in_doubt],
+        "wal_dir": wal_dir,
+    }
+    if recovery is not None:
+        out["wal"] = {"epoch": recovery.epoch, "records": recovery.record_count,
+                      "invalid_tail_bytes": recovery.cut_bytes, "invalid_tail": recovery.problem}
+    return out
+
+
+def _intent_jsonable(intent: S.Intent) -> dict:
+    return {"kind": intent.kind, "peer_id": intent.peer_id.hex(), "dbid": intent.dbid, "index": intent.index,
+            "digest": intent.digest.hex() if intent.digest else None, "op_id": intent.op_id,
+            "request_seq": intent.seq, "time_ns": intent.time_ns}

@@ -1,0 +1,157 @@
+"""Trace recording: a msgpack stream of every frame and event the relay sees.
+
+Each record is a map. The first is ``{"kind": "header", "format": "hsmproxy-trace", "version": 1,
+"secrets": bool, "t": ns}``; then one of:
+
+* ``frame``: ``t`` (wall-clock ns), ``mono`` (monotonic ns), ``conn`` (context map), ``dir``
+  (``request`` node->signer, ``reply`` signer->node, ``status`` fd 0), ``seq`` (request number on
+  the connection; -1 for a reply nobody asked for), ``raw`` (the frame body), ``verdict`` (what
+  the hooks decided at ``before_forward``). A body holding secrets (revocation secrets, ECDH
+  results, derived secrets, passphrases) is recorded as ``raw: None, redacted: True`` plus its
+  decoded fields with the secrets replaced, unless the trace was opened with secrets on.
+* ``raw``: bytes that are not frames (``dir``, ``raw``): fd carriers and everything after a
+  connection lost its framing. Unframed bytes cannot be checked for secrets, so without
+  ``--trace-secrets`` only their length is kept (1-byte fd carriers are kept).
+* ``conn``: ``event`` opened / closed / replaced / framing_lost, with the context; a client
+  connection's ``parent_id`` says on which connection its fd was passed.
+* ``exit``: the signer's exit ``status``.
+* ``fault`` / ``divergence``: an injected fault or a shadow-state divergence event (``event``).
+
+The file is created 0600. ``read_trace(path)`` yields the records back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+import msgpack
+
+import wire
+
+from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ConnContext, Exchange
+
+FORMAT = "hsmproxy-trace"
+VERSION = 1
+
+
+class TraceFormatError(ValueError):
+    """The file is not an hsmproxy trace."""
+
+
+def context_record(ctx: ConnContext) -> dict:
+    return {
+        "conn_id": ctx.conn_id,
+        "role": ctx.role,
+        "peer_id": ctx.peer_id,
+        "dbid": ctx.dbid,
+        "permissions": ctx.permissions,
+        "parent_id": ctx.parent_id,
+    }
+
+
+class TraceHook:
+    """A relay hook that appends every frame and event to a trace file. Register it last, so
+    the verdict it records is the one the other hooks decided."""
+
+    def __init__(self, path: str, *, secrets: bool = False):
+        self.path = path
+        self.secrets = secrets
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_TRUNC
+        self._file = os.fdopen(fd, "wb")
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._write({"kind": "header", "format": FORMAT, "version": VERSION, "secrets": secrets, "t": time.time_ns()})
+
+    def _write(self, record: dict) -> None:
+        # One write per record, flushed: a trace must survive the proxy being killed.
+        self._file.write(self._packer.pack(record))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _frame(self, ctx: ConnContext, direction: str, seq: int | None, raw: bytes, msg, verdict) -> None:
+        record = {
+            "kind": "frame",
+            "t": time.time_ns(),
+            "mono": time.monotonic_ns(),
+            "conn": context_record(ctx),
+            "dir": direction,
+            "seq": seq,
+            "raw": raw,
+            "verdict": type(verdict).__name__ if verdict is not None else "Forward",
+        }
+        if msg is not None and not self.secrets:
+            shown = wire.redacted_fields(msg)
+            if shown != msg.fields:
+                record["raw"] = None
+                record["redacted"] = True
+                record["msg"] = wire.to_jsonable(msg)
+        self._write(record)
+
+    async def on_request(self, ex: Exchange, point: str) -> None:
+        if point == REQUEST_BEFORE:
+            self._frame(ex.conn, "request", ex.seq, ex.request_raw, ex.request, ex.verdict)
+
+    async def on_reply(self, ex: Exchange, point: str) -> None:
+        if point == REPLY_BEFORE:
+            self._frame(ex.conn, "reply", ex.seq, ex.reply_raw, ex.reply, ex.verdict)
+
+    async def on_status(self, conn: ConnContext, raw: bytes, msg) -> None:
+        self._frame(conn, "status", None, raw, msg, None)
+
+    async def on_raw(self, conn: ConnContext, direction: str, raw: bytes) -> None:
+        record = {"kind": "raw", "t": time.time_ns(), "conn": context_record(conn), "dir": direction}
+        if self.secrets or len(raw) == 1:
+            record["raw"] = raw
+        else:
+            record["raw"] = None
+            record["len"] = len(raw)
+            record["redacted"] = True
+        self._write(record)
+
+    async def on_connection(self, conn: ConnContext, event: str) -> None:
+        self._write({"kind": "conn", "t": time.time_ns(), "event": event, "conn": context_record(conn)})
+
+    async def on_signer_exit(self, status: int) -> None:
+        self._write({"kind": "exit", "t": time.time_ns(), "status": status})
+
+    def fault(self, event) -> None:
+        """Record an injected fault (a ``faults.engine.FaultEvent``), before it is carried out: a
+        fault that kills the node or the proxy is still in the trace."""
+        self._write({"kind": "fault", "t": time.time_ns(), "event": event.to_json()})
+
+    def divergence(self, event) -> None:
+        """Record a shadow-state divergence event (``hsmproxy decode`` shows it as an event)."""
+        self._write({"kind": "divergence", "t": time.time_ns(), "event": event.to_jsonable()})
+
+
+def read_trace(path: str) -> Iterator[dict]:
+    """The records of a trace file, header first. A trace cut short by a crash yields every
+    complete record."""
+    with open(path, "rb") as f:
+        unpacker = msgpack.Unpacker(f, raw=False, strict_map_key=False)
+        first = True
+        try:
+            for record in unpacker:
+                if first:
+                    if not isinstance(record, dict) or record.get("format") != FORMAT:
+                        raise TraceFormatError(f"{path} is not an hsmproxy trace (no trace header)")
+                    first = False
+                yield record
+        except (msgpack.exceptions.ExtraData, ValueError) as exc:
+            if isinstance(exc, TraceFormatError):
+                raise
+            raise TraceFormatError(f"{path}: corrupt trace record after {'the header' if not first else 'start'}: {exc}")
+        if first:
+            raise TraceFormatError(f"{path} is empty: not an hsmproxy trace")
+
+
+def is_trace(path: str) -> bool:
+    """Whether ``path`` starts with a trace header (cheap check for ``hsmproxy decode``)."""
+    try:
+        return next(iter(read_trace(path)))["format"] == FORMAT
+    except (OSError, TraceFormatError, StopIteration):
+        return False

@@ -1,0 +1,126 @@
+"""Wrapper mode: stand where lightningd expects ``lightning_hsmd`` and run the real signer behind.
+
+lightningd gives us fd 0 (status socket), fd 3 (request socket), fd 1/2, its environment and its
+working directory. We give the signer the same layout on socketpairs of our own, relay fd 0 and
+fd 3 (and every client fd passed after a 109 reply) through the relay shell, and exit as the
+signer exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+
+import trio
+
+from proxy.core import hooks as H
+from proxy.trio.fdpass import Endpoint
+from proxy.trio.shell import RelayShell, StatusOut
+from proxy.trio.subdaemon import REQUEST_FD, exit_status, spawn_subdaemon
+
+STATUS_FD = 0
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+DRAIN_SECONDS = 2.0  # after the signer exits: time to forward what it wrote before it died
+
+
+class WrapSetupError(RuntimeError):
+    """The wrapper was not started the way lightningd starts hsmd."""
+
+
+def _require_socket(fd: int, what: str) -> None:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise WrapSetupError(
+            f"fd {fd} ({what}) is not open: `hsmproxy wrap` must be started by lightningd "
+            "(--subdaemon=hsmd:SCRIPT), which passes the status socket as fd 0 and the request socket as fd 3"
+        ) from None
+    if not stat.S_ISSOCK(mode):
+        raise WrapSetupError(
+            f"fd {fd} ({what}) is not a socket: `hsmproxy wrap` must be started by lightningd "
+            "(--subdaemon=hsmd:SCRIPT), not by hand; for a signer on a socket use `hsmproxy serve`"
+        )
+
+
+def take_node_sockets() -> tuple[socket.socket, socket.socket]:
+    """Take lightningd's fd 0 and fd 3 for ourselves, moved to high fds, so fd 3 is free for the
+    signer's layout and fd 0 no longer keeps the status socket open behind our back."""
+    _require_socket(STATUS_FD, "status socket")
+    _require_socket(REQUEST_FD, "request socket")
+    status = socket.socket(fileno=os.dup(STATUS_FD))
+    master = socket.socket(fileno=os.dup(REQUEST_FD))
+    os.close(REQUEST_FD)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, STATUS_FD)
+    os.close(devnull)
+    return status, master
+
+
+async def _wait_process(proc: subprocess.Popen) -> int:
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    return exit_status(proc.wait())
+
+
+async def _forward_signals(proc: subprocess.Popen) -> None:
+    with trio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
+        async for signum in signals:
+            if proc.returncode is None:
+                proc.send_signal(signum)
+
+
+async def run_wrapper(
+    signer_argv: list[str],
+    hooks: H.HookChain,
+    node_status: socket.socket,
+    node_master: socket.socket,
+    *,
+    decode: bool = True,
+    drain_seconds: float = DRAIN_SECONDS,
+) -> int:
+    """Start the signer with the hsmd fd layout, relay until it exits, return its exit status."""
+    status_ours, status_theirs = socket.socketpair()
+    master_ours, master_theirs = socket.socketpair()
+    try:
+        proc = spawn_subdaemon(signer_argv, status_fd=status_theirs.fileno(), request_fd=master_theirs.fileno())
+    except OSError as exc:
+        raise WrapSetupError(f"cannot start the signer {signer_argv[0]!r}: {exc}") from None
+    finally:
+        status_theirs.close()
+        master_theirs.close()
+    shell = RelayShell(hooks, status_out=StatusOut(None), decode=decode)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_forward_signals, proc)
+            nursery.start_soon(
+                shell.run_status,
+                Endpoint.from_stdlib(node_status),
+                Endpoint.from_stdlib(status_ours),
+                H.ConnContext(conn_id=shell.new_conn_id(), role=H.ROLE_STATUS),
+            )
+            nursery.start_soon(
+                shell.run_connection,
+                Endpoint.from_stdlib(node_master),
+                Endpoint.from_stdlib(master_ours),
+                H.ConnContext(conn_id=shell.new_conn_id(), role=H.ROLE_MASTER, permissions=1027),
+            )
+            status = await _wait_process(proc)
+            # The signer is gone: forward what it wrote (its sockets now read to EOF), then stop
+            # relaying what the node still sends to nobody.
+            with trio.move_on_after(drain_seconds):
+                await shell.wait_signer_side_closed()
+            nursery.cancel_scope.cancel()
+    finally:
+        if proc.returncode is None:  # we are being torn down: never leave an orphan signer
+            proc.kill()
+            proc.wait()
+    await hooks.signer_exit(status)
+    return status
+
+

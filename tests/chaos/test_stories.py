@@ -1,0 +1,140 @@
+"""`hsmproxy chaos` end to end: real node, proxy and signer processes, the write-up's stories."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import trio
+
+CLI = [sys.executable, "-m", "hsmproxy.cli"]
+
+
+async def chaos(*args: str, timeout: float = 240) -> tuple[int, str, str]:
+    with trio.fail_after(timeout):
+        done = await trio.run_process([*CLI, "chaos", "--no-live", *args], capture_stdout=True,
+                                      capture_stderr=True, check=False)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def permissive_signer(tmp_path: Path) -> Path:
+    """Our signer with every VLS rule turned into a warning: it signs whatever it is asked, as stock
+    lightning_hsmd does (which is not installed here)."""
+    path = tmp_path / "stock-like-hsmd"
+    path.write_text(f"#!/bin/sh\nVLS_PERMISSIVE=1 exec {shlex.join([*CLI, 'sim-signer'])} \"$@\"\n")
+    path.chmod(0o700)
+    return path
+
+
+def kinds(run: dict) -> set[str]:
+    return {d["kind"] for d in run["divergences"] if d["status"] not in ("refuted", "prevented")}
+
+
+async def test_the_three_stories_show_what_the_write_up_claims(tmp_path):
+    code, out, err = await chaos("--jobs", "2", "--json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "j.xml"))
+    assert code == 0, out + err
+    runs = {(r["scenario"], r["signer_policy"]): r for r in json.loads((tmp_path / "r.json").read_text())["runs"]}
+    assert set(runs) == {("honest-crash", "enforce"), ("pretend-crash", "enforce"), ("pretend-crash", "warn"),
+                         ("wal-fix", "enforce")}
+
+    honest = runs[("honest-crash", "enforce")]
+    assert honest["outcome"] == "stuck" and honest["restarts"] == 1
+    assert [f["action"] for f in honest["faults"]] == ["kill-node"]
+    assert honest["faults"][0]["point"] == "reply.before_forward"  # the signer signed, the node never saw it
+    assert {"retry_changed", "signer_rejected"} <= kinds(honest) and "double_signed" not in kinds(honest)
+    assert honest["signer_rejections"] == ["policy-commitment-retry-same"]
+
+    refused = runs[("pretend-crash", "enforce")]
+    assert (refused["outcome"], refused["funds_lost_msat"]) == ("refused", 0)
+    assert refused["signer_rejections"] == ["policy-commitment-retry-same"]
+
+    stolen = runs[("pretend-crash", "warn")]
+    assert stolen["outcome"] == "funds_lost" and stolen["funds_lost_msat"] > 0
+    assert {"retry_changed", "double_signed"} <= kinds(stolen) and stolen["signer_rejections"] == []
+
+    fixed = runs[("wal-fix", "enforce")]
+    assert (fixed["outcome"], fixed["divergences"], fixed["restarts"]) == ("converged", [], 1)
+
+    for run in runs.values():
+        assert run["ok"] and run["invariant_violations"] == [] and run["reproduce"].startswith("hsmproxy chaos ")
+    assert "write-up's stories" in out and "retry_changed" in out and "funds_lost" in out
+    assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "0"
+
+
+async def test_with_a_non_validating_signer_honest_crash_double_signs(tmp_path):
+    signer = permissive_signer(tmp_path)
+    code, out, err = await chaos("--scenario", "honest-crash", "--signer", str(signer), "--json", str(tmp_path / "r.json"))
+    assert code == 0, out + err
+    (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]
+    # The signer signed commitment 1 twice; only the proxy saw it. The honest peer steals nothing.
+    assert run["outcome"] == "converged" and "double_signed" in kinds(run) and run["signer_rejections"] == []
+    assert any(d["kind"] == "double_signed" and d["status"] == "confirmed" for d in run["divergences"])
+    assert run["reproduce"] == f"hsmproxy chaos --scenario honest-crash --seeds 1..1 --signer {signer}"
+
+
+async def test_a_violated_invariant_fails_the_session_with_its_seed_and_replay_command(tmp_path):
+    """A signer that claims to enforce VLS's rules but signs commitment 1 twice."""
+    signer = permissive_signer(tmp_path)
+    code, out, err = await chaos("--scenario", "pretend-crash", "--seeds", "3..3", "--signer", str(signer),
+                                 "--signer-validates", "--json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "j.xml"))
+    assert code == 1, out + err
+    (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert run["outcome"] == "invariant_violated" and run["seed"] == 3 and not run["ok"]
+    assert {v["invariant"] for v in run["invariant_violations"]} == {"enforcing-signer-never-double-signs"}
+    replay = f"hsmproxy chaos --scenario pretend-crash --seeds 3..3 --signer {signer} --signer-validates"
+    assert run["reproduce"] == replay
+    assert "seed 3" in err and replay in err  # said as it happens
+    assert "failed runs" in out and f"replay seed 3: {replay}" in out  # and in the final report
+    failure = ET.parse(tmp_path / "j.xml").getroot().find("testcase/failure")
+    assert replay in failure.text
+    assert Path(run["workdir"], "logs").is_dir()  # a failed run keeps its evidence
+
+
+async def test_bad_arguments_are_named(tmp_path):
+    code, _, err = await chaos("--seeds", "9..2", timeout=30)
+    assert code == 2 and "--seeds '9..2'" in err
+    code, _, err = await chaos("--signer", str(tmp_path / "nope"), timeout=30)
+    assert code == 2 and "not an executable file" in err
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text in cmdline and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+async def test_sigterm_stops_the_session_and_leaves_no_process(tmp_path):
+    import signal
+
+    workdir = tmp_path / "runs"
+    with trio.fail_after(60):
+        proc = await trio.lowlevel.open_process([*CLI, "chaos", "--no-live", "--scenario", "wal-fix", "--workdir",
+                                                 str(workdir)])
+        try:
+            while not any("--wal-dir" in _cmdline(pid) for pid in _processes_mentioning(str(workdir))):
+                await trio.sleep(0.05)  # until the node has started the proxy in front of its signer
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 130
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert _processes_mentioning(str(workdir)) == []

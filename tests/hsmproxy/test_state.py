@@ -1,0 +1,92 @@
+"""`hsmproxy state`: JSON keys, tables, the peer filter, in-doubt intents, and read-only access."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hsmproxy import cli
+from proxy.core import shadow as S
+from proxy.trio import wal as W
+PEER_A, PEER_B = b"\x02" + b"\xaa" * 32, b"\x03" + b"\xbb" * 32
+
+
+def write_wal(directory: str, *, stranded: bool = False) -> None:
+    """Channel A signs 0 and 1, then re-signs 1 with other contents; channel B signs 0."""
+    store, _ = W.WalStore.open(directory)
+    shadow = S.Shadow()
+    ops = [(PEER_A, 1, 0, b"a0"), (PEER_A, 1, 1, b"a1"), (PEER_A, 1, 1, b"a1-changed"), (PEER_B, 7, 0, b"b0")]
+    data = []
+    for peer, dbid, n, tag in ops:
+        intent, _ = shadow.begin(S.Intent(0, S.SIGN_REMOTE, peer, dbid, n, tag.ljust(32, b"."), b"\x02" * 33, 1, n, 10**18))
+        data.append(store.encode(S.intent_record(intent)))
+        shadow.finish(intent.op_id, S.SIGNED, 10**18 + 1)
+        data.append(store.encode(S.outcome_record(intent.op_id, S.SIGNED, 10**18 + 1)))
+    if stranded:  # sent to the signer, then the proxy died
+        intent, _ = shadow.begin(S.Intent(0, S.SIGN_REMOTE, PEER_B, 7, 1, b"b1".ljust(32, b"."), b"\x02" * 33, 1, 9))
+        data.append(store.encode(S.intent_record(intent)))
+    store.write_durably(b"".join(data))
+    store.close()
+
+
+def run_json(capsys, *argv) -> dict:
+    assert cli.main(["state", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_has_the_documented_keys(tmp_path, capsys):
+    write_wal(str(tmp_path))
+    st = run_json(capsys, "--wal-dir", str(tmp_path))
+    assert [(c["peer_id"], c["dbid"]) for c in st["channels"]] == [(PEER_A.hex(), 1), (PEER_B.hex(), 7)]
+    for channel in st["channels"]:
+        assert {"peer_id", "dbid", "next_counterparty_commit_num", "next_counterparty_revoke_num",
+                "next_holder_commit_num"} <= channel.keys()
+    a = st["channels"][0]
+    assert (a["next_counterparty_commit_num"], a["next_counterparty_revoke_num"], a["next_holder_commit_num"]) == (2, 0, None)
+    kinds = [(d["kind"], d["peer_id"], d["dbid"], d["index"], d["status"]) for d in st["divergences"]]
+    assert kinds == [("retry_changed", PEER_A.hex(), 1, 1, "confirmed"), ("double_signed", PEER_A.hex(), 1, 1, "confirmed")]
+    assert st["divergences"][0]["shadow_digest"] == b"a1".ljust(32, b".").hex()
+    assert st["wal"]["records"] == 8 and st["wal"]["invalid_tail"] is None
+
+
+def test_peer_filter(tmp_path, capsys):
+    write_wal(str(tmp_path))
+    st = run_json(capsys, "--wal-dir", str(tmp_path), "--peer", PEER_B.hex()[:10])
+    assert [c["dbid"] for c in st["channels"]] == [7] and st["divergences"] == []
+
+
+def test_a_dead_proxys_torn_tail_is_reported_and_left_alone(tmp_path, capsys):
+    write_wal(str(tmp_path), stranded=True)
+    log = tmp_path / "wal-0.log"
+    with open(log, "ab") as f:
+        f.write(W.encode_record(0, 9, ["o", 5, "signed", 0, ""])[:-2])  # torn mid-write
+    before = log.read_bytes()
+    st = run_json(capsys, "--wal-dir", str(tmp_path))
+    assert log.read_bytes() == before  # read-only, even with a tail to cut
+    assert st["wal"]["invalid_tail_bytes"] > 0 and "torn" in st["wal"]["invalid_tail"]
+    assert [(i["kind"], i["dbid"], i["index"]) for i in st["in_flight"]] == [("sign_remote_commitment", 7, 1)]
+
+
+def test_tables_name_the_events(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "220")
+    write_wal(str(tmp_path), stranded=True)
+    assert cli.main(["state", "--wal-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Channels (2)" in out and "Divergence events (2)" in out
+    assert "double_signed" in out and "retry_changed" in out and "answer not recorded" in out
+
+
+def test_an_empty_directory_is_an_empty_state(tmp_path, capsys):
+    st = run_json(capsys, "--wal-dir", str(tmp_path))
+    assert st["channels"] == [] and st["divergences"] == [] and os.listdir(tmp_path) == []
+
+
+def test_a_foreign_file_is_named(tmp_path, capsys):
+    (tmp_path / "wal-0.log").write_bytes(b"not a wal at all" * 4)
+    assert cli.main(["state", "--wal-dir", str(tmp_path)]) == 2
+    assert "not an hsmproxy WAL file" in capsys.readouterr().err
+
+
+def test_files_written_by_the_proxy_are_private(tmp_path):
+    write_wal(str(tmp_path))
+    assert {oct(os.stat(tmp_path / n).st_mode & 0o777) for n in os.listdir(tmp_path)} == {oct(0o600)}

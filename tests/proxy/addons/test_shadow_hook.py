@@ -1,0 +1,281 @@
+"""The shadow hook in a real relay: `hsmproxy wrap --wal-dir` between the lightningd harness and
+the simulated validating signer (real processes, fd passing, real secp256k1 signatures), and
+`hsmproxy state` reading the WAL. Each divergence kind comes from the exchange that causes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import wire
+from hsmproxy import cli
+from tests import ld_harness as h
+from tests.proxy.core.shadow_vectors import peer_id, request
+
+pytestmark = pytest.mark.timeout(90)
+
+CHANNELD = "client:1/channeld"
+# The capture's channel life up to the first revocation, without the messages the simulated
+# signer does not implement (check_pubkey, ecdh, gossip clients).
+CHANNEL_LIFE = {1, 3, 33, 36, 39, 41, 43, 47, 51, 55, 59, 63, 65, 67, 68, 72, 83, 87, 91, 95, 99, 103}
+PERMISSIVE = "policy-*:warn"  # signs whatever it is asked, as stock hsmd does
+VALIDATING = "policy-commitment-retry-same:error,policy-*:warn"  # VLS's retry-same, nothing else
+
+
+def start(tmp_path: Path, policy: str, *options: str) -> h.Lightningd:
+    cwd = tmp_path / "hsmd"
+    cwd.mkdir(exist_ok=True)
+    records = h.capture_session("main")
+    (cwd / "hsm_secret").write_bytes(bytes.fromhex(records[0]["hsm_secret_hex"]))
+    signer = h.write_script(tmp_path / "sim-signer", [
+        f'HSMPROXY_SIM_POLICY_FILTER="{policy}" exec "{sys.executable}" -m hsmproxy.cli sim-signer "$@"'])
+    wrapper = h.wrapper_script(tmp_path, signer, *options)
+    return h.Lightningd([str(wrapper)], cwd)
+
+
+def open_channel(ld: h.Lightningd) -> None:
+    h.replay(ld, [r for r in h.capture_session("main") if r["seq"] in CHANNEL_LIFE])
+    assert all(what != "eof" for _, what, _ in ld.transcript), ld.transcript
+
+
+def sign(ld, conn=CHANNELD, index=1, **changes) -> str | None:
+    reply = ld.request(conn, wire.encode(request("hsmd_sign_remote_commitment_tx", index, **changes)))
+    return wire.decode(reply).name if reply is not None else None
+
+
+def state(wal: Path) -> dict:
+    from io import StringIO
+    from contextlib import redirect_stdout
+
+    out = StringIO()
+    with redirect_stdout(out):
+        assert cli.main(["state", "--wal-dir", str(wal), "--json"]) == 0
+    return json.loads(out.getvalue())
+
+
+def events(st: dict, kind: str) -> list[dict]:
+    return [e for e in st["divergences"] if e["kind"] == kind]
+
+
+def finish(ld: h.Lightningd) -> None:
+    ld.close_master()
+    ld.read_status_until_eof()
+    assert ld.wait() == 2  # the signer's exit code for a closed master, passed through
+
+
+def test_every_divergence_kind_shows_up_in_state(tmp_path):
+    wal = tmp_path / "wal"
+    ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal), "--trace", str(tmp_path / "trace"))
+    try:
+        open_channel(ld)
+        st = state(wal)  # read while the proxy runs
+        (channel,) = st["channels"]
+        assert (channel["peer_id"], channel["dbid"]) == (peer_id().hex(), 1)
+        assert (channel["next_counterparty_commit_num"], channel["next_counterparty_revoke_num"],
+                channel["next_holder_commit_num"]) == (2, 1, 2)
+        assert st["divergences"] == []
+
+        assert sign(ld, feerate=999) == "hsmd_sign_tx_reply"  # the split-brain retry, signed
+        assert sign(ld, index=0, feerate=998) == "hsmd_sign_tx_reply"  # an older index
+        assert sign(ld, index=1, commit_num=5) == "hsmd_sign_tx_reply"  # a jump
+        wrong = request("hsmd_validate_revocation", 9).fields["per_commitment_secret"]
+        ld.request(CHANNELD, wire.encode(request("hsmd_validate_revocation", 0, revoke_num=4,
+                                                 per_commitment_secret=wrong)))
+        # channeld restarts: a new client for dbid 1 whose first request is an old index
+        ld.client_hsmfd("client:1/again", wire.encode(wire.build("hsmd_client_hsmfd", id=peer_id(), dbid=1,
+                                                                   permissions=447)))
+        assert sign(ld, conn="client:1/again", index=0) == "hsmd_sign_tx_reply"
+        finish(ld)
+    finally:
+        ld.close()
+
+    st = state(wal)
+    (retry,) = events(st, "retry_changed")
+    assert retry["index"] == 1 and retry["status"] == "confirmed"
+    assert retry["shadow_digest"] != retry["request_digest"] and None not in (retry["shadow_digest"], retry["request_digest"])
+    doubles = events(st, "double_signed")
+    assert [d["index"] for d in doubles] == [1] and doubles[0]["status"] == "confirmed"
+    assert [e["index"] for e in events(st, "index_regressed")] == [0, 0]
+    assert [e["index"] for e in events(st, "index_skipped")] == [5]
+    assert [e["index"] for e in events(st, "revocation_mismatch")] == [4]
+    (behind,) = events(st, "node_behind_after_restart")
+    assert behind["index"] == 0 and behind["peer_id"] == peer_id().hex() and behind["dbid"] == 1
+    assert events(st, "signer_rejected") == []
+    assert st["channels"][0]["next_counterparty_commit_num"] == 6
+    from proxy.addons.trace import read_trace
+
+    traced = {(r["event"]["kind"], r["event"]["status"]) for r in read_trace(str(tmp_path / "trace"))
+              if r["kind"] == "divergence"}
+    assert {(e["kind"], "confirmed") for e in st["divergences"]} <= traced
+    assert ("retry_changed", "predicted") in traced
+
+
+def test_a_validating_signer_refuses_and_the_guard_refuses_first(tmp_path):
+    wal = tmp_path / "wal"
+    ld = start(tmp_path, VALIDATING, "--wal-dir", str(wal))
+    try:
+        open_channel(ld)
+        assert sign(ld, feerate=999) is None  # VLS: policy-commitment-retry-same, client closed
+        ld.drain_status(0.3)
+        finish(ld)
+    finally:
+        ld.close()
+    st = state(wal)
+    (rejected,) = events(st, "signer_rejected")
+    assert rejected["index"] == 1 and "retry-same" in rejected["detail"]
+    assert [e["status"] for e in events(st, "double_signed")] == ["refuted"]
+    assert [e["status"] for e in events(st, "retry_changed")] == ["confirmed"]
+
+    # The same exchange with --guard and a signer that does not validate: the proxy refuses.
+    guarded = tmp_path / "guarded"
+    guarded.mkdir()
+    ld = start(guarded, PERMISSIVE, "--wal-dir", str(guarded / "wal"), "--guard")
+    try:
+        open_channel(ld)
+        assert sign(ld) == "hsmd_sign_tx_reply"  # an identical retry passes
+        assert sign(ld, feerate=999) is None
+        ld.drain_status(0.3)
+        bad = [wire.decode(f) for f in ld.status_frames() if f[:2] == b"\x03\xe8"]
+        assert len(bad) == 1 and "--guard" in bad[0].fields["description"]
+        assert bad[0].fields["id"] == peer_id()
+        finish(ld)
+    finally:
+        ld.close()
+    st = state(guarded / "wal")
+    assert [e["status"] for e in events(st, "double_signed")] == ["prevented"]
+    assert st["channels"][0]["current_counterparty_digest"] == retry_digest_of_capture()
+
+
+def retry_digest_of_capture() -> str:
+    from proxy.core.digest import digest_of_request
+
+    return digest_of_request(request("hsmd_sign_remote_commitment_tx", 1).fields, with_point=True).hex()
+
+
+def test_sigkilled_proxy_keeps_what_the_node_was_told(tmp_path):
+    wal = tmp_path / "wal"
+    ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal))
+    try:
+        open_channel(ld)
+        assert sign(ld, feerate=999) == "hsmd_sign_tx_reply"
+        wrapper_pid = ld.proc.pid
+        os.kill(wrapper_pid, signal.SIGKILL)
+        ld.proc.wait(timeout=10)
+    finally:
+        ld.close()
+    st = state(wal)
+    assert st["channels"][0]["next_counterparty_commit_num"] == 2
+    assert [e["status"] for e in events(st, "double_signed")] == ["confirmed"]
+    # The table view works on the same directory, as a separate process.
+    table = subprocess.run([sys.executable, "-m", "hsmproxy.cli", "state", "--wal-dir", str(wal)],
+                           capture_output=True, text=True, env={**h.child_env(), "COLUMNS": "200"}, timeout=30)
+    assert table.returncode == 0 and "double_signed" in table.stdout and "retry_changed" in table.stdout
+
+
+def test_state_names_a_missing_directory(tmp_path, capsys):
+    assert cli.main(["state", "--wal-dir", str(tmp_path / "absent")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_unusable_wal_dir_stops_the_proxy_with_a_clear_message(tmp_path):
+    import argparse
+
+    from hsmproxy.assembly import build_hooks
+
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    (wal / "wal-0.log").write_bytes(b"SQLite format 3\x00" + bytes(16))
+    with pytest.raises(SystemExit, match="not an hsmproxy WAL file"):
+        build_hooks(argparse.Namespace(parse=True, wal_dir=str(wal), guard=False, trace=None))
+
+
+def test_sigkill_of_the_real_proxy_at_random_moments_loses_no_answer(tmp_path):
+    """`hsmproxy wrap --wal-dir` killed with SIGKILL at random moments while the harness signs
+    commitment after commitment: every signature the node received is in the recovered WAL."""
+    import hashlib
+    import random
+    import threading
+    import time
+
+    from coincurve import PrivateKey
+
+    from proxy.core.digest import digest_of_request
+
+    rng = random.Random(4)
+    wal = tmp_path / "wal"
+    base = request("hsmd_sign_remote_commitment_tx", 1)
+    acked: dict[int, bytes] = {}
+
+    def point(n):
+        return PrivateKey(hashlib.sha256(b"peer secret %d" % n).digest()).public_key.format()
+
+    def workload(ld, start_index):
+        n = start_index
+        while True:
+            fields = dict(base.fields, commit_num=n, remote_per_commit=point(n), feerate=rng.randrange(253, 10**6))
+            body = wire.encode(wire.build("hsmd_sign_remote_commitment_tx", **fields))
+            if ld.request(CHANNELD, body) is None:
+                return
+            acked[n] = digest_of_request(wire.decode(body).fields, with_point=True)  # the node has it
+            n += 1
+
+    for iteration in range(4):
+        ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal))
+        try:
+            open_channel(ld)
+            worker = threading.Thread(target=workload, args=(ld, max(acked, default=1) + 1), daemon=True)
+            worker.start()
+            time.sleep(rng.uniform(0.2, 1.0))
+            os.kill(ld.proc.pid, signal.SIGKILL)
+            ld.proc.wait(timeout=10)
+            for sock in (ld.master, *ld.clients.values()):
+                sock.close()  # the signer child sees EOF and exits; the worker's read fails
+            worker.join(timeout=20)
+            assert not worker.is_alive()
+        finally:
+            ld.close()
+        (channel,) = state(wal)["channels"]
+        last = max(acked)
+        assert channel["next_counterparty_commit_num"] >= last + 1, (iteration, last, channel)
+        if channel["next_counterparty_commit_num"] == last + 1:
+            assert channel["current_counterparty_digest"] == acked[last].hex()
+    assert len(acked) >= 4
+
+
+async def test_metrics_count_divergences_guard_refusals_and_wal_work(tmp_path):
+    """The hook reports to the real Prometheus registry of proxy.addons.metrics."""
+    from prometheus_client import generate_latest
+
+    from proxy.core import hooks as H
+    from proxy.addons.metrics import Metrics
+    from proxy.addons.shadow_hook import ShadowHook
+
+    metrics = Metrics()
+    hook = ShadowHook.open(str(tmp_path / "wal"), guard=True)
+    hook.attach_metrics(metrics)
+    ctx = H.ConnContext(conn_id=1, role=H.ROLE_CLIENT, peer_id=peer_id(), dbid=1, permissions=447)
+    signed = wire.encode(wire.build("hsmd_sign_tx_reply", sig=bytes(64) + b"\x01"))
+    import trio
+
+    with trio.fail_after(10):
+        for seq, body in enumerate([wire.encode(request("hsmd_sign_remote_commitment_tx", 0)),
+                                    wire.encode(request("hsmd_sign_remote_commitment_tx", 0, feerate=999))]):
+            ex = H.Exchange(ctx, seq, body, wire.decode(body))
+            verdict = await hook.on_request(ex, H.REQUEST_BEFORE)
+            if verdict is None:
+                ex.reply_raw, ex.reply = signed, wire.decode(signed)
+                await hook.on_reply(ex, H.REPLY_BEFORE)
+    assert isinstance(verdict, H.Refuse)
+    hook.close()
+    text = generate_latest(metrics.registry).decode()
+    assert 'hsmproxy_divergences_total{kind="double_signed"} 1.0' in text
+    assert 'hsmproxy_guard_refusals_total{kind="double_signed"} 1.0' in text
+    assert "hsmproxy_wal_appends_total 4.0" in text  # intent, outcome, intent, guard outcome
+    assert "hsmproxy_channels_tracked 1.0" in text

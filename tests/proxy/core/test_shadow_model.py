@@ -1,0 +1,249 @@
+"""Hypothesis stateful tests: the shadow against a reference model kept as plain history.
+
+The reference model stores every successful request (what the signer signed, revoked,
+validated) and derives VLS's counters from that history; the shadow keeps only incremental
+counters and two digests. They must agree after every step. The machine also checks the
+guard's promise (no second digest signed at an index the shadow still holds), that replaying
+the WAL records (from scratch and from any snapshot) rebuilds the same shadow, and that an
+honest node never triggers a divergence.
+"""
+
+from __future__ import annotations
+
+import msgpack
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from proxy.core import shadow as S
+PEER = b"\x02" * 33
+DIGESTS = [bytes([i]) * 32 for i in range(3)]
+OUTCOMES = st.sampled_from([S.SIGNED, S.SIGNED, S.SIGNED, S.REJECTED, S.UNANSWERED])
+
+
+def point(n: int, variant: int = 0) -> bytes:
+    return bytes([2 + variant]) + n.to_bytes(32, "big")
+
+
+class History:
+    """The reference: what succeeded, in order; counters derived on demand."""
+
+    def __init__(self):
+        self.signed: list[tuple[int, bytes, bytes]] = []  # (index, digest, point)
+        self.revoked: list[int] = []
+        self.timeline: list[tuple[str, int]] = []  # ("sign" | "revoke", index), successes in order
+        self.first_was_revocation: bool | None = None
+
+    @property
+    def C(self):
+        return max(i for i, _, _ in self.signed) + 1 if self.signed else None
+
+    @property
+    def R(self):
+        candidates = [n + 1 for n in self.revoked]
+        if self.signed and not self.first_was_revocation:
+            candidates.append(max(self.signed[0][0] - 1, 0))
+        return max(candidates) if candidates else None
+
+    def revoked_since_signed(self, index) -> bool:
+        last_sign = max((k for k, (what, i) in enumerate(self.timeline) if what == "sign" and i == index), default=-1)
+        return any(what == "revoke" and i >= index for what, i in self.timeline[last_sign + 1 :])
+
+    def latest_at(self, index):
+        found = [(d, p) for i, d, p in self.signed if i == index]
+        return found[-1] if found else None
+
+
+class ShadowMachine(RuleBasedStateMachine):
+    @initialize(guard=st.booleans())
+    def setup(self, guard):
+        self.guard = guard
+        self.shadow = S.Shadow()
+        self.model = History()
+        self.records: list = []
+        self.snapshots: list[tuple[int, dict]] = [(0, self.shadow.to_snapshot())]
+        self.conn = 1
+        self.H_seen = self.C_seen = self.R_seen = -1
+
+    def _run(self, intent, outcome):
+        intent, predicted = self.shadow.begin(intent)
+        self.records.append(S.intent_record(intent))
+        if self.guard and self.shadow.would_double_sign(predicted):
+            outcome = S.GUARD_REFUSED
+        final = self.shadow.finish(intent.op_id, outcome, 0, "")
+        self.records.append(S.outcome_record(intent.op_id, outcome, 0, ""))
+        assert all(ev.status != S.PREDICTED for ev in final)
+        assert {ev.kind for ev in predicted} <= {ev.kind for ev in final}
+        return intent, predicted, outcome
+
+    @rule(offset=st.integers(-3, 2), digest=st.sampled_from(DIGESTS), outcome=OUTCOMES)
+    def sign_remote(self, offset, digest, outcome):
+        C = self.model.C or 0
+        n = max(C + offset, 0)
+        intent, predicted, outcome = self._run(
+            S.Intent(0, S.SIGN_REMOTE, PEER, 1, n, digest, point(n), self.conn), outcome)
+        kinds = {ev.kind for ev in predicted}
+        if outcome == S.SIGNED:
+            prior = self.model.latest_at(n)
+            if prior is not None and prior[0] != digest:
+                # A second digest at one index: the shadow must have said so, unless the index
+                # is older than the two it keeps or was already revoked (its info is dropped).
+                shadow_knew = n == C - 1 or (n == C - 2 and not self.model.revoked_since_signed(n))
+                if shadow_knew:
+                    assert S.DOUBLE_SIGNED in kinds
+                    assert not self.guard, "the guard let a double signature through"
+                else:
+                    assert S.INDEX_REGRESSED in kinds
+            self.model.signed.append((n, digest, point(n)))
+            self.model.timeline.append(("sign", n))
+        if self.guard:
+            assert outcome != S.SIGNED or S.DOUBLE_SIGNED not in kinds
+
+    @rule(offset=st.integers(-2, 1), wrong_point=st.booleans(), outcome=OUTCOMES)
+    def validate_revocation(self, offset, wrong_point, outcome):
+        R = self.model.R or 0
+        n = max(R + offset, 0)
+        p = point(n, 1 if wrong_point else 0)
+        C, R_model = self.model.C, self.model.R
+        ch = self.shadow.channel(PEER, 1)
+        point_held = C is not None and (
+            (n == C - 1 and ch.current_counterparty_point is not None)
+            or (n == C - 2 and ch.previous_counterparty_point is not None))
+        _, predicted, outcome = self._run(S.Intent(0, S.VALIDATE_REVOCATION, PEER, 1, n, None, p, self.conn), outcome)
+        if point_held and R_model is not None and n == R_model and n <= C - 2 and wrong_point:
+            assert S.REVOCATION_MISMATCH in {ev.kind for ev in predicted}
+            assert self.model.latest_at(n)[1] != p
+        if outcome == S.SIGNED:
+            if self.model.first_was_revocation is None:
+                self.model.first_was_revocation = not self.model.signed
+            self.model.revoked.append(n)
+            self.model.timeline.append(("revoke", n))
+
+    @rule(offset=st.integers(-2, 1), digest=st.sampled_from(DIGESTS), outcome=OUTCOMES)
+    def validate_holder(self, offset, digest, outcome):
+        H = self.shadow.channel(PEER, 1).next_holder_commit_num or 0
+        n = max(H + offset, 0)
+        self._run(S.Intent(0, S.VALIDATE_HOLDER, PEER, 1, n, digest, None, self.conn), outcome)
+
+    @rule(offset=st.integers(-3, 0), outcome=OUTCOMES)
+    def revoke_holder(self, offset, outcome):
+        H = self.shadow.channel(PEER, 1).next_holder_commit_num or 1
+        n = max(H - 1 + offset, 0)
+        self._run(S.Intent(0, S.REVOKE_HOLDER, PEER, 1, n, None, None, self.conn), outcome)
+
+    @rule(n=st.integers(0, 6))
+    def get_point(self, n):
+        self._run(S.Intent(0, S.GET_POINT, PEER, 1, n, None, None, self.conn), S.SIGNED)
+
+    @rule()
+    def new_client(self):
+        self.conn += 1
+
+    @rule()
+    def proxy_restart(self):
+        self.records.append(S.restart_record(0))
+        self.shadow.restart()
+
+    @rule()
+    def checkpoint(self):
+        packed = msgpack.packb(self.shadow.to_snapshot(), use_bin_type=True)
+        self.snapshots.append((len(self.records), msgpack.unpackb(packed, raw=False, strict_map_key=False)))
+
+    @invariant()
+    def counters_match_the_history(self):
+        ch = self.shadow.channels.get((PEER, 1))
+        if ch is None:
+            return
+        assert ch.next_counterparty_commit_num == self.model.C
+        assert ch.next_counterparty_revoke_num == self.model.R
+        C = self.model.C
+        if C is not None:
+            latest = self.model.latest_at(C - 1)
+            assert (ch.current_counterparty_digest, ch.current_counterparty_point) == latest
+            previous = self.model.latest_at(C - 2)
+            if ch.previous_counterparty_point is not None:
+                assert ch.previous_counterparty_point == previous[1]
+            if ch.previous_counterparty_digest is not None:
+                assert ch.previous_counterparty_digest == previous[0]
+        for name, seen in (("next_counterparty_commit_num", self.C_seen), ("next_counterparty_revoke_num", self.R_seen),
+                           ("next_holder_commit_num", self.H_seen)):
+            value = getattr(ch, name)
+            if value is not None:
+                assert value >= seen, f"{name} went back from {seen} to {value}"
+
+    @invariant()
+    def remember_counters(self):
+        ch = self.shadow.channels.get((PEER, 1))
+        if ch is not None:
+            self.C_seen = ch.next_counterparty_commit_num if ch.next_counterparty_commit_num is not None else -1
+            self.R_seen = ch.next_counterparty_revoke_num if ch.next_counterparty_revoke_num is not None else -1
+            self.H_seen = ch.next_holder_commit_num if ch.next_holder_commit_num is not None else -1
+
+    @invariant()
+    def replay_from_the_last_snapshot_rebuilds_the_same_shadow(self):
+        at, snap = self.snapshots[-1]
+        assert S.load_shadow(snap, self.records[at:]).to_snapshot() == self.shadow.to_snapshot()
+
+    def teardown(self):
+        if hasattr(self, "shadow"):
+            assert S.load_shadow(None, self.records).to_snapshot() == self.shadow.to_snapshot()
+
+
+ShadowMachine.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestShadowModel = ShadowMachine.TestCase
+
+
+@st.composite
+def honest_traces(draw):
+    """channeld's order for several channels, interleaved, with crash-and-retransmit of the
+    identical request (what a node with a WAL, or no crash, does)."""
+    return draw(st.lists(st.tuples(st.integers(1, 3), st.sampled_from(["send", "receive", "crash"])),
+                         max_size=60))
+
+
+@settings(max_examples=40, deadline=None)
+@given(honest_traces())
+def test_an_honest_node_never_triggers_a_divergence(trace):
+    shadow = S.Shadow()
+    state = {}  # dbid -> dict(next_remote, revoked, next_local, conn, last_sent)
+    conn_counter = [0]
+
+    def op(dbid, kind, n, digest=None, p=None):
+        ch = state[dbid]
+        intent, predicted = shadow.begin(S.Intent(0, kind, PEER, dbid, n, digest, p, ch["conn"]))
+        assert predicted == [], (kind, n, [e.detail for e in predicted])
+        shadow.finish(intent.op_id, S.SIGNED)
+
+    for dbid, action in trace:
+        if dbid not in state:
+            conn_counter[0] += 1
+            state[dbid] = dict(next_remote=0, next_local=0, conn=conn_counter[0], last_sent=None)
+            op(dbid, S.SIGN_REMOTE, 0, DIGESTS[0], point(0))  # openingd
+            op(dbid, S.VALIDATE_HOLDER, 0, DIGESTS[0])
+            state[dbid]["next_remote"] = state[dbid]["next_local"] = 1
+            state[dbid]["last_sent"] = (0, DIGESTS[0])
+            continue
+        ch = state[dbid]
+        if action == "send":  # sign N, peer revokes N-1
+            n = ch["next_remote"]
+            digest = bytes([n % 251]) * 32
+            op(dbid, S.SIGN_REMOTE, n, digest, point(n))
+            op(dbid, S.VALIDATE_REVOCATION, n - 1, None, point(n - 1))
+            ch["next_remote"] += 1
+            ch["last_sent"] = (n, digest)
+        elif action == "receive":  # validate L, revoke L-1
+            n = ch["next_local"]
+            op(dbid, S.VALIDATE_HOLDER, n, bytes([n % 251]) * 32)
+            op(dbid, S.REVOKE_HOLDER, n - 1)
+            ch["next_local"] += 1
+        else:  # channeld restarts: new client, startup point, identical retransmissions
+            conn_counter[0] += 1
+            ch["conn"] = conn_counter[0]
+            op(dbid, S.GET_POINT, ch["next_local"])
+            op(dbid, S.GET_POINT, ch["next_local"] - 1)
+            n, digest = ch["last_sent"]
+            op(dbid, S.SIGN_REMOTE, n, digest, point(n))
+            if ch["next_local"] >= 2:
+                op(dbid, S.REVOKE_HOLDER, ch["next_local"] - 2)
+    assert shadow.events == []

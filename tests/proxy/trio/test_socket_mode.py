@@ -1,0 +1,157 @@
+"""`hsmproxy serve` as a real process between a client and a signer listening on a socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from proxy.trio.socket_mode import AddressError, parse_address
+from proxy.addons.trace import read_trace
+from tests import ld_harness as h
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def captured_pair(request_name: str) -> tuple[bytes, bytes]:
+    records = [r for r in h.capture_session("main") if r["kind"] == "msg" and r["conn"] != "status"]
+    for req, rep in zip(records, records[1:]):
+        if req["name"] == request_name and req["dir"] == "node->signer":
+            return bytes.fromhex(req["framed_hex"]), bytes.fromhex(rep["framed_hex"])
+    raise LookupError(request_name)
+
+
+REQUEST, REPLY = captured_pair("hsmd_sign_remote_commitment_tx")
+
+
+async def signer_server(listener: trio.SocketListener, received: list, task_status=trio.TASK_STATUS_IGNORED):
+    """Answers every complete REQUEST with REPLY; records what each connection sent."""
+
+    async def handle(stream):
+        got = bytearray()
+        async with stream:
+            while data := await stream.receive_some(65536):
+                got += data
+                while got.startswith(REQUEST):
+                    del got[: len(REQUEST)]
+                    await stream.send_all(REPLY)
+                    received.append(REQUEST)
+            received.append(bytes(got))  # leftovers, e.g. garbage
+
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        await nursery.start(trio.serve_listeners, handle, [listener])
+
+
+def start_serve(listen: str, connect: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hsmproxy.cli", "serve", "--listen", listen, "--connect", connect, *extra],
+        env=h.child_env(), stderr=subprocess.PIPE, text=True,
+    )
+
+
+async def connect_when_ready(addr, proc: subprocess.Popen) -> trio.SocketStream:
+    with trio.fail_after(10):
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if addr.kind == "unix":
+                    return await trio.open_unix_socket(addr.path)
+                return await trio.open_tcp_stream(addr.host, addr.port)
+            except OSError:
+                await trio.sleep(0.02)
+
+
+async def round_trips(stream: trio.SocketStream, n: int) -> None:
+    for _ in range(n):
+        await stream.send_all(REQUEST)
+        got = b""
+        while len(got) < len(REPLY):
+            got += await stream.receive_some(len(REPLY) - len(got))
+        assert got == REPLY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+async def test_concurrent_connections_each_get_their_own_upstream(tmp_path: Path, kind: str):
+    if kind == "unix":
+        up_listener = trio.SocketListener(trio.socket.from_stdlib_socket(_unix_listen(tmp_path / "signer.sock")))
+        connect, listen = f"unix:{tmp_path / 'signer.sock'}", f"unix:{tmp_path / 'proxy.sock'}"
+    else:
+        (up_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        connect = f"tcp:127.0.0.1:{up_listener.socket.getsockname()[1]}"
+        listen = f"tcp:127.0.0.1:{free_port()}"
+    trace = tmp_path / "serve.trace"
+    received: list = []
+    proc = start_serve(listen, connect, "--trace", str(trace))
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(signer_server, up_listener, received)
+                streams = [await connect_when_ready(parse_address(listen), proc) for _ in range(3)]
+                async with trio.open_nursery() as clients:
+                    for stream in streams:
+                        clients.start_soon(round_trips, stream, 20)
+                await streams[0].send_all(b"\x00\x00\x00\x09garb")  # a partial frame, then close
+                for stream in streams:
+                    await stream.aclose()
+                with trio.fail_after(5):
+                    while received.count(b"\x00\x00\x00\x09garb") < 1 or received.count(b"") < 2:
+                        await trio.sleep(0.02)
+                nursery.cancel_scope.cancel()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert received.count(REQUEST) == 60
+    records = list(read_trace(str(trace)))
+    frames = [r for r in records if r["kind"] == "frame"]
+    assert sum(1 for r in frames if r["dir"] == "request") == 60 == sum(1 for r in frames if r["dir"] == "reply")
+    assert len({r["conn"]["conn_id"] for r in frames}) == 3
+    assert all(r["conn"]["role"] == "socket" for r in frames)
+    if kind == "unix":
+        assert not os.path.exists(tmp_path / "proxy.sock")  # removed on SIGTERM
+
+
+def _unix_listen(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.listen(8)
+    return sock
+
+
+def test_addresses_are_checked_with_a_clear_message():
+    assert parse_address("unix:/run/x.sock").path == "/run/x.sock"
+    assert (parse_address("tcp:[::1]:7701").host, parse_address("tcp:[::1]:7701").port) == ("::1", 7701)
+    for bad in ["/run/x.sock", "tcp:localhost", "tcp:host:99999", "udp:1.2.3.4:5"]:
+        with pytest.raises(AddressError, match="unix:PATH or tcp:HOST:PORT"):
+            parse_address(bad)
+    done = subprocess.run([sys.executable, "-m", "hsmproxy.cli", "serve", "--listen", "nowhere", "--connect", "unix:/x"],
+                          capture_output=True, text=True, env=h.child_env(), timeout=30)
+    assert done.returncode == 2 and "'nowhere' is not unix:PATH or tcp:HOST:PORT" in done.stderr
+
+
+async def test_an_unreachable_signer_closes_the_connection_and_serving_goes_on(tmp_path: Path):
+    listen = f"unix:{tmp_path / 'proxy.sock'}"
+    proc = start_serve(listen, f"unix:{tmp_path / 'nobody.sock'}")
+    try:
+        for _ in range(2):
+            stream = await connect_when_ready(parse_address(listen), proc)
+            with trio.fail_after(10):
+                assert await stream.receive_some(10) == b""
+            await stream.aclose()
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert "cannot reach the signer at unix:" in proc.stderr.read()
