@@ -54,7 +54,8 @@ def add_relay_options(parser: argparse.ArgumentParser) -> None:
 def add_fault_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("fault injection and control API (docs/faults.md)")
     group.add_argument("--enable-faults", action="store_true",
-                       help="allow fault rules (from --faults and the control API); off by default")
+                       help="allow fault rules (from --faults and the control API); off by default "
+                       "(in a --config file: enable-faults = true)")
     group.add_argument("--faults", metavar="PLAN",
                        help="fault rules: a TOML plan file, or the one-line form, e.g. '!hsmd_sign_remote_commitment_tx*2'")
     group.add_argument("--fault-seed", type=int, metavar="N",
