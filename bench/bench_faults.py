@@ -29,7 +29,8 @@ from rich.table import Table  # noqa: E402
 
 import wire  # noqa: E402
 from proxy.addons.control_api import add_fault_routes  # noqa: E402
-from proxy.trio.http_server import ControlAddress, ControlServer, RouteTable  # noqa: E402
+from proxy.trio.addresses import Address  # noqa: E402
+from proxy.trio.http_server import HttpServer, RouteTable  # noqa: E402
 from faults.engine import FaultEngine, FaultEvent, Observation  # noqa: E402
 from proxy.addons.fault_hook import FaultHook  # noqa: E402
 from faults.plan import parse_one_line  # noqa: E402
@@ -131,7 +132,7 @@ async def control_latency(requests: int, busy: bool) -> list[float]:
         await runtime.hold(FaultEvent("bench", "hold", REQUEST_BEFORE, "c", i, "m")).release.wait()
 
     async with trio.open_nursery() as nursery:
-        bound = await nursery.start(ControlServer(routes).serve, ControlAddress("tcp", port=0))
+        bound = await nursery.start(HttpServer(routes).serve, Address.tcp("127.0.0.1", 0))
         if busy:
             nursery.start_soon(relay_loop)
             for i in range(20):

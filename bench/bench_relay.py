@@ -96,10 +96,11 @@ def role_relay(listen: str, connect: str) -> None:
     import trio
 
     from proxy.core.hooks import HookChain
-    from proxy.trio.socket_mode import open_listener, parse_address, serve
+    from proxy.trio.addresses import open_listener, parse_address
+    from proxy.trio.socket_mode import serve
 
     listener = open_listener(parse_address(f"unix:{listen}"))
-    trio.run(functools.partial(serve, listener, parse_address(f"unix:{connect}"), HookChain([]), decode=True))
+    trio.run(functools.partial(serve, listener.sock, parse_address(f"unix:{connect}"), HookChain([]), decode=True))
 
 
 def role_pump(listen: str, connect: str) -> None:

@@ -81,7 +81,8 @@ class Session:
             await trio.sleep_forever()
 
     async def _serve_metrics(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        from proxy.trio.http_server import ControlServer, RouteTable, parse_address
+        from proxy.trio.addresses import parse_address
+        from proxy.trio.http_server import HttpServer, RouteTable
         from proxy.addons.metrics import Metrics
         from proxy.addons.metrics_hook import add_metrics_route
 
@@ -99,7 +100,7 @@ class Session:
             self.metrics.chaos_invariant_violations.labels(invariant=invariant)
         routes = RouteTable()
         add_metrics_route(routes, self.metrics)
-        await ControlServer(routes).serve(address, task_status=task_status)
+        await HttpServer(routes).serve(address, task_status=task_status)
 
     def print_final(self, results: list[RunResult]) -> None:
         self.console.print(final_view(results))

@@ -1,130 +1,65 @@
-"""Options shared by `hsmproxy wrap` and `hsmproxy serve`, and the one place hooks are built.
+"""The hooks of one `wrap` or `serve` run, built from its parsed options (``hsmproxy.options``).
 
-Engineers adding a hook (shadow/WAL, faults, metrics): add your flags in ``add_relay_options``
-and your hook in ``build_hooks``, in the documented order. The shells never import hooks.
+This is the one place that checks what the options mean together (``--faults`` needs
+``--enable-faults``, ``--guard`` needs the parser, a remote ``--control`` needs a token) and
+wires the hooks to each other (the trace hears of divergences and injected faults, the control
+API serves the shadow state and ``/metrics``). The shells never import hooks.
+
+Engineers adding a hook: add your flags in ``hsmproxy.options`` and your hook in ``build_hooks``,
+in the documented order.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import secrets
+import sys
 
+from faults.engine import FaultEngine
+from faults.plan import PlanError, load_plan
+from proxy.addons.control_api import ControlApi, HttpServerHook
+from proxy.addons.fault_hook import FaultHook
+from proxy.addons.fault_runtime import REFUSAL, FaultRuntime
+from proxy.addons.metrics import Metrics
+from proxy.addons.metrics_hook import MetricsHook, add_metrics_route
+from proxy.addons.shadow_hook import ShadowHook
+from proxy.addons.trace import TraceHook
 from proxy.core.hooks import HookChain
+from proxy.trio.addresses import Address, AddressError, parse_address
+from proxy.trio.children import only_child_pid
+from proxy.trio.wal import WalError
 
+log = logging.getLogger("hsmproxy.faults")
 
-def add_relay_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("relay")
-    group.add_argument(
-        "--trace", metavar="FILE", help="record every frame and event to FILE (msgpack, mode 0600; "
-        "read it with `hsmproxy decode FILE`)"
-    )
-    group.add_argument(
-        "--trace-secrets", action="store_true",
-        help="keep secrets (revocation/per-commitment secrets, ECDH results, derived secrets, "
-        "passphrases) in the trace instead of redacting them",
-    )
-    group.add_argument(
-        "--no-parse", dest="parse", action="store_false",
-        help="relay without decoding messages (hooks then see msg=None); for comparison benchmarks",
-    )
-    group.add_argument(
-        "--wal-dir", metavar="DIR",
-        help="keep the shadow channel state in a write-ahead log in DIR (created 0700, files 0600): "
-        "each state-changing request is durable before the signer sees it, each answer before the "
-        "node does; read it with `hsmproxy state --wal-dir DIR`. Without it the shadow is in memory only",
-    )
-    group.add_argument(
-        "--guard", action="store_true",
-        help="refuse (as hsmd refuses a bad client request) any request that would make the signer "
-        "sign two different commitments at one index; trades liveness for safety, see docs/shadow.md",
-    )
-    group.add_argument(
-        "--metrics", metavar="ADDR",
-        help="serve Prometheus metrics at http://ADDR/metrics (HOST:PORT on loopback, or unix:PATH); "
-        "with --control they are also served there",
-    )
-    group.add_argument(
-        "--channel-detail", type=int, default=0, metavar="N",
-        help="export per-channel gauges for at most N channels (off by default: label cardinality)",
-    )
-    from hsmproxy.fault_options import add_fault_options
-
-    add_fault_options(parser)
+EXIT_BAD_OPTION = 2
 
 
 def build_hooks(args: argparse.Namespace) -> HookChain:
-    """The hooks for this run, in order: shadow/WAL first, then faults, then metrics, then the
-    trace (last, so it records the verdict the others decided)."""
-    hooks: list = []
+    """The hooks for this run, in order: shadow/WAL first, then faults, the control API, metrics,
+    and the trace last (so it records the verdict the others decided)."""
     metrics = _metrics(args)
-    if getattr(args, "parse", True):
-        from proxy.addons.shadow_hook import ShadowHook
-        from proxy.trio.wal import WalError
-
-        try:
-            hooks.append(ShadowHook.open(getattr(args, "wal_dir", None), guard=getattr(args, "guard", False),
-                                         metrics=metrics))
-        except (WalError, OSError) as exc:
-            raise SystemExit(f"hsmproxy: --wal-dir {args.wal_dir}: {exc}") from None
-    elif getattr(args, "guard", False) or getattr(args, "wal_dir", None):
-        raise SystemExit("hsmproxy: --guard and --wal-dir need the parser; drop --no-parse")
-    from hsmproxy.fault_setup import build_fault_hooks
-
-    # Fault hooks; the control service (a hook that starts the control API server) takes other
-    # routes too: add yours to ``control.routes`` (e.g. /metrics) before the run starts.
-    fault_hooks, control = build_fault_hooks(args, hooks)
-    hooks += fault_hooks
+    shadow = _shadow_hook(args, metrics)
+    runtime = build_runtime(args)
+    control = _control_api(args, runtime, shadow)
+    hooks: list = []
+    if shadow is not None:
+        hooks.append(shadow)
+    if runtime is not None and runtime.allowed:
+        hooks.append(FaultHook(runtime, node_pid=_node_pid_source(args), signer_pid=_signer_pid_source(args)))
     if control is not None:
         hooks.append(control)
-    runtime = next((h.runtime for h in [*fault_hooks, control] if getattr(h, "runtime", None) is not None), None)
     if metrics is not None:
         hooks += _metrics_hooks(args, metrics, runtime, control)
     if getattr(args, "trace", None):
-        from proxy.addons.trace import TraceHook
-
         trace = TraceHook(args.trace, secrets=args.trace_secrets)
         hooks.append(trace)
-        for hook in hooks:  # divergence events and injected faults go into the trace too
-            if hasattr(hook, "listeners") and hasattr(hook, "shadow"):
-                hook.listeners.append(trace.divergence)
+        if shadow is not None:  # divergence events and injected faults go into the trace too
+            shadow.listeners.append(trace.divergence)
         if runtime is not None:
             runtime.listeners.append(trace.fault)
     return HookChain(hooks)
-
-
-def _metrics(args: argparse.Namespace):
-    """A metrics registry when something will serve it (--metrics, or the control API)."""
-    if not (getattr(args, "metrics", None) or getattr(args, "control", None)):
-        return None
-    from proxy.addons.metrics import Metrics
-
-    return Metrics(channel_detail=getattr(args, "channel_detail", 0) or 0)
-
-
-def _metrics_hooks(args: argparse.Namespace, metrics, runtime, control) -> list:
-    """The metrics hook, and a server for /metrics unless the control API already serves it."""
-    from proxy.trio.http_server import ControlAddressError, parse_address
-    from hsmproxy.fault_setup import ControlService
-
-    from proxy.addons.metrics_hook import MetricsHook, add_metrics_route
-
-    if runtime is not None:
-        runtime.attach_metrics(metrics)
-    out = []
-    if control is not None:
-        add_metrics_route(control.routes, metrics)
-    if args.metrics and (control is None or args.metrics != args.control):
-        try:
-            address = parse_address(args.metrics)
-        except ControlAddressError as exc:
-            raise SystemExit(f"hsmproxy: --metrics: {exc}") from None
-        if not address.is_loopback:
-            raise SystemExit(f"hsmproxy: --metrics {args.metrics}: serve metrics on a loopback address "
-                             "(or put --control-allow-remote and a token on --control)")
-        server = ControlService(address, None)
-        add_metrics_route(server.routes, metrics)
-        out.append(server)
-    out.append(MetricsHook(metrics))  # last but the trace: its timings include the WAL and faults
-    return out
 
 
 def close_hooks(chain: HookChain) -> None:
@@ -132,3 +67,103 @@ def close_hooks(chain: HookChain) -> None:
         close = getattr(hook, "close", None)
         if callable(close):
             close()
+
+
+def _fail(message: str) -> SystemExit:
+    print(f"hsmproxy: {message}", file=sys.stderr)
+    return SystemExit(EXIT_BAD_OPTION)
+
+
+def _shadow_hook(args: argparse.Namespace, metrics: Metrics | None) -> ShadowHook | None:
+    if not getattr(args, "parse", True):
+        if getattr(args, "guard", False) or getattr(args, "wal_dir", None):
+            raise SystemExit("hsmproxy: --guard and --wal-dir need the parser; drop --no-parse")
+        return None
+    try:
+        return ShadowHook.open(getattr(args, "wal_dir", None), guard=getattr(args, "guard", False), metrics=metrics)
+    except (WalError, OSError) as exc:
+        raise SystemExit(f"hsmproxy: --wal-dir {args.wal_dir}: {exc}") from None
+
+
+def build_runtime(args: argparse.Namespace) -> FaultRuntime | None:
+    """The fault state for this run, or None when no fault or control option was given."""
+    enabled = bool(getattr(args, "enable_faults", False))
+    plan_spec = getattr(args, "faults", None)
+    if not (enabled or plan_spec or getattr(args, "control", None)):
+        return None
+    if plan_spec and not enabled:
+        raise _fail(f"--faults {plan_spec!r}: {REFUSAL}")
+    rules, plan_seed = [], None
+    if plan_spec:
+        try:
+            plan = load_plan(plan_spec)
+        except PlanError as exc:
+            raise _fail(f"--faults: {exc}") from None
+        rules, plan_seed = plan.rules, plan.seed
+    seed = args.fault_seed if getattr(args, "fault_seed", None) is not None else plan_seed
+    if seed is None:
+        seed = secrets.randbelow(2**32)
+    runtime = FaultRuntime(FaultEngine(rules, seed=seed), allowed=enabled)
+    if enabled:
+        # Loud on purpose: a proxy that may break things says so, with what reproduces the run.
+        log.warning("FAULT INJECTION ENABLED: seed %d, %d rule(s)%s", seed, len(rules), f" from {plan_spec}" if plan_spec else "")
+    return runtime
+
+
+def _control_api(args: argparse.Namespace, runtime: FaultRuntime | None, shadow: ShadowHook | None) -> ControlApi | None:
+    if not getattr(args, "control", None):
+        return None
+    address = _address("--control", args.control)
+    if not address.is_loopback and not (args.control_allow_remote and args.control_token):
+        raise _fail(f"--control {args.control}: not a loopback address; add --control-allow-remote and --control-token TOKEN")
+    return ControlApi(address, runtime, shadow=shadow, token=args.control_token, allow_remote=args.control_allow_remote)
+
+
+def _metrics(args: argparse.Namespace) -> Metrics | None:
+    """A metrics registry when something will serve it (--metrics, or the control API)."""
+    if not (getattr(args, "metrics", None) or getattr(args, "control", None)):
+        return None
+    return Metrics(channel_detail=getattr(args, "channel_detail", 0) or 0)
+
+
+def _metrics_hooks(args: argparse.Namespace, metrics: Metrics, runtime: FaultRuntime | None,
+                   control: ControlApi | None) -> list:
+    """The metrics hook, and a server for /metrics unless the control API already serves it."""
+    if runtime is not None:
+        runtime.attach_metrics(metrics)
+    out = []
+    if control is not None:
+        add_metrics_route(control.routes, metrics)
+    if args.metrics and (control is None or args.metrics != args.control):
+        address = _address("--metrics", args.metrics)
+        if not address.is_loopback:
+            raise _fail(f"--metrics {args.metrics}: serve metrics on a loopback address "
+                        "(or put --control-allow-remote and a token on --control)")
+        server = HttpServerHook(address, "Prometheus metrics (GET /metrics only)")
+        add_metrics_route(server.routes, metrics)
+        out.append(server)
+    out.append(MetricsHook(metrics))  # last but the trace: its timings include the WAL and faults
+    return out
+
+
+def _address(option: str, text: str) -> Address:
+    try:
+        return parse_address(text)
+    except AddressError as exc:
+        raise _fail(f"{option}: {exc}") from None
+
+
+def _node_pid_source(args):
+    if args.node_pid is not None:
+        return lambda: args.node_pid
+    if getattr(args, "command", None) == "wrap":
+        return os.getppid  # lightningd execs the wrapper script, which execs us: our parent
+    return lambda: None
+
+
+def _signer_pid_source(args):
+    if args.signer_pid is not None:
+        return lambda: args.signer_pid
+    if getattr(args, "command", None) == "wrap":
+        return only_child_pid
+    return lambda: None

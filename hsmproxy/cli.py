@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     if selected in CONFIGURABLE and command_parser is not None:
         config_path = _config_path(argv)
         if config_path:
-            from hsmproxy import config
+            from hsmproxy import config  # only with --config: tomllib would slow every `wrap --version`
+
             try:
                 config.apply(command_parser, config.load(config_path, selected), config_path)
             except config.ConfigError as exc:

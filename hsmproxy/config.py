@@ -3,7 +3,8 @@
 Keys are the commands' long option names (``wal-dir`` or ``wal_dir``). Top-level keys apply to
 whichever command reads the file; a table named after a command (``[wrap]``, ``[serve]``,
 ``[chaos]``) applies to that command only and overrides the top level. A key that the command
-does not have is an error naming the file, the key and the closest option.
+does not have is an error naming the file, the key and the closest option; so is any other
+table (``[faults] enabled = true`` is not an option: ``enable-faults = true`` is).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import difflib
 import tomllib
 from pathlib import Path
 
-COMMANDS_WITH_TABLES = ("wrap", "serve", "chaos", "top", "state", "faults", "sim-node", "sim-signer")
+# The commands that read --config (hsmproxy.cli.CONFIGURABLE): each may have a table of its own.
+COMMANDS_WITH_TABLES = ("wrap", "serve", "chaos", "top", "sim-node", "sim-signer")
 
 
 class ConfigError(ValueError):
@@ -29,12 +31,23 @@ def load(path: str | Path, command: str) -> dict:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    settings = {k: v for k, v in data.items() if not (isinstance(v, dict) and k in COMMANDS_WITH_TABLES)}
+    settings = _dotted({k: v for k, v in data.items() if not (isinstance(v, dict) and k in COMMANDS_WITH_TABLES)})
     table = data.get(command, {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [{command}] must be a table")
-    settings.update(table)
+    settings.update(_dotted(table))
     return settings
+
+
+def _dotted(table: dict, prefix: str = "") -> dict:
+    """Other tables become dotted keys (``faults.enabled``), so they are checked like any key."""
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def apply(parser: argparse.ArgumentParser, settings: dict, source: str) -> None:
@@ -49,12 +62,19 @@ def apply(parser: argparse.ArgumentParser, settings: dict, source: str) -> None:
         option = key.replace("_", "-")
         action = by_option.get(option)
         if action is None or option in ("help", "config"):
-            close = difflib.get_close_matches(option, by_option, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{source}: {parser.prog} has no option {key!r}{hint}")
+            raise ConfigError(f"{source}: {parser.prog} has no option {key!r}{_did_you_mean(option, by_option)}")
         defaults[action.dest] = _convert(action, value, f"{source}: {key}")
         action.required = False  # the file supplies it
     parser.set_defaults(**defaults)
+
+
+def _did_you_mean(option: str, options) -> str:
+    # A dotted key may name the option in either order: faults.enabled -> enable-faults.
+    parts = option.split(".")
+    candidates = {option, "-".join(parts), "-".join(reversed(parts))}
+    scored = [(difflib.SequenceMatcher(None, c, o).ratio(), o) for c in candidates for o in options]
+    score, best = max(scored, default=(0.0, ""))
+    return f"; did you mean {best!r}?" if score >= 0.6 else ""
 
 
 def _convert(action: argparse.Action, value, where: str):

@@ -6,7 +6,7 @@ import http.client
 import json
 import socket
 
-from proxy.trio.http_server import ControlAddress, parse_address
+from proxy.trio.addresses import Address, parse_address
 
 
 class ControlError(Exception):
@@ -28,7 +28,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class ControlClient:
-    def __init__(self, address: str | ControlAddress, token: str | None = None, timeout: float = 5.0):
+    def __init__(self, address: str | Address, token: str | None = None, timeout: float = 5.0):
         self.address = parse_address(address) if isinstance(address, str) else address
         self.token = token
         self.timeout = timeout

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import wire
+from proxy.addons.trace import is_trace, read_trace
 
 EXIT_OK, EXIT_MALFORMED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -194,14 +195,13 @@ def _capture_items(path: Path):
 
 def _trace_items(path: Path):
     """Items of an hsmproxy trace, or None if ``path`` is not one."""
-    from proxy.addons import trace
-    if not trace.is_trace(str(path)):
+    if not is_trace(str(path)):
         return None
-    return _trace_records(path, trace)
+    return _trace_records(path)
 
 
-def _trace_records(path: Path, trace):
-    for number, record in enumerate(trace.read_trace(str(path)), 1):
+def _trace_records(path: Path):
+    for number, record in enumerate(read_trace(str(path)), 1):
         origin = f"{path.name} record {number}"
         kind = record.get("kind")
         context = {"seq": number}

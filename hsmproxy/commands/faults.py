@@ -10,6 +10,10 @@ import json
 import os
 import sys
 
+from faults.plan import PlanError, load_plan
+from hsmproxy.control_client import ControlClient, ControlError
+from proxy.trio.addresses import AddressError
+
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_CONTROL = "127.0.0.1:8475"
 
@@ -19,7 +23,7 @@ def configure(parser) -> None:
         "--control",
         metavar="ADDR",
         default=os.environ.get("HSMPROXY_CONTROL", DEFAULT_CONTROL),
-        help=f"the proxy's control address: HOST:PORT or unix:/path (default: $HSMPROXY_CONTROL or {DEFAULT_CONTROL})",
+        help=f"the proxy's control address: HOST:PORT, unix:PATH or any form --control takes (default: $HSMPROXY_CONTROL or {DEFAULT_CONTROL})",
     )
     parser.add_argument("--token", default=os.environ.get("HSMPROXY_CONTROL_TOKEN"), help="bearer token ($HSMPROXY_CONTROL_TOKEN)")
     parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
@@ -52,9 +56,6 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from hsmproxy.control_client import ControlClient, ControlError
-    from proxy.trio.http_server import ControlAddressError
-
     if args.action == "check":
         return _check(args)
     if args.action == "add" and args.rules[0] in ("-h", "--help"):
@@ -64,7 +65,7 @@ def run(args) -> int:
         return EXIT_OK
     try:
         client = ControlClient(args.control, token=args.token, timeout=args.timeout)
-    except ControlAddressError as exc:
+    except AddressError as exc:
         print(f"hsmproxy faults: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -144,7 +145,6 @@ def _show(action: str, data: dict) -> None:
 
 
 def _check(args) -> int:
-    from faults.plan import PlanError, load_plan
     from rich.console import Console
 
     try:

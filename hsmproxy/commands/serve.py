@@ -5,15 +5,26 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import signal
 import sys
 
-from hsmproxy.assembly import add_relay_options, build_hooks, close_hooks
+import trio
+
+from hsmproxy.assembly import build_hooks, close_hooks
+from hsmproxy.options import add_relay_options
+from proxy.addons.control_api import HttpServerHook
+from proxy.core.hooks import HookChain
+from proxy.trio.addresses import AddressError, open_listener, parse_address
+from proxy.trio.socket_mode import serve
+
+EXIT_USAGE = 2
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Listen on ADDR and relay every accepted connection to the signer at --connect, through "
-        "hsmproxy (one upstream connection per downstream connection). ADDR is unix:PATH or tcp:HOST:PORT."
+        "hsmproxy (one upstream connection per downstream connection). ADDR is unix:PATH or "
+        "tcp:HOST:PORT (HOST:PORT and [IPv6]:PORT work too)."
     )
     parser.add_argument("--listen", required=True, metavar="ADDR",
                         help="where the node connects (unix:PATH or tcp:HOST:PORT)")
@@ -23,8 +34,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from proxy.trio.socket_mode import AddressError, open_listener, parse_address, serve
-
     logging.basicConfig(level=logging.WARNING, format="hsmproxy: %(message)s", stream=sys.stderr)
     try:
         listen_addr = parse_address(args.listen)
@@ -32,35 +41,39 @@ def run(args: argparse.Namespace) -> int:
         listener = open_listener(listen_addr)
     except (AddressError, OSError) as exc:
         print(f"hsmproxy serve: {exc}", file=sys.stderr)
-        return 2
-    import trio
-
-    hooks = build_hooks(args)
+        return EXIT_USAGE
     try:
-        trio.run(_main, functools.partial(serve, listener, upstream, hooks, decode=args.parse))
-    except KeyboardInterrupt:
-        return 0
+        hooks = build_hooks(args)  # exits with a message naming a bad option
+        try:
+            failure = trio.run(_main, functools.partial(serve, listener.sock, upstream, hooks, decode=args.parse), hooks)
+        except KeyboardInterrupt:
+            failure = None
+        finally:
+            close_hooks(hooks)
     finally:
-        close_hooks(hooks)
-        if listen_addr.kind == "unix":
-            import os
-
-            try:
-                os.unlink(listen_addr.path)
-            except OSError:
-                pass
+        listener.close()  # and its socket file, while it is still ours
+    if failure is not None:
+        print(f"hsmproxy serve: {failure}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 
-async def _main(serve_forever) -> None:
-    """Serve until SIGTERM or SIGINT, then stop cleanly (the listening socket file is removed)."""
-    import signal
+async def _main(relay, hooks: HookChain) -> str | None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly; or say why serving could not start.
 
-    import trio
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve_forever)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    The HTTP servers (control API, /metrics) start first: an address they cannot use is a
+    start-up error, like a bad --listen, not a traceback once the relay runs.
+    """
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                for hook in hooks.hooks:
+                    if isinstance(hook, HttpServerHook):
+                        await hook.start(nursery)
+            except AddressError as exc:
+                nursery.cancel_scope.cancel()
+                return str(exc)
+            nursery.start_soon(relay)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
-                return
+                return None

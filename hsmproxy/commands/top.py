@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from hsmproxy.control_client import ControlClient, ControlError
+from proxy.trio.addresses import AddressError
+
 Series = dict[tuple[str, frozenset], float]
 
 
@@ -185,9 +188,7 @@ def render(now: Snapshot, before: Snapshot | None):
     return Panel(Group(head, traffic, latency, channels, diverged), title="hsmproxy top", subtitle="Ctrl-C to quit")
 
 
-def fetch(client) -> Snapshot:
-    from hsmproxy.control_client import ControlError
-
+def fetch(client: ControlClient) -> Snapshot:
     snapshot = Snapshot(taken=time.monotonic())
     snapshot.series = parse_metrics(client.request("GET", "/metrics").get("text", ""))
     for attr, path in (("health", "/health"), ("state", "/shadow/state"), ("divergences", "/shadow/divergences")):
@@ -207,10 +208,12 @@ def run(args) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from hsmproxy.control_client import ControlClient, ControlError
-
     console = Console()
-    client = ControlClient(args.address, token=args.token, timeout=max(2.0, args.interval * 2))
+    try:
+        client = ControlClient(args.address, token=args.token, timeout=max(2.0, args.interval * 2))
+    except AddressError as exc:
+        print(f"hsmproxy top: --control: {exc}", file=sys.stderr)
+        return 2
     try:
         previous = fetch(client)
         if args.once:

@@ -14,7 +14,8 @@ import logging
 import os
 import sys
 
-from hsmproxy.assembly import add_relay_options, build_hooks, close_hooks
+from hsmproxy.options import add_relay_options
+from proxy.trio.subdaemon import run_version
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +41,12 @@ def run(args: argparse.Namespace) -> int:
               "give the path of lightning_hsmd (or another signer)", file=sys.stderr)
         return 2
     if signer_args == ["--version"]:  # lightningd's start-up check: answer it without importing the relay
-        from proxy.trio.subdaemon import run_version
-
         return run_version(args.signer)
+    # Imported here, after the --version answer: lightningd runs `wrap ... -- --version` on every
+    # start, and that answer must not wait for trio, the relay and every hook to import.
+    import trio
+
+    from hsmproxy.assembly import build_hooks, close_hooks
     from proxy.trio.wrapper import WrapSetupError, run_wrapper, take_node_sockets
 
     logging.basicConfig(level=logging.WARNING, format="hsmproxy: %(message)s", stream=sys.stderr)
@@ -51,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
     except WrapSetupError as exc:
         print(f"hsmproxy wrap: {exc}", file=sys.stderr)
         return 2
-    import trio
-
     hooks = build_hooks(args)
     try:
         wrapper = functools.partial(run_wrapper, decode=args.parse)

@@ -1,4 +1,8 @@
-"""The fault endpoints of the control API (and health, and the shadow-state read-outs).
+"""The control API: its routes (faults, health, the shadow-state read-outs) and the hook that
+serves them next to the relay.
+
+``HttpServerHook`` runs an ``HttpServer`` for as long as the relay runs; ``ControlApi`` is that
+hook with the routes below. ``--metrics`` alone uses a bare ``HttpServerHook`` with ``/metrics``.
 
 | method | path | does |
 |---|---|---|
@@ -17,11 +21,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
-from proxy.trio.http_server import HTTPError, Request, Response, RouteTable
+import trio
+
 from faults.plan import PlanError, parse_one_line, rule_from_mapping
 from proxy.addons.fault_runtime import REFUSAL, FaultRuntime, FaultsNotEnabled
+from proxy.trio.addresses import Address, AddressError
+from proxy.trio.http_server import HTTPError, HttpServer, Request, Response, RouteTable
+
+log = logging.getLogger("hsmproxy.control")
 
 
 def add_fault_routes(
@@ -144,3 +154,91 @@ def _next_index(engine) -> int:
     """One past the highest ruleN name in use, so new default names never collide."""
     numbers = [int(r.name[4:]) for r in engine.rules if r.name.startswith("rule") and r.name[4:].isdigit()]
     return max(numbers, default=0) + 1
+
+
+class HttpServerHook:
+    """Runs an :class:`HttpServer` of ``routes`` inside the relay's trio run.
+
+    It is a hook so the shells need no change: socket mode calls ``start(nursery)`` before the
+    first connection (an address that cannot be used raises :class:`AddressError`, a start-up
+    error); in wrapper mode the first connection event starts it as a trio system task, and a
+    failure is logged while the relay goes on (the node must never break because of our tooling).
+    ``serves`` says what, in the log line that gives the address.
+    """
+
+    def __init__(self, address: Address, serves: str, *, token: str | None = None, allow_remote: bool = False):
+        self.address = address
+        self.serves = serves
+        self.routes = RouteTable()
+        self.token = token
+        self.allow_remote = allow_remote
+        self.bound: Address | None = None
+        self._started = False
+
+    async def start(self, nursery: trio.Nursery | None = None) -> None:
+        if self._started:
+            return
+        self._started = True
+        server = HttpServer(self.routes, token=self.token)
+        if nursery is not None:
+            try:
+                self.bound = await nursery.start(server.serve, self.address, self.allow_remote)
+            except AddressError as exc:
+                raise AddressError(f"{self.serves}: {exc}") from None
+            log.warning("%s on %s", self.serves, self.bound)
+            return
+        ready = trio.Event()
+
+        async def serve_forever():
+            # A system task must not raise: see the class comment.
+            try:
+                async with trio.open_nursery() as n:
+                    self.bound = await n.start(server.serve, self.address, self.allow_remote)
+                    log.warning("%s on %s", self.serves, self.bound)
+                    ready.set()
+            except Exception as exc:  # noqa: BLE001 - OSError may arrive inside an ExceptionGroup
+                errors = exc.exceptions if isinstance(exc, ExceptionGroup) else [exc]
+                log.error("%s on %s stopped or never started: %s; the relay goes on without it",
+                          self.serves, self.address, "; ".join(map(str, errors)))
+            finally:
+                ready.set()
+
+        trio.lowlevel.spawn_system_task(serve_forever, name=f"hsmproxy {self.serves}")
+        await ready.wait()
+
+    async def on_connection(self, conn, event: str) -> None:
+        if not self._started:
+            await self.start()
+
+
+class ControlApi(HttpServerHook):
+    """The control API: fault rules, held messages, health, and the shadow state when there is one.
+
+    Others add routes to ``routes`` before the run (``/metrics``) and providers to
+    ``health_extra`` (callables returning dicts merged into ``/health``).
+    """
+
+    def __init__(self, address: Address, runtime: FaultRuntime, *, shadow=None, token: str | None = None,
+                 allow_remote: bool = False):
+        super().__init__(address, "control API", token=token, allow_remote=allow_remote)
+        self.runtime = runtime
+        self.shadow = shadow  # the shadow hook (state_jsonable, divergences_jsonable), if the proxy keeps one
+        self.health_extra: list[Callable[[], dict]] = []
+        add_fault_routes(
+            self.routes,
+            runtime,
+            shadow_state=lambda: self._shadow().state_jsonable(),
+            shadow_divergences=lambda: {"divergences": self._shadow().divergences_jsonable()},
+            health_extra=self._health_extra,
+        )
+
+    def _shadow(self):
+        if self.shadow is None:
+            raise HTTPError(404, "no shadow state here: this proxy runs without it (--no-parse)")
+        return self.shadow
+
+    def _health_extra(self) -> dict:
+        out: dict = {}
+        for provide in self.health_extra:
+            out.update(provide())
+        return out

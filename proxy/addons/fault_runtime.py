@@ -18,7 +18,7 @@ class FaultsNotEnabled(PlanError):
     """Fault rules were given to a proxy that was not started with --enable-faults."""
 
 
-REFUSAL = "fault rules are refused: this proxy was not started with --enable-faults (or faults.enabled = true)"
+REFUSAL = "fault rules are refused: this proxy was not started with --enable-faults (or enable-faults = true in its --config file)"
 
 
 @dataclass

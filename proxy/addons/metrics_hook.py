@@ -16,6 +16,7 @@ from proxy.core.hooks import (
     Exchange,
 )
 from proxy.addons.metrics import NODE_TO_SIGNER, SIGNER_TO_NODE, Metrics
+from proxy.trio.http_server import Request, Response, RouteTable
 
 _NS = 1e-9
 NO_REPLY_TYPE = 99  # hsmd_dev_preinit: the only request hsmd never answers
@@ -87,11 +88,10 @@ class MetricsHook:
         self.metrics.signer_exit_status.set(status)
 
 
-def add_metrics_route(routes, metrics: Metrics) -> None:
-    """Serve ``GET /metrics`` from a control-server route table (proxy.trio.http_server.RouteTable)."""
-    from proxy.trio.http_server import Response
+def add_metrics_route(routes: RouteTable, metrics: Metrics) -> None:
+    """Serve ``GET /metrics`` from an HTTP server's route table (the control API's, or a server of its own)."""
 
-    async def serve_metrics(request) -> Response:
+    async def serve_metrics(request: Request) -> Response:
         body, content_type = metrics.exposition()
         return Response(200, body, content_type)
 

@@ -1,10 +1,11 @@
-"""The control server: HTTP/1.1 + JSON on trio, parsed by h11, with a route table others add to.
+"""The HTTP server of the control API and ``/metrics``: HTTP/1.1 + JSON on trio, parsed by h11,
+serving a route table others add to.
 
 Every request is answered within a bound: reading the request, running the handler and writing
 the answer each run under a deadline, and handlers are expected not to wait on the relay (the
 fault routes only touch in-memory state). A handler that overruns gets a 503, never a hang.
 
-Listens on 127.0.0.1 by default, or on a Unix socket created 0600. Any other host needs
+Listens on a loopback address or on a Unix socket created 0600 (``proxy.trio.addresses``). Any other host needs
 ``allow_remote`` and a token; with a token set every request must carry
 ``Authorization: Bearer <token>``.
 """
@@ -12,67 +13,17 @@ Listens on 127.0.0.1 by default, or on a Unix socket created 0600. Any other hos
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
-import os
-import stat
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import trio
 
+from proxy.trio.addresses import Address, AddressError, UnixListener
+
 MAX_BODY = 1 << 20
-DEFAULT_PORT = 8474 + 1  # next to Toxiproxy's 8474, so both can run side by side
-
-
-class ControlAddressError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class ControlAddress:
-    kind: str  # "tcp" | "unix"
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    path: str = ""
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}" if self.kind == "unix" else f"{self.host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        if self.kind == "unix":
-            return True
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
-
-
-def parse_address(text: str) -> ControlAddress:
-    """``unix:/path``, ``/path``, ``HOST:PORT``, ``tcp:HOST:PORT`` (as `serve` writes it), ``:PORT`` or ``PORT``."""
-    text = text.strip().removeprefix("tcp:")
-    if text.startswith("unix:") or text.startswith("/") or text.startswith("./"):
-        path = text[5:] if text.startswith("unix:") else text
-        if not path:
-            raise ControlAddressError("control address 'unix:' needs a path, e.g. unix:/run/hsmproxy.sock")
-        return ControlAddress("unix", path=path)
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise ControlAddressError(
-            f"cannot read the control address {text!r}; give HOST:PORT (e.g. 127.0.0.1:8475) or unix:/path/to.sock"
-        ) from None
-    if not 0 <= number <= 65535:
-        raise ControlAddressError(f"control port {number} is out of range 0-65535")
-    return ControlAddress("tcp", host=host, port=number)
 
 
 @dataclass
@@ -173,13 +124,13 @@ def _match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> dict[str, str] |
 
 
 def _parse_target(target: str) -> tuple[str, dict[str, str]]:
-    from urllib.parse import parse_qsl, unquote, urlsplit
-
     split = urlsplit(target)
     return unquote(split.path) or "/", dict(parse_qsl(split.query))
 
 
-class ControlServer:
+class HttpServer:
+    """Serves one :class:`RouteTable` over HTTP/1.1 (h11), on TCP or a Unix socket."""
+
     def __init__(
         self,
         routes: RouteTable,
@@ -191,27 +142,36 @@ class ControlServer:
         self.token = token
         self.handler_timeout = handler_timeout
         self.read_timeout = read_timeout
-        self.address: ControlAddress | None = None
+        self.address: Address | None = None
         routes.add("GET", "/", self._index, "this list of endpoints")
 
     async def _index(self, request: Request) -> Response:
         return Response.json({"endpoints": self.routes.listing()})
 
     # --- listening --------------------------------------------------------------------------
-    async def serve(self, address: ControlAddress, allow_remote: bool = False, *, task_status=trio.TASK_STATUS_IGNORED):
-        """Listen and serve until cancelled; ``task_status.started`` gets the bound address."""
+    async def serve(self, address: Address, allow_remote: bool = False, *, task_status=trio.TASK_STATUS_IGNORED):
+        """Listen and serve until cancelled; ``task_status.started`` gets the bound address.
+
+        An address that cannot be listened on raises :class:`AddressError` naming it.
+        """
         if not address.is_loopback and not (allow_remote and self.token):
-            raise ControlAddressError(
+            raise AddressError(
                 f"refusing to serve the control API on {address}: it is not a loopback address; "
                 "pass --control-allow-remote and --control-token TOKEN to bind there"
             )
+        unix = None
         if address.kind == "unix":
-            listeners = [await _unix_listener(address.path)]
+            unix = UnixListener(address.path, backlog=16)
+            # trio closes its listener when serving stops; a copy of the fd keeps the socket open
+            # until unix.close() has checked that the file is still ours
+            listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(unix.sock.dup()))]
             bound = address
         else:
-            listeners = await trio.open_tcp_listeners(address.port, host=address.host)
-            port = listeners[0].socket.getsockname()[1]
-            bound = ControlAddress("tcp", host=address.host, port=port)
+            try:
+                listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+            except OSError as exc:
+                raise AddressError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+            bound = Address.tcp(address.host, listeners[0].socket.getsockname()[1])
         self.address = bound
         try:
             async with trio.open_nursery() as nursery:
@@ -219,11 +179,8 @@ class ControlServer:
                 for listener in listeners:
                     nursery.start_soon(trio.serve_listeners, self.handle_stream, [listener])
         finally:
-            if address.kind == "unix":
-                try:
-                    os.unlink(address.path)
-                except OSError:
-                    pass
+            if unix is not None:
+                unix.close()  # removes the file only if still ours: a newer server may have the path now
 
     # --- one connection ---------------------------------------------------------------------
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
@@ -313,22 +270,3 @@ class _BadRequest(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-async def _unix_listener(path: str) -> trio.SocketListener:
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)  # a stale socket from an earlier run
-        else:
-            raise ControlAddressError(f"{path} exists and is not a socket; pick another control socket path")
-    except FileNotFoundError:
-        pass
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    old = os.umask(0o177)  # created 0600: only the proxy's user may control it
-    try:
-        await sock.bind(path)
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    sock.listen(16)
-    return trio.SocketListener(sock)

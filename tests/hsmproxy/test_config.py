@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from hsmproxy import config
+from hsmproxy import cli, config
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsmproxy serve")
     parser.add_argument("--listen", required=True)
@@ -69,3 +71,36 @@ def test_config_through_the_real_cli(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "did you mean 'interval'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("text", ["faults.enabled = true\n", "[faults]\nenabled = true\n", "[serve]\nfaults.enabled = true\n"])
+def test_the_spelling_people_try_for_enable_faults_is_refused_with_the_one_that_works(tmp_path, text):
+    """Issue 12 item 8: `faults.enabled = true` was silently ignored (a [faults] table was taken
+    for the `hsmproxy faults` command, which reads no config file)."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    parser = _parser()
+    parser.add_argument("--enable-faults", action="store_true")
+    with pytest.raises(config.ConfigError, match=r"no option 'faults.enabled'; did you mean 'enable-faults'"):
+        config.apply(parser, config.load(path, "serve"), str(path))
+
+
+def test_tables_are_the_commands_that_read_a_config_file():
+    assert set(config.COMMANDS_WITH_TABLES) == cli.CONFIGURABLE
+
+
+def test_a_refused_rule_gives_advice_that_works(tmp_path):
+    """Issue 12 item 8: the refusal told users to set `faults.enabled = true`, which did nothing."""
+    plan = "$hsmd_init"
+    refused = subprocess.run([sys.executable, "-m", "hsmproxy.cli", "serve", "--listen", f"unix:{tmp_path / 'p.sock'}",
+                              "--connect", "unix:/x", "--faults", plan], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "faults.enabled" not in refused.stderr
+    assert "--enable-faults (or enable-faults = true in its --config file)" in refused.stderr
+    path = tmp_path / "c.toml"
+    path.write_text("enable-faults = true\nno-parse = true\n")  # the advice, followed
+    # a non-loopback --metrics stops the run right after the fault options were accepted
+    done = subprocess.run([sys.executable, "-m", "hsmproxy.cli", "serve", "--config", str(path), "--listen",
+                           f"unix:{tmp_path / 'p.sock'}", "--connect", "unix:/x", "--faults", plan,
+                           "--metrics", "192.0.2.1:9464"], capture_output=True, text=True, timeout=60)
+    assert "FAULT INJECTION ENABLED: seed" in done.stderr and "refused" not in done.stderr
+    assert done.returncode == 2 and "--metrics 192.0.2.1:9464: serve metrics on a loopback address" in done.stderr

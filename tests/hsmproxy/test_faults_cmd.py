@@ -7,7 +7,8 @@ import sys
 import trio
 
 from proxy.addons.control_api import add_fault_routes
-from proxy.trio.http_server import ControlAddress, ControlServer, RouteTable
+from proxy.trio.addresses import Address
+from proxy.trio.http_server import HttpServer, RouteTable
 from faults.engine import FaultEngine
 from proxy.addons.fault_runtime import FaultRuntime
 
@@ -24,7 +25,7 @@ async def test_cli_drives_a_running_control_server(tmp_path):
     add_fault_routes(routes, runtime)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(ControlServer(routes).serve, ControlAddress("tcp", port=0))
+            bound = await nursery.start(HttpServer(routes).serve, Address.tcp("127.0.0.1", 0))
             ctl = ["faults", "--control", str(bound)]
             rc, out, err = await hsmproxy(*ctl, "add", "!hsmd_sign_remote_commitment_tx*3 dbid=7", "~signing ms=5")
             assert rc == 0, err

@@ -8,7 +8,8 @@ import pytest
 import trio
 from rich.console import Console
 
-from proxy.trio.http_server import ControlServer, RouteTable, parse_address
+from proxy.trio.addresses import parse_address
+from proxy.trio.http_server import HttpServer, RouteTable
 from hsmproxy.commands.top import Snapshot, parse_metrics, quantile, render
 from proxy.addons.metrics import Metrics
 from proxy.addons.metrics_hook import add_metrics_route
@@ -55,7 +56,7 @@ def test_render_shows_channels_divergences_and_latency():
 async def test_top_once_against_a_running_server():
     routes = RouteTable()
     add_metrics_route(routes, _metrics_with_traffic())
-    server = ControlServer(routes)
+    server = HttpServer(routes)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(server.serve, parse_address("127.0.0.1:0"))
@@ -78,3 +79,13 @@ async def test_top_names_an_unreachable_proxy():
         )
     assert result.returncode == 1
     assert b"127.0.0.1:1" in result.stderr and b"Traceback" not in result.stderr
+
+
+async def test_top_names_a_bad_address():
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "hsmproxy.cli", "top", "--once", "--control", "localhost:http"],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )
+    assert result.returncode == 2
+    assert b"'localhost:http' is not unix:PATH" in result.stderr and b"Traceback" not in result.stderr

@@ -8,12 +8,13 @@ import pytest
 import trio
 
 import wire
-from proxy.addons.control_api import add_fault_routes
-from hsmproxy.control_client import ControlClient, ControlError
-from proxy.trio.http_server import ControlAddress, ControlAddressError, ControlServer, Response, RouteTable, parse_address
 from faults.engine import FaultEngine, FaultEvent, Observation
 from faults.plan import parse_one_line
+from hsmproxy.control_client import ControlClient, ControlError
+from proxy.addons.control_api import ControlApi, HttpServerHook, add_fault_routes
 from proxy.addons.fault_runtime import FaultRuntime, FaultsNotEnabled
+from proxy.trio.addresses import Address, AddressError, parse_address
+from proxy.trio.http_server import HttpServer, Response, RouteTable
 
 
 async def start(nursery, runtime, address=None, token=None, allow_remote=False, extra_routes=None, **kw):
@@ -21,8 +22,8 @@ async def start(nursery, runtime, address=None, token=None, allow_remote=False, 
     add_fault_routes(routes, runtime)
     for method, path, handler in extra_routes or ():
         routes.add(method, path, handler)
-    server = ControlServer(routes, token=token, **kw)
-    bound = await nursery.start(server.serve, address or ControlAddress("tcp", port=0), allow_remote)
+    server = HttpServer(routes, token=token, **kw)
+    bound = await nursery.start(server.serve, address or Address.tcp("127.0.0.1", 0), allow_remote)
     return bound
 
 
@@ -113,10 +114,10 @@ async def test_unix_socket_is_0600_and_removed_after(tmp_path):
 
 
 async def test_remote_binding_needs_flag_and_token():
-    with pytest.raises(ControlAddressError, match="--control-token"):
-        await ControlServer(RouteTable()).serve(parse_address("0.0.0.0:0"))
-    with pytest.raises(ControlAddressError, match="--control-allow-remote"):
-        await ControlServer(RouteTable(), token="t").serve(parse_address("0.0.0.0:0"))
+    with pytest.raises(AddressError, match="--control-token"):
+        await HttpServer(RouteTable()).serve(parse_address("0.0.0.0:0"))
+    with pytest.raises(AddressError, match="--control-allow-remote"):
+        await HttpServer(RouteTable(), token="t").serve(parse_address("0.0.0.0:0"))
 
 
 async def test_token_is_required_when_set():
@@ -130,17 +131,6 @@ async def test_token_is_required_when_set():
                 await call(ControlClient(bound, token="wrong"), "health")
             assert (await call(ControlClient(bound, token="s3cret"), "health"))["ok"]
             nursery.cancel_scope.cancel()
-
-
-def test_parse_address():
-    assert parse_address("8475") == ControlAddress("tcp", "127.0.0.1", 8475)
-    assert parse_address("127.0.0.2:1") == ControlAddress("tcp", "127.0.0.2", 1)
-    assert parse_address("[::1]:9").host == "::1" and parse_address("[::1]:9").is_loopback
-    assert parse_address("/run/x.sock") == ControlAddress("unix", path="/run/x.sock")
-    assert not parse_address("10.0.0.1:80").is_loopback
-    assert parse_address("tcp:127.0.0.1:9464") == ControlAddress("tcp", "127.0.0.1", 9464)  # serve's spelling
-    with pytest.raises(ControlAddressError, match="HOST:PORT"):
-        parse_address("localhost:http")
 
 
 async def test_control_answers_within_bound_under_load_with_held_messages():
@@ -223,33 +213,70 @@ async def test_malformed_http_gets_400_and_keep_alive_works():
             nursery.cancel_scope.cancel()
 
 
-async def test_control_service_that_cannot_bind_logs_and_lets_the_relay_run(caplog, tmp_path):
-    from hsmproxy.fault_setup import ControlService
-
+async def test_control_api_that_cannot_bind_logs_and_lets_the_relay_run(caplog, tmp_path):
     not_a_socket = tmp_path / "file"
     not_a_socket.write_text("x")
-    service = ControlService(parse_address(f"unix:{not_a_socket}"), FaultRuntime(allowed=True))
+    control = ControlApi(parse_address(f"unix:{not_a_socket}"), FaultRuntime(allowed=True))
     with trio.fail_after(5):
-        await service.on_connection(None, "opened")  # what the wrapper's first connection does
-        await service.on_connection(None, "opened")  # started once only
-    assert service.bound is None and "is not a socket" in caplog.text
+        await control.on_connection(None, "opened")  # what the wrapper's first connection does
+        await control.on_connection(None, "opened")  # started once only
+    assert control.bound is None and "is not a socket" in caplog.text
+    assert "relay goes on" in caplog.text and f"unix:{not_a_socket}" in caplog.text
     assert not_a_socket.read_text() == "x"  # a file in the way is never removed
 
 
-async def test_control_service_serves_extra_routes(tmp_path):
-    from hsmproxy.fault_setup import ControlService
-
-    service = ControlService(parse_address(f"unix:{tmp_path / 'c.sock'}"), FaultRuntime(allowed=True))
+async def test_control_api_serves_extra_routes(tmp_path):
+    control = ControlApi(parse_address(f"unix:{tmp_path / 'c.sock'}"), FaultRuntime(allowed=True))
 
     async def metrics(request):
         return Response.text("hsmproxy_up 1\n", content_type="text/plain; version=0.0.4")
 
-    service.routes.add("GET", "/metrics", metrics)
-    service.health_extra.append(lambda: {"wal": "ok"})
+    control.routes.add("GET", "/metrics", metrics)
+    control.health_extra.append(lambda: {"wal": "ok"})
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            await service.start(nursery)
-            client = ControlClient(service.bound)
+            await control.start(nursery)
+            client = ControlClient(control.bound)
             assert (await call(client, "request", "GET", "/metrics")) == {"text": "hsmproxy_up 1\n"}
             assert (await call(client, "health"))["wal"] == "ok"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_second_control_api_on_a_live_socket_path_refuses_and_leaves_the_first_alone(tmp_path):
+    """Issue 12 item 6: a second proxy with the same --control unix:PATH used to unlink the first
+    one's live socket, and the first, when it stopped, deleted the second's."""
+    path = str(tmp_path / "control.sock")
+    first = ControlApi(parse_address(f"unix:{path}"), FaultRuntime(FaultEngine(seed=1), allowed=True))
+    second = ControlApi(parse_address(f"unix:{path}"), FaultRuntime(FaultEngine(seed=2), allowed=True))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await first.start(nursery)
+            inode = os.stat(path).st_ino
+            with pytest.raises(AddressError, match=f"control API: unix:{path}: another process is already listening"):
+                await second.start(nursery)
+            assert os.stat(path).st_ino == inode
+            assert (await call(ControlClient(first.bound), "health"))["seed"] == 1
+            nursery.cancel_scope.cancel()
+    assert not os.path.exists(path)  # the first removed its own file on the way out
+
+
+async def test_a_socket_file_is_removed_at_stop_only_while_it_is_ours(tmp_path):
+    path = tmp_path / "control.sock"
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await start(nursery, FaultRuntime(allowed=True), parse_address(f"unix:{path}"))
+            path.unlink()  # someone else took the path over meanwhile
+            path.write_text("theirs")
+            nursery.cancel_scope.cancel()
+    assert path.read_text() == "theirs"
+
+
+async def test_an_address_in_use_is_named(tmp_path):
+    (taken,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = taken.socket.getsockname()[1]
+    metrics = HttpServerHook(Address.tcp("127.0.0.1", port), "Prometheus metrics (GET /metrics only)")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(AddressError, match=f"Prometheus metrics.*cannot listen on 127.0.0.1:{port}"):
+                await metrics.start(nursery)
+    await taken.aclose()

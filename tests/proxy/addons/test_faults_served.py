@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from hsmproxy.control_client import ControlClient, ControlError
-from proxy.trio.socket_mode import parse_address
+from proxy.trio.addresses import parse_address
 from tests.proxy.trio.test_socket_mode import REPLY, REQUEST, _unix_listen, connect_when_ready, signer_server, start_serve
 
 pytestmark = pytest.mark.timeout(60)

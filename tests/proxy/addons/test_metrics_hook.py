@@ -7,7 +7,8 @@ import socket
 import trio
 
 import wire
-from proxy.trio.http_server import ControlServer, RouteTable, parse_address
+from proxy.trio.addresses import parse_address
+from proxy.trio.http_server import HttpServer, RouteTable
 from proxy.core.hooks import (
     REPLY_AFTER,
     REPLY_BEFORE,
@@ -82,7 +83,7 @@ async def test_metrics_route_serves_the_text_format_over_real_http():
     metrics.divergences.labels(kind="retry_changed").inc()
     routes = RouteTable()
     add_metrics_route(routes, metrics)
-    server = ControlServer(routes)
+    server = HttpServer(routes)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(server.serve, parse_address("127.0.0.1:0"))

@@ -10,7 +10,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.trio.socket_mode import parse_address
+from proxy.trio.addresses import parse_address
 from tests.proxy.trio.test_socket_mode import REPLY, REQUEST, _unix_listen, connect_when_ready, free_port, round_trips, signer_server, start_serve
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from proxy.trio.socket_mode import AddressError, parse_address
+from proxy.trio.addresses import AddressError, parse_address
 from proxy.addons.trace import read_trace
 from tests import ld_harness as h
 
@@ -133,12 +133,74 @@ def _unix_listen(path: Path) -> socket.socket:
 def test_addresses_are_checked_with_a_clear_message():
     assert parse_address("unix:/run/x.sock").path == "/run/x.sock"
     assert (parse_address("tcp:[::1]:7701").host, parse_address("tcp:[::1]:7701").port) == ("::1", 7701)
-    for bad in ["/run/x.sock", "tcp:localhost", "tcp:host:99999", "udp:1.2.3.4:5"]:
-        with pytest.raises(AddressError, match="unix:PATH or tcp:HOST:PORT"):
+    for bad in ["tcp:localhost", "udp:1.2.3.4:5"]:
+        with pytest.raises(AddressError, match=r"is not unix:PATH or \[tcp:\]HOST:PORT"):
             parse_address(bad)
-    done = subprocess.run([sys.executable, "-m", "hsmproxy.cli", "serve", "--listen", "nowhere", "--connect", "unix:/x"],
+    with pytest.raises(AddressError, match="port 99999 is out of range"):
+        parse_address("tcp:host:99999")
+    done = _serve_once("--listen", "nowhere", "--connect", "unix:/x")
+    assert done.returncode == 2 and "'nowhere' is not unix:PATH or [tcp:]HOST:PORT" in done.stderr
+
+
+def _serve_once(*args: str) -> subprocess.CompletedProcess:
+    """`hsmproxy serve` that is expected to stop at start-up."""
+    return subprocess.run([sys.executable, "-m", "hsmproxy.cli", "serve", *args],
                           capture_output=True, text=True, env=h.child_env(), timeout=30)
-    assert done.returncode == 2 and "'nowhere' is not unix:PATH or tcp:HOST:PORT" in done.stderr
+
+
+def test_a_live_listen_path_is_refused_and_left_alone(tmp_path: Path):
+    path = tmp_path / "proxy.sock"
+    with _unix_listen(path) as live:
+        inode = os.stat(path).st_ino
+        done = _serve_once("--listen", f"unix:{path}", "--connect", "unix:/x")
+        assert done.returncode == 2
+        assert f"unix:{path}: another process is already listening there" in done.stderr
+        assert os.stat(path).st_ino == inode
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))  # still the first listener's
+            live.accept()[0].close()
+
+
+@pytest.mark.parametrize("option", ["--control", "--metrics"])
+def test_an_http_address_that_cannot_be_used_is_a_clear_start_up_error(tmp_path: Path, option: str):
+    """Issue 12 item 10: a control or metrics address in use gave a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        listen = tmp_path / "proxy.sock"
+        done = _serve_once("--listen", f"unix:{listen}", "--connect", "unix:/x", option, f"127.0.0.1:{port}")
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+    assert not listen.exists()  # the --listen socket file is removed on the way out
+
+
+def test_a_live_control_socket_path_is_refused(tmp_path: Path):
+    control = tmp_path / "control.sock"
+    with _unix_listen(control):
+        done = _serve_once("--listen", f"unix:{tmp_path / 'proxy.sock'}", "--connect", "unix:/x",
+                           "--control", f"unix:{control}")
+        assert control.exists()
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"control API: unix:{control}: another process is already listening there" in done.stderr
+
+
+async def test_metrics_alone_says_it_serves_metrics(tmp_path: Path):
+    """Issue 12 item 10: `--metrics` alone logged "control API on ...", which it does not serve."""
+    port = free_port()
+    proc = start_serve(f"unix:{tmp_path / 'proxy.sock'}", f"unix:{tmp_path / 'signer.sock'}",
+                       "--metrics", f"127.0.0.1:{port}")
+    try:
+        with trio.fail_after(20):
+            line = ""
+            while "on 127.0.0.1" not in line:
+                line = await trio.to_thread.run_sync(proc.stderr.readline, abandon_on_cancel=True)
+                assert line, "serve stopped before it said where it serves"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert line.strip() == f"hsmproxy: Prometheus metrics (GET /metrics only) on 127.0.0.1:{port}"
+    assert "control API" not in proc.stderr.read()
 
 
 async def test_an_unreachable_signer_closes_the_connection_and_serving_goes_on(tmp_path: Path):

@@ -1,0 +1,72 @@
+"""The command-line options of `hsmproxy wrap` and `hsmproxy serve`: relay, shadow/WAL, metrics,
+fault injection and the control API.
+
+Only argparse here: `hsmproxy wrap --version` builds this command line on every lightningd start,
+so importing it must not pull in trio, the relay or the plan parser. What the options mean is
+decided in ``hsmproxy.assembly``, which builds a run's hooks from them.
+
+Engineers adding a hook: add your flags here and your hook in ``hsmproxy.assembly.build_hooks``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_relay_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("relay")
+    group.add_argument(
+        "--trace", metavar="FILE", help="record every frame and event to FILE (msgpack, mode 0600; "
+        "read it with `hsmproxy decode FILE`)"
+    )
+    group.add_argument(
+        "--trace-secrets", action="store_true",
+        help="keep secrets (revocation/per-commitment secrets, ECDH results, derived secrets, "
+        "passphrases) in the trace instead of redacting them",
+    )
+    group.add_argument(
+        "--no-parse", dest="parse", action="store_false",
+        help="relay without decoding messages (hooks then see msg=None); for comparison benchmarks",
+    )
+    group.add_argument(
+        "--wal-dir", metavar="DIR",
+        help="keep the shadow channel state in a write-ahead log in DIR (created 0700, files 0600): "
+        "each state-changing request is durable before the signer sees it, each answer before the "
+        "node does; read it with `hsmproxy state --wal-dir DIR`. Without it the shadow is in memory only",
+    )
+    group.add_argument(
+        "--guard", action="store_true",
+        help="refuse (as hsmd refuses a bad client request) any request that would make the signer "
+        "sign two different commitments at one index; trades liveness for safety, see docs/shadow.md",
+    )
+    group.add_argument(
+        "--metrics", metavar="ADDR",
+        help="serve Prometheus metrics at http://ADDR/metrics (HOST:PORT on loopback, or unix:PATH); "
+        "with --control they are also served there",
+    )
+    group.add_argument(
+        "--channel-detail", type=int, default=0, metavar="N",
+        help="export per-channel gauges for at most N channels (off by default: label cardinality)",
+    )
+    add_fault_options(parser)
+
+
+def add_fault_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("fault injection and control API (docs/faults.md)")
+    group.add_argument("--enable-faults", action="store_true",
+                       help="allow fault rules (from --faults and the control API); off by default "
+                       "(in a --config file: enable-faults = true)")
+    group.add_argument("--faults", metavar="PLAN",
+                       help="fault rules: a TOML plan file, or the one-line form, e.g. '!hsmd_sign_remote_commitment_tx*2'")
+    group.add_argument("--fault-seed", type=int, metavar="N",
+                       help="seed for probabilities, jitter and bit positions (default: the plan's seed, else random; printed)")
+    group.add_argument("--control", metavar="ADDR",
+                       help="serve the control API (and /health, /metrics) on HOST:PORT (loopback) or unix:/path (0600)")
+    group.add_argument("--control-token", metavar="TOKEN",
+                       help="require 'Authorization: Bearer TOKEN' on every control request")
+    group.add_argument("--control-allow-remote", action="store_true",
+                       help="allow a non-loopback --control address (needs --control-token)")
+    group.add_argument("--node-pid", type=int, metavar="PID",
+                       help="the process kill-node signals (wrapper mode: lightningd, the parent, by default)")
+    group.add_argument("--signer-pid", type=int, metavar="PID",
+                       help="the process kill-signer signals (wrapper mode: the signer we started, by default)")
