@@ -41,6 +41,10 @@ REGTEST_GENESIS = bytes.fromhex("06226e46111a0b59caaf126043eb5bbf28c34f3a5e332a1
 TEST_BIP32_VERSIONS = {"pubkey_version": 0x043587CF, "privkey_version": 0x04358394}
 HSM_MIN_VERSION, HSM_MAX_VERSION = 5, 6
 
+# How the node saves channel state around signing (see the module docstring).
+NAIVE, WAL = "naive", "wal"
+DISCIPLINES = (NAIVE, WAL)
+
 # Where --crash-at can SIGKILL the node, in the order the dance reaches them.
 CRASH_POINTS = (
     "before_sign_remote",                       # wal: the intent is persisted, nothing signed yet
@@ -54,7 +58,15 @@ CRASH_POINTS = (
     "after_round",
 )
 
+# sim-node's exit codes (chaos's runner reads them to decide whether to restart the node).
 EXIT_OK, EXIT_USAGE, EXIT_SIGNER, EXIT_REFUSED, EXIT_PEER = 0, 2, 3, 4, 5
+EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_USAGE: "usage",
+    EXIT_SIGNER: "signer failed or died",
+    EXIT_REFUSED: "signer refused on policy grounds (split-brain)",
+    EXIT_PEER: "peer failed the channel",
+}
 LOG_UNUSUAL = 5  # status_log levels: 5 unusual, 6 broken
 
 
@@ -80,7 +92,7 @@ class PeerFailed(NodeError):
 class NodeConfig:
     datadir: Path
     signer_argv: list[str]
-    discipline: str = "naive"
+    discipline: str = NAIVE
     seed: int = 1
     crash_at: tuple[str, int | None] | None = None
     attacker_peer: bool = False
@@ -245,7 +257,7 @@ class Node:
         if k == 0:
             _, state = self.db.commitment(DBID, "remote", -1)
             return [], state
-        if self.cfg.discipline == "wal" and not ignore_intent:
+        if self.cfg.discipline == WAL and not ignore_intent:
             intent = self.db.intent(DBID, k)
             if intent is not None:
                 return intent
@@ -263,7 +275,7 @@ class Node:
             except UpdateRejected:
                 pass  # the peer's updates took the room; offer it next time
         updates = peer_updates + chosen
-        if self.cfg.discipline == "wal" and not ignore_intent:
+        if self.cfg.discipline == WAL and not ignore_intent:
             with self.db.tx():
                 self.db.save_intent(DBID, k, updates, state)
         return updates, state
