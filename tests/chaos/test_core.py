@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 from dataclasses import replace
-from xml.etree import ElementTree as ET
+from xml.etree import ElementTree
 
 import pytest
 import trio
@@ -362,7 +362,7 @@ def test_json_report_has_the_issue_keys(tmp_path):
 
 def test_junit_marks_the_failed_run_with_its_seed_and_reproduce_command():
     ok, bad = _results()
-    suite = ET.fromstring(report.junit_xml([ok, bad]).split("?>", 1)[1])
+    suite = ElementTree.fromstring(report.junit_xml([ok, bad]).split("?>", 1)[1])
     assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
     cases = suite.findall("testcase")
     assert cases[0].find("failure") is None
