@@ -12,7 +12,6 @@ the table says how many round-trip-equivalents one update costs. Medians of --ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -25,14 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import wire  # noqa: E402
+from sim.node import NAIVE, WAL, init_request  # noqa: E402
+from sim.node_cmd import read_summary  # noqa: E402
 from sim.signer_link import SignerProcess  # noqa: E402
+from wire import permissions  # noqa: E402
 
 SIGNER = [sys.executable, "-m", "hsmproxy.cli", "sim-signer"]
 CONFIGS = [
-    ("naive, fsync", ["--discipline", "naive"]),
-    ("wal, fsync", ["--discipline", "wal"]),
-    ("naive, no signer fsync", ["--discipline", "naive", "--signer-arg=--no-fsync"]),
-    ("wal, no signer fsync", ["--discipline", "wal", "--signer-arg=--no-fsync"]),
+    ("naive, fsync", ["--discipline", NAIVE]),
+    ("wal, fsync", ["--discipline", WAL]),
+    ("naive, no signer fsync", ["--discipline", NAIVE, "--signer-arg=--no-fsync"]),
+    ("wal, no signer fsync", ["--discipline", WAL, "--signer-arg=--no-fsync"]),
 ]
 
 
@@ -40,12 +42,8 @@ def round_trips_per_s(n: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         signer = SignerProcess(SIGNER, Path(d))
         try:
-            signer.master.request(wire.build(
-                "hsmd_init", bip32_key_version={"pubkey_version": 0x043587CF, "privkey_version": 0x04358394},
-                chainparams=bytes(32), hsm_encryption_key=None, dev_force_privkey=None, dev_force_bip32_seed=None,
-                dev_force_channel_secrets=None, dev_force_channel_secrets_shaseed=None,
-                hsm_wire_min_version=5, hsm_wire_max_version=6))
-            client = signer.client(bytes.fromhex("02" + "11" * 32), 1, 0x1BF)
+            signer.master.request(init_request())
+            client = signer.client(bytes.fromhex("02" + "11" * 32), 1, permissions.CHANNELD)
             request = wire.build("hsmd_get_per_commitment_point", n=0)
             started = time.perf_counter()
             for _ in range(n):
@@ -62,7 +60,7 @@ def updates_per_s(args: list[str], updates: int) -> dict:
                               "--json", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         if out.returncode != 0:
             raise SystemExit(f"sim-node failed ({out.returncode}): {out.stderr[-1000:]}")
-        return json.loads(out.stdout)
+        return read_summary(out.stdout)
 
 
 def main() -> None:

@@ -1,50 +1,37 @@
 """What one chaos run leaves behind, gathered into plain data that the judge reads.
 
 Sources (all read after the processes are gone): the proxy's WAL (the recovered shadow and the
-intent/outcome records), the simulated signer's persisted state, each node incarnation's exit
-status and ``--json`` summary, and the fault events each proxy incarnation logged.
+intent/outcome records), the simulated signer's persisted channel records, each node
+incarnation's exit status and ``--json`` summary, and each proxy incarnation's trace: the frames
+it relayed, the signer's status messages and the faults it injected.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
-_POLICY_TAG = re.compile(r"policy-[a-z0-9-]+")
+import wire
+from faults.engine import FaultEvent
+from proxy.core.digest import digest_of_request
+from proxy.core.shadow import load_shadow
+from sim.signer_core import ChannelRecord
 
-# The fault hook logs every fault it injects in this form (proxy/addons/fault_hook.py, _describe).
-_FAULT_LINE = re.compile(
-    r"fault injected: (?P<action>[a-z-]+)(?: (?P<detail>.*?))? on (?P<message>\S+) "
-    r"\((?P<conn>\S+) seq (?P<seq>-?\d+)\) at (?P<point>\S+) by rule (?P<rule>\S+)\s*$"
-)
+# The tags VLS (and our simulated signer) put in the description of a refusal.
+_POLICY_TAG = re.compile(r"policy-[a-z0-9-]+")
 
 
 @dataclass(frozen=True)
-class FaultRecord:
+class InjectedFault:
+    """A fault the proxy injected (as its trace recorded it), and the incarnation of the run
+    whose proxy injected it: events of different incarnations are different events."""
+
     incarnation: int
-    rule: str
-    action: str
-    point: str
-    connection: str
-    seq: int
-    message: str
-    detail: str = ""
+    event: FaultEvent
 
     def to_json(self) -> dict:
-        return {
-            "incarnation": self.incarnation, "rule": self.rule, "action": self.action, "point": self.point,
-            "connection": self.connection, "seq": self.seq, "message": self.message, "detail": self.detail,
-        }
-
-
-def faults_from_log(text: str, incarnation: int) -> list[FaultRecord]:
-    out = []
-    for line in text.splitlines():
-        m = _FAULT_LINE.search(line)
-        if m:
-            out.append(FaultRecord(incarnation, m["rule"], m["action"], m["point"], m["conn"], int(m["seq"]),
-                                   m["message"], m["detail"] or ""))
-    return out
+        return {"incarnation": self.incarnation, **self.event.to_json()}
 
 
 def policy_tags(text: str) -> list[str]:
@@ -68,8 +55,8 @@ class Incarnation:
 
     number: int
     exit_code: int | None  # None: still running when the runner gave up on it
-    summary: dict | None = None
-    faults: list[FaultRecord] = field(default_factory=list)
+    summary: dict | None = None  # what ``sim-node --json`` printed (None: it printed nothing)
+    faults: list[FaultEvent] = field(default_factory=list)  # injected by this incarnation's proxy
     killed_by_runner: bool = False  # the runner's watchdog ended a node that made no progress
 
 
@@ -95,8 +82,8 @@ class RunEvidence:
     runner_errors: list[str] = field(default_factory=list)
 
     @property
-    def faults(self) -> list[FaultRecord]:
-        return [f for inc in self.incarnations for f in inc.faults]
+    def faults(self) -> list[InjectedFault]:
+        return [InjectedFault(inc.number, event) for inc in self.incarnations for event in inc.faults]
 
     @property
     def restarts(self) -> int:
@@ -111,34 +98,20 @@ COUNTER_KEYS = ("next_counterparty_commit_num", "next_counterparty_revoke_num", 
 def shadow_evidence(snapshot, records: list) -> tuple[dict[int, dict], list[dict]]:
     """From a WAL's snapshot and records: (channels by dbid, divergence events), replayed exactly
     as the proxy replays them when it starts."""
-    from proxy.core import shadow as sh
-    shadow = sh.load_shadow(snapshot, records)
+    shadow = load_shadow(snapshot, records)
     channels = {ch.dbid: ch.to_jsonable() for ch in shadow.channels.values()}
     return channels, [ev.to_jsonable() for ev in shadow.events]
 
 
-def signed_from_wal(records: list) -> list[SignedCommitment]:
-    """Counterparty commitments the signer signed, by digest, from the WAL's intents and outcomes."""
-    from proxy.core import shadow as sh
-    intents, out = {}, []
-    for rec in records:
-        if rec[0] == sh.INTENT_RECORD:
-            intent = sh.Intent.from_record(rec[1:])
-            if intent.kind == sh.SIGN_REMOTE:
-                intents[intent.op_id] = intent
-        elif rec[0] == sh.OUTCOME_RECORD and rec[2] == sh.SIGNED and rec[1] in intents:
-            it = intents.pop(rec[1])
-            out.append(SignedCommitment(it.dbid, it.index, (it.digest or b"").hex()))
-    return out
-
-
-def signer_channels_from_records(records: list[dict]) -> dict[int, dict]:
-    """The simulated signer's persisted channel files (ChannelRecord.to_json) -> counters by dbid."""
+def signer_channels_from_records(records: list[ChannelRecord]) -> dict[int, dict]:
+    """The simulated signer's persisted channel records (``sim.signer_store.read_channels``) ->
+    its counters by dbid, under the names the proxy's shadow uses."""
     out = {}
     for rec in records:
-        state = rec.get("enforcement_state") or {}
-        out[int(rec["dbid"])] = {k: state.get(k) for k in COUNTER_KEYS} | {
-            "current_counterparty_point": state.get("current_counterparty_point")}
+        state = rec.policy_state
+        point = state.current_counterparty_point
+        out[rec.dbid] = {k: getattr(state, k) for k in COUNTER_KEYS} | {
+            "current_counterparty_point": point.hex() if point is not None else None}
     return out
 
 
@@ -151,6 +124,7 @@ _REJECTION_STATUS = frozenset({"hsmstatus_client_bad_request", "status_fail"})
 
 @dataclass
 class TraceFacts:
+    faults: list[FaultEvent] = field(default_factory=list)  # injected, in the order the proxy injected them
     signed: list[SignedCommitment] = field(default_factory=list)
     rejections: list[str] = field(default_factory=list)
     unanswered: list[dict] = field(default_factory=list)  # requests with fewer delivered replies than expected
@@ -166,16 +140,14 @@ def _incoming_htlcs(fields: dict) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(out))
 
 
-def trace_facts(records, incarnation: int, digest_of=None) -> TraceFacts:
-    """Signed counterparty commitments (with their incoming HTLCs), signer refusals, and the
-    request/answer accounting of one proxy incarnation's trace records."""
-    import wire
+def commitment_digest(msg: wire.Message) -> bytes:
+    """What the proxy's shadow tells signed commitments apart by (the per-commitment point included)."""
+    return digest_of_request(msg.fields, with_point=True)
 
-    if digest_of is None:
-        from proxy.core.digest import digest_of_request
 
-        def digest_of(msg):
-            return digest_of_request(msg.fields, with_point=True)
+def trace_facts(records, incarnation: int) -> TraceFacts:
+    """The faults injected, signed counterparty commitments (with their incoming HTLCs), signer
+    refusals, and the request/answer accounting of one proxy incarnation's trace records."""
     facts = TraceFacts()
     conns: dict[int, dict] = {}
     requests: dict[tuple[int, int], dict] = {}
@@ -183,6 +155,9 @@ def trace_facts(records, incarnation: int, digest_of=None) -> TraceFacts:
     refused_requests: set[bytes] = set()  # hsmd answers a bad client request on the status socket
     for rec in records:
         kind = rec.get("kind")
+        if kind == "fault":
+            facts.faults.append(FaultEvent.from_json(rec["event"]))
+            continue
         if kind == "conn":
             conns[rec["conn"]["conn_id"]] = rec["conn"]
             continue
@@ -202,7 +177,7 @@ def trace_facts(records, incarnation: int, digest_of=None) -> TraceFacts:
                 if msg.name == "hsmstatus_client_bad_request":
                     refused_requests.add(bytes(msg.fields.get("msg") or b""))
             elif msg is None and isinstance(rec.get("msg"), dict) and rec["msg"].get("name") in _REJECTION_STATUS:
-                facts.rejections.extend(policy_tags(json_text(rec["msg"])))
+                facts.rejections.extend(policy_tags(json.dumps(rec["msg"], default=str)))
             continue
         key = (conn["conn_id"], rec["seq"])
         if rec["dir"] == "request":
@@ -231,12 +206,6 @@ def trace_facts(records, incarnation: int, digest_of=None) -> TraceFacts:
             if any(r["msg"] is not None and r["msg"].name == "hsmd_sign_tx_reply" for r in got):
                 conn = req["conn"]
                 facts.signed.append(SignedCommitment(
-                    int(conn.get("dbid") or 0), int(msg.fields["commit_num"]), digest_of(msg).hex(),
+                    int(conn.get("dbid") or 0), int(msg.fields["commit_num"]), commitment_digest(msg).hex(),
                     _incoming_htlcs(msg.fields), incarnation))
     return facts
-
-
-def json_text(obj) -> str:
-    import json
-
-    return json.dumps(obj, default=str)

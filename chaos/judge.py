@@ -6,7 +6,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from chaos.evidence import COUNTER_KEYS, RunEvidence
-from chaos.scenarios import (CONVERGED, ENFORCE, FUNDS_LOST, INVARIANT_VIOLATED, REFUSED, STUCK, WAL, Expectation)
+from chaos.scenarios import CONVERGED, ENFORCE, FUNDS_LOST, INVARIANT_VIOLATED, REFUSED, STUCK, Expectation
+from sim.node import WAL
 
 # Divergence statuses that mean "did not happen".
 _HARMLESS = frozenset({"refuted", "prevented"})
@@ -78,7 +79,7 @@ def shadow_matches_signer(ev: RunEvidence) -> list[Violation]:
 def requests_accounted(ev: RunEvidence) -> list[Violation]:
     """Every request got exactly one answer, or a fault explains why not: a crash in the same
     incarnation (what was in flight dies with it), or a verdict on that very message."""
-    disrupted = {f.incarnation for f in ev.faults if f.action in _DISRUPTIVE}
+    disrupted = {inc.number for inc in ev.incarnations if any(f.action in _DISRUPTIVE for f in inc.faults)}
     disrupted |= {inc.number for inc in ev.incarnations if inc.killed_by_runner}
     out = []
     for u in ev.unanswered:

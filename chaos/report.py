@@ -6,7 +6,7 @@ import json
 import os
 import time
 from collections import Counter
-from xml.etree import ElementTree as ET
+from xml.etree import ElementTree
 
 from rich.console import Group
 from rich.table import Table
@@ -49,22 +49,22 @@ def write_json(path: str, results: list[RunResult], meta: dict | None = None) ->
 def junit_xml(results: list[RunResult], suite_name: str = "hsmproxy.chaos") -> str:
     """One testcase per run; a run that violated an invariant or missed its scenario's promise fails,
     with the reproduce command in the message."""
-    suite = ET.Element("testsuite", name=suite_name, tests=str(len(results)),
+    suite = ElementTree.Element("testsuite", name=suite_name, tests=str(len(results)),
                        failures=str(sum(1 for r in results if not r.ok)), errors="0",
                        time=f"{sum(r.duration_s for r in results):.3f}")
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname=f"chaos.{r.scenario}", name=f"seed-{r.seed}",
+        case = ElementTree.SubElement(suite, "testcase", classname=f"chaos.{r.scenario}", name=f"seed-{r.seed}",
                              time=f"{r.duration_s:.3f}")
         if not r.ok:
             reasons = [f"{v['invariant']}: {v['detail']}" for v in r.violations] + r.misses
-            failure = ET.SubElement(case, "failure", message=f"{r.outcome}: {'; '.join(reasons)[:500]}",
+            failure = ElementTree.SubElement(case, "failure", message=f"{r.outcome}: {'; '.join(reasons)[:500]}",
                                     type=r.outcome)
             failure.text = "\n".join([*reasons, f"reproduce: {r.reproduce}",
                                       f"fault trace hash: {r.fault_trace_hash}"])
-        out = ET.SubElement(case, "system-out")
+        out = ElementTree.SubElement(case, "system-out")
         out.text = json.dumps({"outcome": r.outcome, "faults": r.fault_plan, "reproduce": r.reproduce})
-    ET.indent(suite)
-    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+    ElementTree.indent(suite)
+    return ElementTree.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
 def write_junit(path: str, results: list[RunResult]) -> None:

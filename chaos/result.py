@@ -7,19 +7,19 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
-from chaos.evidence import FaultRecord, RunEvidence
+from chaos.evidence import InjectedFault, RunEvidence
 from chaos.judge import check_invariants, classify, expectation_misses, funds_lost_msat
 from chaos.scenarios import INVARIANT_VIOLATED, Expectation
 
 _HARMLESS = ("refuted", "prevented")
 
 
-def fault_trace_hash(faults: list[FaultRecord], seed: int) -> str:
+def fault_trace_hash(faults: list[InjectedFault], seed: int) -> str:
     """One hash over every fault the run injected. Events on one connection are in their order;
     connections are combined by name (and proxy incarnation), never by wall-clock interleaving."""
     chains: dict[tuple[int, str], bytes] = {}
     for f in faults:
-        key = (f.incarnation, f.connection)
+        key = (f.incarnation, f.event.conn_key)
         event = json.dumps(f.to_json(), sort_keys=True, separators=(",", ":")).encode()
         chains[key] = hashlib.sha256(chains.get(key, bytes(32)) + event).digest()
     h = hashlib.sha256(f"hsmproxy-chaos-trace-v1|{seed}".encode())

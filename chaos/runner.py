@@ -4,14 +4,14 @@ One run = one data directory. Each *incarnation* starts ``hsmproxy sim-node``, w
 signer exactly as lightningd starts hsmd: through a two-line script that execs ``hsmproxy wrap``
 around the real signer. Faults fire inside the proxy at exact protocol points (kill-node at
 ``reply.before_forward`` of the Nth signing request, ...). When the node dies, the runner waits
-until every process of the incarnation is gone, drops the fault rules that already fired, and
-starts the next incarnation on the same directories: the restart an operator (or systemd) does.
-Then it gathers the evidence (WAL, signer state, traces, fault log) and judges it.
+until every process of the incarnation is gone, reads the faults that fired from the proxy's
+trace, drops their rules, and starts the next incarnation on the same directories: the restart
+an operator (or systemd) does. Then it gathers the evidence (WAL, signer state, traces) and
+judges it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -25,12 +25,15 @@ from pathlib import Path
 
 import trio
 
-from chaos.evidence import (Incarnation, RunEvidence, faults_from_log, shadow_evidence, signer_channels_from_records,
-                       trace_facts)
+from chaos.evidence import Incarnation, RunEvidence, shadow_evidence, signer_channels_from_records, trace_facts
 from chaos.result import RunResult, judge_run
-from chaos.scenarios import ENFORCE, RETRY_SAME_TAG, WARN, Expectation
-
-NODE_EXIT_OK, NODE_EXIT_USAGE, NODE_EXIT_REFUSED = 0, 2, 4  # sim/node.py
+from chaos.scenarios import ENFORCE, WARN, Expectation
+from proxy.addons.trace import TraceFormatError, read_trace
+from proxy.trio.wal import WalError, read_state
+from sim.node import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
+from sim.node_cmd import read_summary
+from sim.policy import RETRY_SAME
+from sim.signer_store import read_channels
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ class Runner:
         argv = [*hsmproxy_argv(), "sim-node", "--data-dir", str(self.dirs.node), "--updates", str(s.updates),
                 "--discipline", s.discipline, "--seed", str(s.seed), "--signer", str(wrapper), "--json"]
         if s.signer is None and s.signer_policy == WARN:
-            argv += ["--policy-filter", f"{RETRY_SAME_TAG}:warn"]
+            argv += ["--policy-filter", f"{RETRY_SAME}:warn"]
         if s.attacker:
             argv += ["--attacker-peer"]
             if s.pretend_crash_at is not None:
@@ -198,15 +201,31 @@ class Runner:
                         pass
                     await proc.wait()
                 await _reap_group(proc.pid)
-        log = err_path.read_text(errors="replace")
-        summary = None
-        text = out_path.read_text(errors="replace").strip()
-        if text:
-            try:
-                summary = json.loads(text)
-            except ValueError:
-                summary = None
-        return Incarnation(n, proc.returncode, summary, faults_from_log(log, n), killed_by_runner=killed)
+        summary = read_summary(out_path.read_text(errors="replace"))
+        return Incarnation(n, proc.returncode, summary, killed_by_runner=killed)
+
+    def _read_trace(self, inc: Incarnation, ev: RunEvidence) -> None:
+        """The incarnation's trace: the faults its proxy injected (into ``inc``), and the frames
+        it relayed (into ``ev``)."""
+        path = self.dirs.trace(inc.number)
+        if not path.exists():
+            return  # the proxy never started (the node died before its signer)
+        records, damage = [], None
+        try:
+            for record in read_trace(str(path)):
+                records.append(record)
+        except TraceFormatError as exc:
+            damage = exc
+        facts = trace_facts(records, inc.number)
+        inc.faults = facts.faults  # a fault recorded before any damage did fire
+        if damage is not None:
+            ev.runner_errors.append(f"trace of incarnation {inc.number}: {damage}")
+            return  # the frames of a damaged trace cannot be accounted for
+        ev.signed += facts.signed
+        ev.signer_rejections += facts.rejections
+        ev.unanswered += facts.unanswered
+        ev.answered_twice += facts.answered_twice
+        ev.requests += facts.requests
 
     async def run(self) -> RunEvidence:
         s = self.spec
@@ -219,38 +238,24 @@ class Runner:
         for n in range(s.max_incarnations):
             inc = await self._incarnation(n, rules, version)
             ev.incarnations.append(inc)
+            self._read_trace(inc, ev)
             fired = {f.rule for f in inc.faults}
             rules = [r for r in rules if _rule_name(r) not in fired]
-            if inc.exit_code == NODE_EXIT_OK:
+            # sim-node's exit codes
+            if inc.exit_code == EXIT_OK:
                 ev.workload_done = True
                 break
-            if inc.exit_code == NODE_EXIT_REFUSED:
+            if inc.exit_code == EXIT_REFUSED:
                 ev.node_stuck = True
                 break
-            if inc.exit_code == NODE_EXIT_USAGE:
+            if inc.exit_code == EXIT_USAGE:
                 ev.runner_errors.append(f"sim-node refused its arguments: see {self.dirs.logs / f'node-{n}.log'}")
                 break
         self._gather(ev)
         return ev
 
     def _gather(self, ev: RunEvidence) -> None:
-        from proxy.addons.trace import TraceFormatError, read_trace
-        from proxy.trio.wal import WalError, read_state
-
-        for inc in ev.incarnations:
-            path = self.dirs.trace(inc.number)
-            if not path.exists():
-                continue  # the proxy never started (the node died before its signer)
-            try:
-                facts = trace_facts(list(read_trace(str(path))), inc.number)
-            except TraceFormatError as exc:
-                ev.runner_errors.append(f"trace of incarnation {inc.number}: {exc}")
-                continue
-            ev.signed += facts.signed
-            ev.signer_rejections += facts.rejections
-            ev.unanswered += facts.unanswered
-            ev.answered_twice += facts.answered_twice
-            ev.requests += facts.requests
+        """What the run left on disk once every incarnation is over: the WAL and the signer's state."""
         if self.dirs.wal.is_dir():
             try:
                 recovery = read_state(str(self.dirs.wal), repair=False)
@@ -258,9 +263,10 @@ class Runner:
             except WalError as exc:
                 ev.runner_errors.append(f"the proxy's WAL: {exc}")
         if self.spec.signer is None:
-            state_dir = self.dirs.node / "sim-signer-state"
-            records = [json.loads(p.read_text()) for p in sorted(state_dir.glob("*.json"))] if state_dir.is_dir() else []
-            ev.signer_channels = signer_channels_from_records(records)
+            try:
+                ev.signer_channels = signer_channels_from_records(read_channels(self.dirs.node))
+            except ValueError as exc:
+                ev.runner_errors.append(f"the simulated signer's state: {exc}")
 
 
 async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "failed") -> RunResult:

@@ -8,9 +8,12 @@ means the signer has signed and persisted, and the node never saw the signature.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
-NAIVE, WAL = "naive", "wal"
+from sim.node import NAIVE, WAL
+from sim.policy import RETRY_SAME
+
 ENFORCE, WARN = "enforce", "warn"
 
 # Outcomes of a run (the names are part of the JSON report).
@@ -20,8 +23,6 @@ FUNDS_LOST = "funds_lost"
 REFUSED = "refused"
 INVARIANT_VIOLATED = "invariant_violated"
 OUTCOMES = (CONVERGED, STUCK, FUNDS_LOST, REFUSED, INVARIANT_VIOLATED)
-
-RETRY_SAME_TAG = "policy-commitment-retry-same"
 
 # The commitment number whose signature the node loses (commitment 0 is signed at channel open).
 CRASH_COMMIT_NUM = 1
@@ -71,7 +72,7 @@ HONEST_CRASH = Scenario(
     attacker=False,
     faults=(CRASH_WINDOW,),
     expected_validating=Expectation(
-        STUCK, divergence_kinds=("retry_changed",), signer_rejections=(RETRY_SAME_TAG,)),
+        STUCK, divergence_kinds=("retry_changed",), signer_rejections=(RETRY_SAME,)),
     expected_stock=Expectation(CONVERGED, divergence_kinds=("double_signed",)),
 )
 
@@ -82,7 +83,7 @@ PRETEND_CRASH = Scenario(
     discipline=NAIVE,
     attacker=True,
     faults=(),  # the node pretends: nothing is killed
-    expected_validating=Expectation(REFUSED, divergence_kinds=("retry_changed",), signer_rejections=(RETRY_SAME_TAG,)),
+    expected_validating=Expectation(REFUSED, divergence_kinds=("retry_changed",), signer_rejections=(RETRY_SAME,)),
     expected_stock=PRETEND_CRASH_WARN,
 )
 
@@ -104,8 +105,6 @@ def scenario_named(name: str) -> Scenario:
     try:
         return BUILTIN[name]
     except KeyError:
-        import difflib
-
         close = difflib.get_close_matches(name, BUILTIN, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown scenario {name!r}{hint}; scenarios: {', '.join(BUILTIN)}") from None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from faults.plan import PREFIXES
+
 # The commitment dance, as channeld drives it (reference hsmd-protocol.md, "order of calls").
 DANCE = (
     "hsmd_get_per_commitment_point",
@@ -17,18 +19,21 @@ DANCE = (
     "hsmd_revoke_commitment_tx",
     "hsmd_validate_revocation",
 )
+# The one-line plan's short point names (faults.plan.POINT_ALIASES), in the order seeds pick them.
 POINTS = ("req", "sent", "reply", "replied")
 BEFORE_POINTS = ("req", "reply")
 
-# action -> (one-line prefix, weight, points it may fire at)
+# action -> (weight, points it may fire at)
 ACTIONS = {
-    "kill-node": ("!", 5, POINTS),
-    "kill-signer": ("^", 3, POINTS),
-    "crash-proxy": ("#", 3, POINTS),
-    "delay": ("~", 3, POINTS),
-    "drop": ("$", 1, BEFORE_POINTS),
-    "duplicate": ("&", 1, ("req",)),
+    "kill-node": (5, POINTS),
+    "kill-signer": (3, POINTS),
+    "crash-proxy": (3, POINTS),
+    "delay": (3, POINTS),
+    "drop": (1, BEFORE_POINTS),
+    "duplicate": (1, ("req",)),
 }
+# The one-line plan's prefix of each action (each campaign action has exactly one).
+PREFIX_OF = {action: prefix for prefix, (action, _) in PREFIXES.items() if action in ACTIONS}
 CRASHES = frozenset({"kill-node", "kill-signer", "crash-proxy"})
 # The write-up's window: the signer signed counterparty commitment N, the node never saw it.
 WINDOW_SHARE = 1 / 3  # of seeds whose first fault is exactly that crash (drawn uniformly it would be ~1.5%)
@@ -63,7 +68,7 @@ class ScheduledFault:
     options: str = ""
 
     def line(self) -> str:
-        prefix = ACTIONS[self.action][0]
+        prefix = PREFIX_OF[self.action]
         nth = f"*{self.nth}" if self.nth > 1 else ""
         opts = f" {self.options}" if self.options else ""
         return f"{prefix}{self.message}{nth}@{self.point} name={self.name}{opts}"
@@ -78,14 +83,14 @@ def schedule_for(seed: int, max_faults: int = 3, max_nth: int = 3) -> tuple[Sche
     every campaign run exercises a restart, and for a third of the seeds it is the split-brain
     window itself (kill-node when the signer's signature of commitment N is on its way)."""
     count = 1 + int(draw(seed, "count") * max_faults)
-    weights = {a: w for a, (_, w, _) in ACTIONS.items()}
+    weights = {action: weight for action, (weight, _) in ACTIONS.items()}
     faults = []
     for i in range(count):
         action = _weighted(seed, (i, "action"), weights)
         if i == 0 and action not in CRASHES:
             action = _weighted(seed, (i, "crash"), {a: weights[a] for a in sorted(CRASHES)})
         message = _pick(seed, (i, "message"), DANCE)
-        point = _pick(seed, (i, "point"), ACTIONS[action][2])
+        point = _pick(seed, (i, "point"), ACTIONS[action][1])
         nth = 1 + int(draw(seed, i, "nth") * max_nth)
         if i == 0 and draw(seed, "window") < WINDOW_SHARE:
             # the 1st signing request is commitment 0 at the channel's opening (nothing to lose

@@ -7,11 +7,19 @@ import sys
 from pathlib import Path
 
 import trio
+from rich.console import Console
+from rich.live import Live
 
 from chaos.campaign import run_jobs
+from chaos.judge import INVARIANT_NAMES
 from chaos.report import LiveProgress, final_view, replay_lines
 from chaos.result import RunResult
 from chaos.runner import RunSpec, run_spec
+from chaos.scenarios import OUTCOMES
+from proxy.addons.metrics import Metrics
+from proxy.addons.metrics_hook import add_metrics_route
+from proxy.trio.addresses import parse_address
+from proxy.trio.http_server import HttpServer, RouteTable
 
 
 class Session:
@@ -26,11 +34,7 @@ class Session:
         self.meta = dict(meta or {})
         self.progress = LiveProgress(len(specs))
         self.metrics = None
-        if console is None:
-            from rich.console import Console
-
-            console = Console()
-        self.console = console
+        self.console = console if console is not None else Console()
 
     def _record(self, result: RunResult) -> None:
         self.progress.on_result(result)
@@ -75,20 +79,10 @@ class Session:
                 return
 
     async def _live(self) -> None:
-        from rich.live import Live
-
         with Live(self.progress, console=self.console, refresh_per_second=4, transient=True):
             await trio.sleep_forever()
 
     async def _serve_metrics(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        from proxy.trio.addresses import parse_address
-        from proxy.trio.http_server import HttpServer, RouteTable
-        from proxy.addons.metrics import Metrics
-        from proxy.addons.metrics_hook import add_metrics_route
-
-        from chaos.judge import INVARIANT_NAMES
-        from chaos.scenarios import OUTCOMES
-
         address = parse_address(self.metrics_address)
         self.metrics = Metrics()
         # Every series a dashboard shows exists from the start: "no funds lost" is 0, not absent.

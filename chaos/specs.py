@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from chaos.result import reproduce_command
 from chaos.runner import RunSpec
-from chaos.scenarios import CAMPAIGN, CRASH_COMMIT_NUM, ENFORCE, WAL, Scenario
+from chaos.scenarios import CAMPAIGN, CRASH_COMMIT_NUM, ENFORCE, Scenario
 from chaos.schedule import schedule_for
+from sim.node import WAL
 
 STORY_SEED = 1  # the built-in stories' default node/peer seed
 STORY_UPDATES = 2  # commitment 1 is the crash window; 2 shows the channel going on (or not)

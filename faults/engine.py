@@ -41,6 +41,9 @@ class Observation:
 
 @dataclass(frozen=True)
 class FaultEvent:
+    """One injected fault: which rule did what, where, to which message. The one fault record
+    type: the engine's hash chains, the control API, the trace and chaos evidence all carry it."""
+
     rule: str
     action: str
     point: str
@@ -59,6 +62,12 @@ class FaultEvent:
             "message": self.message,
             "detail": self.detail,
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FaultEvent":
+        """The inverse of ``to_json`` (a trace's ``fault`` record holds ``to_json()``)."""
+        return cls(str(data["rule"]), str(data["action"]), str(data["point"]), str(data["connection"]),
+                   int(data["seq"]), str(data["message"]), str(data.get("detail") or ""))
 
     def digest_input(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()

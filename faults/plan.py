@@ -10,11 +10,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import signal as _signal
+from signal import SIGKILL, Signals
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import wire
+from wire.families import FAMILY_OF_REQUEST
 
 POINTS = (
     "request.before_forward",  # the node sent it, the signer has not seen it
@@ -53,9 +54,6 @@ PREFIXES: dict[str, tuple[str, str]] = {
     "#": ("crash-proxy", "reply.before_forward"),
 }
 
-OPERATORS = ("==", "!=", "<=", ">=", "<", ">")
-
-
 class PlanError(ValueError):
     """A fault plan that cannot be used; the message says which rule, which key and what to do."""
 
@@ -77,8 +75,6 @@ def _families() -> dict[str, frozenset[str]]:
     ``signing``, and the codec's partition of requests by the part of the node's life they
     belong to (wire.families: init, channel, commitment, close, onchain, wallet, ...), the same
     groups the metrics use."""
-    from wire.families import FAMILY_OF_REQUEST
-
     requests = _request_names()
     families = {
         "all": frozenset(requests),
@@ -148,7 +144,7 @@ class Rule:
     delay_ms: int = 0
     jitter_ms: int = 0
     mode: str = "bitflip"  # corrupt
-    signal: int = int(_signal.SIGKILL)  # kill-node / kill-signer
+    signal: int = int(SIGKILL)  # kill-node / kill-signer
     description: str = "fault injected by hsmproxy"  # reject
     source: str = ""  # the text it came from, for listings
 
@@ -173,7 +169,7 @@ class Rule:
         if self.action == "corrupt":
             out["mode"] = self.mode
         if self.action in ("kill-node", "kill-signer"):
-            out["signal"] = _signal.Signals(self.signal).name
+            out["signal"] = Signals(self.signal).name
         if self.action == "reject":
             out["description"] = self.description
         if self.source:
@@ -272,14 +268,14 @@ def _int(value, key: str, where: str, minimum: int = 0) -> int:
 
 def _signal_number(value, where: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
-        return int(_signal.Signals(value))
+        return int(Signals(value))
     name = str(value).upper()
     if not name.startswith("SIG"):
         name = "SIG" + name
     try:
-        return int(_signal.Signals[name])
+        return int(Signals[name])
     except KeyError:
-        raise PlanError(f"{where}: unknown signal {value!r}{_suggest(name, _signal.Signals.__members__)}") from None
+        raise PlanError(f"{where}: unknown signal {value!r}{_suggest(name, Signals.__members__)}") from None
 
 
 def _fields_of(types: frozenset[int]) -> set[str]:
@@ -525,6 +521,3 @@ def load_plan(spec: str) -> Plan:
         return parse_toml(text, origin=spec)
     return Plan(rules=parse_one_line(spec))
 
-
-def renamed(rule: Rule, name: str) -> Rule:
-    return replace(rule, name=name)

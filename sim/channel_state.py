@@ -17,7 +17,6 @@ from .crypto import sha256
 MAX_HTLCS_PER_SIDE = 5  # max_accepted_htlcs: each side's limit only counts its own offers
 NODE_RESERVE_MSAT = 60_000_000  # the opener also pays fees and anchors
 PEER_RESERVE_MSAT = 10_000_000
-CLTV_BASE = 500
 
 
 class UpdateRejected(ValueError):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import wire
+from wire import permissions
 
 from . import bolt3, crypto
 from .bolt3 import ChannelParams, Party
@@ -35,11 +36,14 @@ from .signer_link import SignerGone, SignerProcess
 from .txpsbt import bitcoin_tx
 
 DBID = 1
-CHANNELD_PERMISSIONS = 0x1BF  # SIGN_GOSSIP|ECDH|COMMITMENT_POINT|SIGN_REMOTE_TX|SIGN_ONCHAIN_TX|SIGN_CLOSING_TX|SIGN_SPLICE_TX|LOCK_OUTPOINT
 CHANNEL_TYPE = bytes.fromhex("401000")  # option_anchors_zero_fee_htlc_tx (22) + option_static_remotekey (12)
 REGTEST_GENESIS = bytes.fromhex("06226e46111a0b59caaf126043eb5bbf28c34f3a5e332a1fc7b2b73cf188910f")
 TEST_BIP32_VERSIONS = {"pubkey_version": 0x043587CF, "privkey_version": 0x04358394}
 HSM_MIN_VERSION, HSM_MAX_VERSION = 5, 6
+
+# How the node saves channel state around signing (see the module docstring).
+NAIVE, WAL = "naive", "wal"
+DISCIPLINES = (NAIVE, WAL)
 
 # Where --crash-at can SIGKILL the node, in the order the dance reaches them.
 CRASH_POINTS = (
@@ -54,7 +58,15 @@ CRASH_POINTS = (
     "after_round",
 )
 
+# sim-node's exit codes (chaos's runner reads them to decide whether to restart the node).
 EXIT_OK, EXIT_USAGE, EXIT_SIGNER, EXIT_REFUSED, EXIT_PEER = 0, 2, 3, 4, 5
+EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_USAGE: "usage",
+    EXIT_SIGNER: "signer failed or died",
+    EXIT_REFUSED: "signer refused on policy grounds (split-brain)",
+    EXIT_PEER: "peer failed the channel",
+}
 LOG_UNUSUAL = 5  # status_log levels: 5 unusual, 6 broken
 
 
@@ -80,7 +92,7 @@ class PeerFailed(NodeError):
 class NodeConfig:
     datadir: Path
     signer_argv: list[str]
-    discipline: str = "naive"
+    discipline: str = NAIVE
     seed: int = 1
     crash_at: tuple[str, int | None] | None = None
     attacker_peer: bool = False
@@ -88,6 +100,15 @@ class NodeConfig:
     peer_adds_on_reconnect: bool = True
     signer_env: dict | None = None
     trace_path: Path | None = None
+
+
+def init_request(min_version: int = HSM_MIN_VERSION, max_version: int = HSM_MAX_VERSION,
+                 chainparams: bytes = REGTEST_GENESIS) -> wire.Message:
+    """The ``hsmd_init`` the node sends first on the master connection (no dev overrides)."""
+    return wire.build("hsmd_init", bip32_key_version=TEST_BIP32_VERSIONS, chainparams=chainparams,
+                      hsm_encryption_key=None, dev_force_privkey=None, dev_force_bip32_seed=None,
+                      dev_force_channel_secrets=None, dev_force_channel_secrets_shaseed=None,
+                      hsm_wire_min_version=min_version, hsm_wire_max_version=max_version)
 
 
 def parse_crash_at(spec: str) -> tuple[str, int | None]:
@@ -156,11 +177,7 @@ class Node:
     def start_signer(self) -> None:
         self.signer = SignerProcess(self.cfg.signer_argv, self.cfg.datadir, self.cfg.signer_env,
                                     on_status=self._on_status, on_exchange=self._on_exchange)
-        init = wire.build("hsmd_init", bip32_key_version=TEST_BIP32_VERSIONS, chainparams=REGTEST_GENESIS,
-                          hsm_encryption_key=None, dev_force_privkey=None, dev_force_bip32_seed=None,
-                          dev_force_channel_secrets=None, dev_force_channel_secrets_shaseed=None,
-                          hsm_wire_min_version=HSM_MIN_VERSION, hsm_wire_max_version=HSM_MAX_VERSION)
-        reply = self.call(self.signer.master, init, "hsmd_init_reply_v4")
+        reply = self.call(self.signer.master, init_request(), "hsmd_init_reply_v4")
         version = reply.fields["hsm_version"]
         if not HSM_MIN_VERSION <= version <= HSM_MAX_VERSION:
             raise SignerFailed(f"the signer negotiated hsmd version {version}; we need {HSM_MIN_VERSION}..{HSM_MAX_VERSION}")
@@ -170,7 +187,7 @@ class Node:
         if self.signer:
             self.signer.close()
         self.peer.kv.close()
-        self.db.db.close()
+        self.db.close()
         if self._trace:
             self._trace.close()
         self._lock.close()
@@ -198,7 +215,7 @@ class Node:
         bp = self.call(master, wire.build("hsmd_get_channel_basepoints", peerid=self.peer_id, dbid=DBID),
                        "hsmd_get_channel_basepoints_reply").fields
         ours = Party.from_wire(bp["basepoints"], bp["funding_pubkey"])
-        self.channel_conn = self.signer.client(self.peer_id, DBID, CHANNELD_PERMISSIONS)
+        self.channel_conn = self.signer.client(self.peer_id, DBID, permissions.CHANNELD)
         ch = self.db.channel(DBID)
         if ch is not None:
             if params_from_json(ch["params"]).node != ours:
@@ -245,7 +262,7 @@ class Node:
         if k == 0:
             _, state = self.db.commitment(DBID, "remote", -1)
             return [], state
-        if self.cfg.discipline == "wal" and not ignore_intent:
+        if self.cfg.discipline == WAL and not ignore_intent:
             intent = self.db.intent(DBID, k)
             if intent is not None:
                 return intent
@@ -263,7 +280,7 @@ class Node:
             except UpdateRejected:
                 pass  # the peer's updates took the room; offer it next time
         updates = peer_updates + chosen
-        if self.cfg.discipline == "wal" and not ignore_intent:
+        if self.cfg.discipline == WAL and not ignore_intent:
             with self.db.tx():
                 self.db.save_intent(DBID, k, updates, state)
         return updates, state

@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .node import CRASH_POINTS, EXIT_OK, EXIT_USAGE, Node, NodeConfig, NodeError, parse_crash_at
+from .node import CRASH_POINTS, DISCIPLINES, EXIT_CODES, EXIT_OK, EXIT_USAGE, NAIVE, Node, NodeConfig, NodeError, parse_crash_at
 from .policy import PolicyFilter
 
 DEFAULT_SIGNER = [sys.executable, "-m", "hsmproxy.cli", "sim-signer"]
@@ -23,8 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "through N commitment updates, using a signer it starts exactly as lightningd starts lightning_hsmd "
         "(fd 0 status, fd 3 requests, data dir as working directory). State lives in DATA_DIR "
         "(node.sqlite, peer.sqlite, and the signer's files); run again on the same directory to resume "
-        "after a crash. Exit codes: 0 done, 2 usage, 3 signer failed or died, 4 signer refused on policy "
-        "grounds (split-brain), 5 peer failed the channel.")
+        "after a crash. Exit codes: " + ", ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()) + ".")
     parser.add_argument("--signer", metavar="PATH",
                         help="signer executable (any hsmd-compatible binary, e.g. lightning_hsmd); "
                              "default: our simulated validating signer")
@@ -34,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="passed to our simulated signer through HSMPROXY_SIM_POLICY_FILTER (repeatable)")
     parser.add_argument("--data-dir", required=True, type=Path, metavar="DIR", help="the node's data directory (created if absent)")
     parser.add_argument("--updates", type=int, required=True, metavar="N", help="run until N commitment updates are complete")
-    parser.add_argument("--discipline", choices=("naive", "wal"), default="naive",
+    parser.add_argument("--discipline", choices=DISCIPLINES, default=NAIVE,
                         help="naive: sign, then persist (Core Lightning today); wal: persist the intent to sign first "
                              "(the write-up's fix). Default: naive")
     parser.add_argument("--seed", type=int, default=1, help="seed of the update schedule and the peer's keys (default 1)")
@@ -105,6 +104,19 @@ def run(args: argparse.Namespace) -> int:
     if summary is not None:
         _print_summary(summary, args.json)
     return code
+
+
+def read_summary(text: str) -> dict | None:
+    """The summary ``sim-node --json`` printed on stdout; None when there is none (the node was
+    killed before it printed one, or failed before its channel existed)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        summary = json.loads(text)
+    except ValueError:
+        return None  # cut short by a kill
+    return summary if isinstance(summary, dict) else None
 
 
 def _print_summary(summary: dict, as_json: bool) -> None:

@@ -44,6 +44,9 @@ class NodeDB:
         """A write transaction: ``with db.tx(): ...`` commits everything in it at once."""
         return _Tx(self.db)
 
+    def close(self) -> None:
+        self.db.close()
+
     # --- reads ---
 
     def channel(self, dbid: int) -> dict | None:
@@ -60,6 +63,14 @@ class NodeDB:
         if row is None:
             return None
         return [Update.from_json(u) for u in json.loads(row[0])], ChannelState.from_json(json.loads(row[1]))
+
+    def commitments(self, dbid: int) -> dict[tuple[str, int], tuple[list[Update], ChannelState]]:
+        """Every saved commitment of the channel, by (side, number): what a test or a post-mortem
+        compares with the peer's and the signer's state."""
+        rows = self.db.execute("SELECT side, num, updates, state FROM commitments WHERE dbid = ? ORDER BY side, num",
+                               (dbid,))
+        return {(side, num): ([Update.from_json(u) for u in json.loads(updates)], ChannelState.from_json(json.loads(state)))
+                for side, num, updates, state in rows}
 
     def point(self, dbid: int, owner: str, num: int) -> bytes | None:
         row = self.db.execute("SELECT point FROM points WHERE dbid = ? AND owner = ? AND num = ?", (dbid, owner, num)).fetchone()

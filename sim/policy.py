@@ -27,9 +27,6 @@ RECOMPOSED_MISMATCH = "policy-commitment"
 HTLC_OTHER = "policy-htlc-other"
 FEE_RANGE = "policy-commitment-fee-range"
 
-ALL_TAGS = (RETRY_SAME, PREVIOUS_REVOKED, HOLDER_NOT_REVOKED, REVOKE_NEW_COMMITMENT_SIGNED,
-            OPTIONAL_FAIL_FAST, POLICY_OTHER, RECOMPOSED_MISMATCH, HTLC_OTHER, FEE_RANGE)
-
 
 class PolicyError(Exception):
     def __init__(self, tag: str, message: str):

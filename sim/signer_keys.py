@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets as _random
+import secrets
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -36,7 +36,7 @@ def load_or_create_secret(workdir: Path) -> tuple[bytes, bool]:
         if len(data) < 32:
             raise ValueError(f"{path}: {len(data)} bytes; an hsm_secret holds at least 32. Remove it to get a new one.")
         return data, False
-    data = _random.token_bytes(32)
+    data = secrets.token_bytes(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)

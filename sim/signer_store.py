@@ -1,6 +1,7 @@
 """Durable per-channel state of the simulated signer: one JSON file per channel, replaced
 atomically (write, fsync, rename, fsync the directory) before any reply leaves, as VLS persists
-before it releases a signature. Files are 0600."""
+before it releases a signature. Files are 0600. ``read_channels`` reads them back without a
+running signer (chaos compares them with the proxy's shadow)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,21 @@ from .signer_core import ChannelRecord
 STATE_DIR = "sim-signer-state"
 
 
+def read_channels(workdir: Path) -> list[ChannelRecord]:
+    """The channel records a signer working in ``workdir`` persisted (none when it saved none).
+    Reads only: nothing is created or locked. ValueError names a file that cannot be read."""
+    records = []
+    for path in sorted((workdir / STATE_DIR).glob("*.json")):
+        try:
+            records.append(ChannelRecord.from_json(json.loads(path.read_text())))
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: unreadable signer state ({exc}); restore it from a backup") from None
+    return records
+
+
 class SignerStore:
     def __init__(self, workdir: Path, fsync: bool = True):
+        self.workdir = workdir
         self.dir = workdir / STATE_DIR
         self.dir.mkdir(mode=0o700, exist_ok=True)
         self.fsync = fsync
@@ -26,13 +40,7 @@ class SignerStore:
         fcntl.flock(self._lock, fcntl.LOCK_EX)
 
     def load_all(self) -> list[ChannelRecord]:
-        records = []
-        for path in sorted(self.dir.glob("*.json")):
-            try:
-                records.append(ChannelRecord.from_json(json.loads(path.read_text())))
-            except (ValueError, KeyError) as exc:
-                raise ValueError(f"{path}: unreadable signer state ({exc}); restore it from a backup") from None
-        return records
+        return read_channels(self.workdir)
 
     def delete(self, record: ChannelRecord) -> None:
         (self.dir / f"{record.key}.json").unlink(missing_ok=True)

@@ -2,7 +2,8 @@
 
 Node, proxy (wrapper mode, with a WAL) and signer run as real processes; faults fire inside the
 proxy at exact points of the conversation; what was killed is restarted; the outcome is judged
-from the WAL, the signer's persisted state, the proxy's traces and the fault log.
+from the WAL, the signer's persisted state and the proxy's traces (the frames it relayed and the
+faults it injected).
 """
 
 from __future__ import annotations
@@ -11,12 +12,19 @@ import argparse
 import sys
 from pathlib import Path
 
+import trio
+
+from chaos.campaign import parse_seeds, parse_shard, shard_seeds
+from chaos.report import write_json, write_junit
+from chaos.scenarios import BUILTIN, ENFORCE, WARN
+from chaos.session import Session
+from chaos.specs import CAMPAIGN_UPDATES, STORY_SEED, STORY_UPDATES, campaign_spec, scenario_spec
+from sim.node import NAIVE, WAL
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from chaos.scenarios import BUILTIN
-
     parser.description = (
         "Run node, proxy and signer as real processes, break things at exactly the wrong moments, and show "
         "what happens. With no arguments: the write-up's stories (honest-crash; pretend-crash with the signer's "
@@ -41,7 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signer-policy", choices=("enforce", "warn"),
                         help="our simulated signer's policy-commitment-retry-same: enforce (VLS's default) or warn "
                              "(the unsafe fix the write-up refutes). Default: the stories run pretend-crash both ways")
-    parser.add_argument("--discipline", choices=("wal", "naive"), default="wal",
+    parser.add_argument("--discipline", choices=(WAL, NAIVE), default=WAL,
                         help="campaigns: how the node saves channel state (default wal; naive nodes may get stuck)")
     parser.add_argument("--updates", type=int, metavar="N", help="commitment updates per run (default 2 for stories, 3 for campaigns)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
@@ -58,10 +66,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def build_specs(args: argparse.Namespace) -> list:
     """The runs this invocation asks for, in the order they are reported."""
-    from chaos.campaign import parse_seeds, parse_shard, shard_seeds
-    from chaos.scenarios import BUILTIN, WARN, ENFORCE
-    from chaos.specs import CAMPAIGN_UPDATES, STORY_SEED, STORY_UPDATES, campaign_spec, scenario_spec
-
     if args.jobs < 1:
         raise ValueError(f"--jobs {args.jobs}: give at least 1")
     if args.updates is not None and args.updates < 1:
@@ -106,10 +110,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"hsmproxy chaos: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    import trio
-
-    from chaos.session import Session
-
     session = Session(specs, jobs=args.jobs, workdir=Path(args.workdir) if args.workdir else None, keep=args.keep,
                       live=not args.no_live and sys.stdout.isatty(), metrics_address=args.metrics,
                       meta={"command": "hsmproxy chaos " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["chaos"] else "hsmproxy chaos"})
@@ -120,11 +120,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     session.print_final(results)
     if args.json_path:
-        from chaos.report import write_json
-
         write_json(args.json_path, results, session.meta)
     if args.junit:
-        from chaos.report import write_junit
-
         write_junit(args.junit, results)
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import replace
-from xml.etree import ElementTree as ET
+from xml.etree import ElementTree
 
 import pytest
 import trio
@@ -17,14 +18,23 @@ import wire
 from chaos import campaign
 from chaos import report
 from chaos import schedule
-from chaos.evidence import (FaultRecord, Incarnation, RunEvidence, SignedCommitment, faults_from_log,
-                                   signer_channels_from_records, trace_facts)
+from chaos.evidence import (InjectedFault, Incarnation, RunEvidence, SignedCommitment, signer_channels_from_records,
+                            trace_facts)
 from chaos.judge import check_invariants, classify, funds_lost_msat
 from chaos.result import fault_trace_hash, judge_run
-from chaos.scenarios import (BUILTIN, CONVERGED, FUNDS_LOST, INVARIANT_VIOLATED, NAIVE, REFUSED, STUCK, WAL,
-                                    WARN, scenario_named)
+from chaos.runner import Runner, RunSpec
+from chaos.scenarios import BUILTIN, CONVERGED, FUNDS_LOST, INVARIANT_VIOLATED, REFUSED, STUCK, WARN, scenario_named
+from chaos.session import Session
+from faults.engine import FaultEngine, FaultEvent
 from faults.plan import parse_one_line
+from hsmproxy.commands import chaos as chaos_command
+from proxy.addons.fault_hook import FaultHook
+from proxy.addons.fault_runtime import FaultRuntime
+from proxy.addons.trace import TraceHook, read_trace
 from proxy.core.hooks import ConnContext, Exchange
+from sim.node import NAIVE, WAL
+from sim.policy import EnforcementState
+from sim.signer_core import ChannelRecord
 from tests.paths import CHANNELD_EXCHANGES
 
 FIXTURE = str(CHANNELD_EXCHANGES)
@@ -97,8 +107,7 @@ def _sc(index, digest, *htlcs, inc=0):
     return SignedCommitment(1, index, digest, tuple(htlcs), inc)
 
 
-KILL = FaultRecord(0, "crash-window", "kill-node", "reply.before_forward", "client:1:02aa", 3,
-                   "hsmd_sign_remote_commitment_tx")
+KILL = FaultEvent("crash-window", "kill-node", "reply.before_forward", "client:1:02aa", 3, "hsmd_sign_tx_reply")
 
 
 def test_honest_crash_with_validating_signer_is_stuck():
@@ -155,9 +164,11 @@ def test_wal_fix_converges_and_a_stuck_or_diverging_wal_node_is_a_violation():
 
 
 def test_shadow_must_equal_signer_state():
-    signer = signer_channels_from_records([{"dbid": 1, "enforcement_state": {
-        "next_counterparty_commit_num": 3, "next_counterparty_revoke_num": 1, "next_holder_commit_num": 2,
-        "current_counterparty_point": "02" * 33}}])
+    signer = signer_channels_from_records([ChannelRecord(bytes.fromhex("02" * 33), 1, policy_state=EnforcementState(
+        next_holder_commit_num=2, next_counterparty_commit_num=3, next_counterparty_revoke_num=1,
+        current_counterparty_point=bytes.fromhex("03" * 33)))])
+    assert signer == {1: {"next_counterparty_commit_num": 3, "next_counterparty_revoke_num": 1,
+                          "next_holder_commit_num": 2, "current_counterparty_point": "03" * 33}}
     shadow = {1: {"next_counterparty_commit_num": 3, "next_counterparty_revoke_num": 1, "next_holder_commit_num": None}}
     assert check_invariants(_ev(shadow_channels=shadow, signer_channels=signer, node_stuck=True)) == []
     behind = {1: dict(shadow[1], next_counterparty_commit_num=2)}
@@ -175,17 +186,14 @@ def test_unanswered_requests_must_be_explained_by_a_fault():
     ev.unanswered.append(lost)  # incarnation 1 had no fault
     assert len(check_invariants(ev)) == 1
     # a duplicated request's extra reply answers the node's next request: that one is accounted for
-    ev.incarnations[1].faults.append(replace(KILL, incarnation=1, action="duplicate", point="request.before_forward"))
+    ev.incarnations[1].faults.append(replace(KILL, action="duplicate", point="request.before_forward"))
     assert check_invariants(ev) == []
 
 
 def _args(*argv):
-    import argparse
-
-    from hsmproxy.commands import chaos as cmd_chaos
     parser = argparse.ArgumentParser()
-    cmd_chaos.configure(parser)
-    return cmd_chaos.build_specs(parser.parse_args(list(argv)))
+    chaos_command.configure(parser)
+    return chaos_command.build_specs(parser.parse_args(list(argv)))
 
 
 def test_cli_builds_stories_campaigns_and_shards():
@@ -205,26 +213,78 @@ def test_cli_builds_stories_campaigns_and_shards():
 
 # --- faults and the trace hash -------------------------------------------------------------------
 
-def test_fault_log_lines_parse_back(caplog):
-    """The lines the fault hook really logs (proxy/addons/fault_hook.py) are what the runner reads back."""
-    from faults.engine import Decision, FaultEvent
-    from proxy.addons.fault_hook import _describe
+def _sign_exchange():
+    sign = next(e for e in _channeld() if e["name"] == "hsmd_sign_remote_commitment_tx")
+    request, reply = bytes.fromhex(sign["request"]), bytes.fromhex(sign["reply"])
+    return request, reply
 
-    rule = parse_one_line("~hsmd_validate_revocation*2@sent name=f2 ms=5")[0]
-    event = FaultEvent("f2", "delay", "request.after_forward", "client:1:02aabb", 7, "hsmd_validate_revocation", "ms=5")
-    line = "hsmproxy: fault injected: " + _describe(Decision(rule, event, 5))
-    (rec,) = faults_from_log("noise\n" + line + "\nmore noise\n", incarnation=2)
-    assert (rec.rule, rec.action, rec.point, rec.connection, rec.seq, rec.message, rec.detail, rec.incarnation) == (
-        "f2", "delay", "request.after_forward", "client:1:02aabb", 7, "hsmd_validate_revocation", "ms=5", 2)
+
+async def test_injected_faults_come_back_from_the_trace(tmp_path):
+    """The proxy's own pieces, wired as ``hsmproxy wrap --trace`` wires them: every fault the
+    hook injects is a trace record, and the evidence reads back the very events the engine made."""
+    engine = FaultEngine(parse_one_line("~hsmd_sign_remote_commitment_tx@sent name=slow ms=1; "
+                                        "!hsmd_sign_remote_commitment_tx name=crash-window"), seed=7)
+    runtime = FaultRuntime(engine, allowed=True)
+    trace = TraceHook(str(tmp_path / "t.mp"))
+    runtime.listeners.append(trace.fault)
+    hook = FaultHook(runtime)  # no node pid: kill-node logs instead of signalling
+    ctx = ConnContext(5, "client", peer_id=bytes.fromhex("02" + "ab" * 32), dbid=1, permissions=1, parent_id=0)
+    request, reply = _sign_exchange()
+    with trio.fail_after(10):
+        await hook.on_connection(ctx, "opened")
+        ex = Exchange(ctx, 0, request, wire.decode(request))
+        for point in ("request.before_forward", "request.after_forward"):
+            await hook.on_request(ex, point)
+        ex.reply_raw, ex.reply = reply, wire.decode(reply)
+        await hook.on_reply(ex, "reply.before_forward")
+    trace.close()
+
+    facts = trace_facts(list(read_trace(str(tmp_path / "t.mp"))), incarnation=2)
+    assert facts.faults == engine.events and [f.rule for f in facts.faults] == ["slow", "crash-window"]
+    assert [f.to_json() for f in RunEvidence("campaign", 7, WAL, False, True, "enforce",
+                                             [Incarnation(2, -9, faults=facts.faults)]).faults] == [
+        {"incarnation": 2, **engine.events[0].to_json()}, {"incarnation": 2, **engine.events[1].to_json()}]
+
+
+def _runner(tmp_path) -> Runner:
+    spec = RunSpec(scenario="campaign", seed=1, discipline=WAL, attacker=False, faults=(), updates=1, reproduce="r")
+    return Runner(spec, tmp_path / "run")
+
+
+def test_a_damaged_trace_keeps_the_faults_before_the_damage_and_is_a_runner_error(tmp_path):
+    runner = _runner(tmp_path)
+    trace = TraceHook(str(runner.dirs.trace(0)))
+    trace.fault(KILL)
+    trace.close()
+    with open(runner.dirs.trace(0), "ab") as f:
+        f.write(b"\xc1")  # never a msgpack byte
+    ev = _ev(incarnations=[Incarnation(0, -9)])
+    runner._read_trace(ev.incarnations[0], ev)
+    assert ev.incarnations[0].faults == [KILL]  # it fired: its rule must not fire again
+    assert len(ev.runner_errors) == 1 and "trace of incarnation 0" in ev.runner_errors[0]
+    missing = Incarnation(1, -9)
+    runner._read_trace(missing, ev)  # the proxy never started: no trace, no fault, no error
+    assert missing.faults == [] and len(ev.runner_errors) == 1
 
 
 def test_trace_hash_ignores_interleaving_across_connections_but_not_events():
-    a = FaultRecord(0, "f1", "delay", "request.before_forward", "master", 1, "hsmd_init", "ms=3")
-    b = FaultRecord(0, "f2", "kill-node", "reply.before_forward", "client:1:02", 4, "hsmd_sign_remote_commitment_tx")
-    c = replace(b, seq=5)
+    a = InjectedFault(0, FaultEvent("f1", "delay", "request.before_forward", "master", 1, "hsmd_init", "ms=3"))
+    b = InjectedFault(0, FaultEvent("f2", "kill-node", "reply.before_forward", "client:1:02", 4,
+                                    "hsmd_sign_remote_commitment_tx"))
+    c = replace(b, event=replace(b.event, seq=5))
     assert fault_trace_hash([a, b], 7) == fault_trace_hash([b, a], 7)
     assert len({fault_trace_hash([a, b], 7), fault_trace_hash([a, c], 7), fault_trace_hash([a, b], 8),
                 fault_trace_hash([a, replace(b, incarnation=1)], 7)}) == 4
+
+
+def test_trace_hash_and_fault_json_keep_their_format():
+    """Reports compare hashes across versions: the value for fixed faults must not change."""
+    a = InjectedFault(0, FaultEvent("f1", "delay", "request.before_forward", "master", 1, "hsmd_init", "ms=3"))
+    b = InjectedFault(1, FaultEvent("f2", "kill-node", "reply.before_forward", "client:1:02", 4, "hsmd_sign_tx_reply"))
+    assert fault_trace_hash([a, b], 7) == "205e2c1b7cc0affb162f66ccaacd8bbb102f70195992d43cf9cd2d0972806352"
+    assert list(a.to_json().items()) == [
+        ("incarnation", 0), ("rule", "f1"), ("action", "delay"), ("point", "request.before_forward"),
+        ("connection", "master"), ("seq", 1), ("message", "hsmd_init"), ("detail", "ms=3")]
 
 
 # --- the proxy's real trace, read back -----------------------------------------------------------
@@ -243,8 +303,6 @@ def _with_htlcs(raw: bytes, htlcs) -> bytes:
 async def test_trace_facts_from_a_real_trace_file(tmp_path):
     """Write a trace with the proxy's TraceHook from real hsmd exchanges: commitment 1 signed
     twice with different HTLC sets, one request left unanswered, one refusal on the status socket."""
-    from proxy.addons.trace import TraceHook, read_trace
-
     sign = next(e for e in _channeld() if e["name"] == "hsmd_sign_remote_commitment_tx"
                 and wire.decode(bytes.fromhex(e["request"])).fields["commit_num"] == 1)
     raw1, reply = bytes.fromhex(sign["request"]), bytes.fromhex(sign["reply"])
@@ -296,12 +354,15 @@ def test_json_report_has_the_issue_keys(tmp_path):
             assert key in run
         assert run["outcome"] in ("converged", "stuck", "funds_lost", "refused", "invariant_violated")
     assert data["runs"][1]["reproduce"] == "hsmproxy chaos --seeds 42..42"
+    assert data["runs"][1]["faults"] == [{"incarnation": 0, "rule": "crash-window", "action": "kill-node",
+                                          "point": "reply.before_forward", "connection": "client:1:02aa", "seq": 3,
+                                          "message": "hsmd_sign_tx_reply", "detail": ""}]
     assert data["runs"][1]["invariant_violations"][0]["invariant"] == "wal-node-never-stuck"
 
 
 def test_junit_marks_the_failed_run_with_its_seed_and_reproduce_command():
     ok, bad = _results()
-    suite = ET.fromstring(report.junit_xml([ok, bad]).split("?>", 1)[1])
+    suite = ElementTree.fromstring(report.junit_xml([ok, bad]).split("?>", 1)[1])
     assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
     cases = suite.findall("testcase")
     assert cases[0].find("failure") is None
@@ -357,8 +418,6 @@ def test_scenario_names():
 
 
 async def test_session_serves_chaos_metrics_over_http():
-    from chaos.session import Session
-
     ok, bad = _results()
     session = Session([], metrics_address="127.0.0.1:0", console=Console(file=open(os.devnull, "w")))
     with trio.fail_after(10):

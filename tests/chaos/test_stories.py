@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
-from xml.etree import ElementTree as ET
+from xml.etree import ElementTree
 
 import trio
 
@@ -61,7 +62,7 @@ async def test_the_three_stories_show_what_the_write_up_claims(tmp_path):
     for run in runs.values():
         assert run["ok"] and run["invariant_violations"] == [] and run["reproduce"].startswith("hsmproxy chaos ")
     assert "write-up's stories" in out and "retry_changed" in out and "funds_lost" in out
-    assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "0"
+    assert ElementTree.parse(tmp_path / "j.xml").getroot().get("failures") == "0"
 
 
 async def test_with_a_non_validating_signer_honest_crash_double_signs(tmp_path):
@@ -88,7 +89,7 @@ async def test_a_violated_invariant_fails_the_session_with_its_seed_and_replay_c
     assert run["reproduce"] == replay
     assert "seed 3" in err and replay in err  # said as it happens
     assert "failed runs" in out and f"replay seed 3: {replay}" in out  # and in the final report
-    failure = ET.parse(tmp_path / "j.xml").getroot().find("testcase/failure")
+    failure = ElementTree.parse(tmp_path / "j.xml").getroot().find("testcase/failure")
     assert replay in failure.text
     assert Path(run["workdir"], "logs").is_dir()  # a failed run keeps its evidence
 
@@ -122,8 +123,6 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 async def test_sigterm_stops_the_session_and_leaves_no_process(tmp_path):
-    import signal
-
     workdir = tmp_path / "runs"
     with trio.fail_after(60):
         proc = await trio.lowlevel.open_process([*CLI, "chaos", "--no-live", "--scenario", "wal-fix", "--workdir",

@@ -3,12 +3,17 @@ actors' durable states and check they agree."""
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+from sim.node import DBID
+from sim.node_cmd import read_summary
+from sim.node_db import NodeDB
+from sim.peer import PEER_DB
+from sim.signer_store import read_channels
+from sim.sqlite_kv import JsonKV
 from tests.paths import ROOT
 
 ROOT = ROOT
@@ -25,33 +30,35 @@ def sim_node(datadir: Path, *args: str, env_extra: dict | None = None, timeout: 
 
 
 def summary(proc: subprocess.CompletedProcess) -> dict:
-    assert proc.stdout.strip(), f"no summary; stderr: {proc.stderr[-2000:]}"
-    return json.loads(proc.stdout)
+    found = read_summary(proc.stdout)
+    assert found is not None, f"no summary; stderr: {proc.stderr[-2000:]}"
+    return found
 
 
 def signer_state(datadir: Path) -> dict:
-    (path,) = (datadir / "sim-signer-state").glob("*.json")
-    return json.loads(path.read_text())["enforcement_state"]
+    (record,) = read_channels(datadir)
+    return record.policy_state.to_json()
 
 
 def peer_value(datadir: Path, key: str):
-    db = sqlite3.connect(datadir / "peer.sqlite")
+    kv = JsonKV(datadir / PEER_DB)
     try:
-        row = db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        return kv.get(key)
     finally:
-        db.close()
+        kv.close()
 
 
 def node_channel(datadir: Path) -> dict:
-    db = sqlite3.connect(datadir / "node.sqlite")
+    db = NodeDB(datadir)
     try:
-        nr, nl, nrr = db.execute("SELECT next_remote, next_local, next_remote_revoke FROM channel").fetchone()
-        states = {(side, num): json.loads(state) for side, num, state in db.execute("SELECT side, num, state FROM commitments")}
-        updates = [u for (upd,) in db.execute("SELECT updates FROM commitments WHERE side = 'remote'") for u in json.loads(upd)]
-        return {"next_remote": nr, "next_local": nl, "next_remote_revoke": nrr, "states": states, "updates": updates}
+        channel = db.channel(DBID)
+        commitments = db.commitments(DBID)
     finally:
         db.close()
+    return {"next_remote": channel["next_remote"], "next_local": channel["next_local"],
+            "next_remote_revoke": channel["next_remote_revoke"],
+            "states": {key: state.to_json() for key, (_, state) in commitments.items()},
+            "updates": [u.to_json() for (side, _), (updates, _) in commitments.items() if side == "remote" for u in updates]}
 
 
 def assert_all_agree(datadir: Path, n: int) -> None:

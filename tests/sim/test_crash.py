@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.node import CRASH_POINTS
+from sim.node import CRASH_POINTS, EXIT_OK, EXIT_REFUSED, EXIT_SIGNER, WAL
 from tests.sim.helpers import ROOT, assert_all_agree, sim_node, summary
 
 pytestmark = pytest.mark.timeout(240)
@@ -27,26 +27,26 @@ def test_wal_node_killed_at_every_point_loses_nothing(tmp_path):
     """One channel, killed once at each crash point (at successive commitments), restarted each time."""
     target = len(CRASH_POINTS) + 2
     for k, point in enumerate(CRASH_POINTS, start=1):
-        crashed = sim_node(tmp_path, "--updates", str(target), "--discipline", "wal", "--crash-at", f"{point}:{k}", FAST)
+        crashed = sim_node(tmp_path, "--updates", str(target), "--discipline", WAL, "--crash-at", f"{point}:{k}", FAST)
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr
         assert f"crash-at {point}:{k}" in crashed.stderr
-    resumed = sim_node(tmp_path, "--updates", str(target), "--discipline", "wal", FAST)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = sim_node(tmp_path, "--updates", str(target), "--discipline", WAL, FAST)
+    assert resumed.returncode == EXIT_OK, resumed.stderr
     assert summary(resumed)["updates_completed"] == target
     assert_all_agree(tmp_path, target)
 
 
 @pytest.mark.parametrize("point,expected", [
-    ("before_sign_remote", 0),
-    ("after_sign_remote_before_persist", 4),  # the split-brain window
-    ("after_persist_before_send_commitsig", 0),  # retransmission re-signs the identical commitment
+    ("before_sign_remote", EXIT_OK),
+    ("after_sign_remote_before_persist", EXIT_REFUSED),  # the split-brain window
+    ("after_persist_before_send_commitsig", EXIT_OK),  # retransmission re-signs the identical commitment
 ])
 def test_naive_node_killed_is_refused_only_in_the_split_brain_window(tmp_path, point, expected):
     crashed = sim_node(tmp_path, "--updates", "3", "--crash-at", f"{point}:2", FAST)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     resumed = sim_node(tmp_path, "--updates", "3", FAST)
     assert resumed.returncode == expected, resumed.stderr
-    if expected == 4:
+    if expected == EXIT_REFUSED:
         assert "policy-commitment-retry-same" in resumed.stderr and "changed info" in resumed.stderr
         assert summary(resumed)["updates_completed"] == 1  # stuck before commitment 2
     else:
@@ -58,7 +58,7 @@ def test_naive_honest_crash_without_new_updates_recovers(tmp_path):
     args = ("--updates", "3", "--no-peer-adds-on-reconnect", FAST)
     crashed = sim_node(tmp_path, *args, "--crash-at", "after_sign_remote_before_persist:2")
     assert crashed.returncode == -signal.SIGKILL
-    assert sim_node(tmp_path, *args).returncode == 0
+    assert sim_node(tmp_path, *args).returncode == EXIT_OK
     assert_all_agree(tmp_path, 3)
 
 
@@ -70,20 +70,20 @@ def test_wal_signer_killed_between_persist_and_reply_loses_nothing(tmp_path):
     """VLS's own window, for every state-changing request: the signer persisted, then died before replying."""
     target = 8
     for window in SIGNER_WINDOWS:
-        crashed = sim_node(tmp_path, "--updates", str(target), "--discipline", "wal", FAST,
+        crashed = sim_node(tmp_path, "--updates", str(target), "--discipline", WAL, FAST,
                            env_extra={"HSMPROXY_SIM_SIGNER_CRASH_AT": window})
-        assert crashed.returncode == 3, crashed.stderr  # lightningd dies with its hsmd
+        assert crashed.returncode == EXIT_SIGNER, crashed.stderr  # lightningd dies with its hsmd
         assert "signer exit status -9" in crashed.stderr
-    resumed = sim_node(tmp_path, "--updates", str(target), "--discipline", "wal", FAST)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = sim_node(tmp_path, "--updates", str(target), "--discipline", WAL, FAST)
+    assert resumed.returncode == EXIT_OK, resumed.stderr
     assert_all_agree(tmp_path, target)
 
 
 def test_naive_signer_killed_after_signing_is_the_split_brain(tmp_path):
     crashed = sim_node(tmp_path, "--updates", "3", FAST, env_extra={"HSMPROXY_SIM_SIGNER_CRASH_AT": SIGNER_WINDOWS[0]})
-    assert crashed.returncode == 3, crashed.stderr
+    assert crashed.returncode == EXIT_SIGNER, crashed.stderr
     resumed = sim_node(tmp_path, "--updates", "3", FAST)
-    assert resumed.returncode == 4 and "policy-commitment-retry-same" in resumed.stderr
+    assert resumed.returncode == EXIT_REFUSED and "policy-commitment-retry-same" in resumed.stderr
 
 
 def _children(pid: int) -> list[int]:
@@ -99,7 +99,7 @@ def test_wal_survives_random_kills_of_node_and_signer(tmp_path):
     target = 12
     env = {k: v for k, v in os.environ.items() if not k.startswith("HSMPROXY_SIM_")}
     argv = [sys.executable, "-m", "hsmproxy.cli", "sim-node", "--data-dir", str(tmp_path), "--updates", str(target),
-            "--discipline", "wal", "--json", FAST]
+            "--discipline", WAL, "--json", FAST]
     for attempt in range(4):
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -111,8 +111,8 @@ def test_wal_survives_random_kills_of_node_and_signer(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    final = sim_node(tmp_path, "--updates", str(target), "--discipline", "wal", FAST)
-    assert final.returncode == 0, final.stderr
+    final = sim_node(tmp_path, "--updates", str(target), "--discipline", WAL, FAST)
+    assert final.returncode == EXIT_OK, final.stderr
     assert_all_agree(tmp_path, target)
 
 
@@ -123,6 +123,6 @@ def test_naive_split_brain_carries_on_when_retry_same_is_relaxed(tmp_path):
     crashed = sim_node(tmp_path, *args, "--crash-at", "after_sign_remote_before_persist:2")
     assert crashed.returncode == -signal.SIGKILL
     resumed = sim_node(tmp_path, *args)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == EXIT_OK, resumed.stderr
     assert "signer: policy failed: policy-commitment-retry-same" in resumed.stderr and "changed info" in resumed.stderr
     assert_all_agree(tmp_path, 3)

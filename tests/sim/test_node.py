@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 import wire
+from sim.node import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
+from sim.node_db import NODE_DB
 from tests.sim.helpers import assert_all_agree, node_channel, sim_node, summary
 from tests.paths import CAPTURE
 
@@ -24,7 +26,7 @@ CAPTURE = CAPTURE
 @pytest.mark.slow
 def test_hundreds_of_updates_with_htlcs_both_ways(tmp_path):
     proc = sim_node(tmp_path, "--updates", "200", "--seed", "7", "--signer-arg=--no-fsync")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == EXIT_OK, proc.stderr
     s = summary(proc)
     assert s["updates_completed"] == s["updates_this_run"] == 200
     assert s["commitments_signed"] == 201  # the opening's commitment 0, then one per update
@@ -40,7 +42,7 @@ def test_hundreds_of_updates_with_htlcs_both_ways(tmp_path):
 
 def test_json_summary_reports_signatures_and_signer_version(tmp_path):
     proc = sim_node(tmp_path, "--updates", "3")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == EXIT_OK, proc.stderr
     s = summary(proc)
     assert s["signer_version"] == s["signer_status_version"] == "hsmproxy-sim-signer-0.1"
     assert s["commitments_signed"] == 4 and s["signatures_verified"] >= 4
@@ -48,7 +50,7 @@ def test_json_summary_reports_signatures_and_signer_version(tmp_path):
     again = summary(sim_node(tmp_path, "--updates", "5"))
     assert again["updates_completed"] == 5 and again["updates_this_run"] == 2
     assert_all_agree(tmp_path, 5)
-    assert stat.S_IMODE(os.stat(tmp_path / "node.sqlite").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / NODE_DB).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "hsm_secret").st_mode) == 0o600
 
 
@@ -65,7 +67,7 @@ def _shape(value):
 def test_requests_and_replies_have_the_shapes_of_a_real_hsmd_session(tmp_path):
     trace = tmp_path / "trace.jsonl"
     proc = sim_node(tmp_path / "d", "--updates", "4", "--trace", str(trace))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == EXIT_OK, proc.stderr
     revoke_replies = [json.loads(line) for line in trace.read_text().splitlines() if '"hsmd_revoke_commitment_tx_reply"' in line]
     assert revoke_replies and all(r["fields"]["old_commitment_secret"] == wire.REDACTED for r in revoke_replies)  # no secrets in traces
     ours: dict[str, dict] = {}
@@ -99,15 +101,15 @@ def test_signer_may_be_any_executable(tmp_path):
     wrapper.write_text(f"#!/bin/sh\nexec {os.sys.executable} -m hsmproxy.cli sim-signer \"$@\"\n")
     wrapper.chmod(0o755)
     proc = sim_node(tmp_path / "d", "--updates", "2", "--signer", str(wrapper))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == EXIT_OK, proc.stderr
     assert summary(proc)["signer"] == str(wrapper)
     bad = sim_node(tmp_path / "e", "--updates", "2", "--signer", str(tmp_path / "missing"))
-    assert bad.returncode == 2 and "not an executable file" in bad.stderr
+    assert bad.returncode == EXIT_USAGE and "not an executable file" in bad.stderr
 
 
 def test_compromised_node_theft_is_blocked_by_retry_same(tmp_path):
     proc = sim_node(tmp_path, "--updates", "4", "--attacker-peer", "--pretend-crash-at", "2")
-    assert proc.returncode == 4, proc.stderr
+    assert proc.returncode == EXIT_REFUSED, proc.stderr
     assert "policy-commitment-retry-same" in proc.stderr
     s = summary(proc)
     assert s["updates_completed"] == 1 and s["attacker_publishable"] == []
@@ -116,7 +118,7 @@ def test_compromised_node_theft_is_blocked_by_retry_same(tmp_path):
 def test_compromised_node_theft_succeeds_when_retry_same_is_only_a_warning(tmp_path):
     proc = sim_node(tmp_path, "--updates", "4", "--attacker-peer", "--pretend-crash-at", "2",
                     "--policy-filter", "policy-commitment-retry-same:warn")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == EXIT_OK, proc.stderr
     s = summary(proc)
     (stale,) = s["attacker_publishable"]
     assert stale["commit_num"] == 2 and stale["htlcs"] != stale["committed_htlcs"]
@@ -131,5 +133,5 @@ def test_compromised_node_theft_succeeds_when_retry_same_is_only_a_warning(tmp_p
 ])
 def test_usage_errors_name_the_input_and_exit_2(tmp_path, args, message):
     proc = sim_node(tmp_path, *(["--updates", "2"] if "--updates" not in args else []), *args)
-    assert proc.returncode == 2 and message in proc.stderr
-    assert not (tmp_path / "node.sqlite").exists()
+    assert proc.returncode == EXIT_USAGE and message in proc.stderr
+    assert not (tmp_path / NODE_DB).exists()

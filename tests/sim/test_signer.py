@@ -11,11 +11,14 @@ import time
 import pytest
 
 import wire
+from wire import permissions
 from sim import bolt3, crypto
 from sim.bolt3 import ChannelParams, Htlc
+from sim.node import init_request
 from sim.peer import PeerSecrets
 from sim.signer_core import BadRequest, Client, SignerCore
 from sim.signer_link import SignerGone, SignerProcess, read_exact
+from sim.signer_store import STATE_DIR
 from sim.policy import PolicyFilter
 from sim.txpsbt import bitcoin_tx
 
@@ -23,13 +26,6 @@ pytestmark = pytest.mark.timeout(60)
 
 SIGNER = [sys.executable, "-m", "hsmproxy.cli", "sim-signer"]
 PEER_ID = bytes.fromhex("02" + "11" * 32)
-
-
-def init_msg(lo=5, hi=6):
-    return wire.build("hsmd_init", bip32_key_version={"pubkey_version": 0x043587CF, "privkey_version": 0x04358394},
-                      chainparams=bytes(32), hsm_encryption_key=None, dev_force_privkey=None, dev_force_bip32_seed=None,
-                      dev_force_channel_secrets=None, dev_force_channel_secrets_shaseed=None,
-                      hsm_wire_min_version=lo, hsm_wire_max_version=hi)
 
 
 @pytest.fixture
@@ -52,16 +48,16 @@ def test_version_flag_and_status_version_first(signer):
     assert signer.version_output == "hsmproxy-sim-signer-0.1"
     assert signer.status.version_seen.wait(5)
     assert signer.status.messages[0].name == "status_version"
-    reply = signer.master.request(init_msg())
+    reply = signer.master.request(init_request())
     assert reply.name == "hsmd_init_reply_v4" and reply.fields["hsm_version"] == 6
     assert 40 in reply.fields["hsm_capabilities"] and len(reply.fields["bip32"]) == 78
 
 
 def test_version_is_negotiated_down(signer):
-    assert signer.master.request(init_msg(5, 5)).fields["hsm_version"] == 5
+    assert signer.master.request(init_request(5, 5)).fields["hsm_version"] == 5
 
 
-@pytest.mark.parametrize("first", [init_msg(7, 8), wire.build("hsmd_new_channel", id=PEER_ID, dbid=1)],
+@pytest.mark.parametrize("first", [init_request(7, 8), wire.build("hsmd_new_channel", id=PEER_ID, dbid=1)],
                          ids=["no-common-version", "before-init"])
 def test_bad_master_request_is_status_fail_and_exit_242(signer, first):
     with pytest.raises(SignerGone):
@@ -71,7 +67,7 @@ def test_bad_master_request_is_status_fail_and_exit_242(signer, first):
 
 
 def test_master_eof_exits_2(signer):
-    signer.master.request(init_msg())
+    signer.master.request(init_request())
     signer.master.close()
     assert signer.proc.wait(timeout=10) == 2
 
@@ -87,7 +83,7 @@ def bad_requests(signer):
     (bytes.fromhex("0012000000"), "Error parsing"),
 ], ids=["permission", "unknown-type", "truncated"])
 def test_bad_client_request_is_reported_and_only_that_client_closed(signer, body, description):
-    signer.master.request(init_msg())
+    signer.master.request(init_request())
     client = signer.client(PEER_ID, 1, 8)  # COMMITMENT_POINT only, like part of openingd
     client.sock.sendall(wire.frame(body))
     with pytest.raises(SignerGone):
@@ -98,23 +94,23 @@ def test_bad_client_request_is_reported_and_only_that_client_closed(signer, body
     assert report.fields["id"] == PEER_ID
     # The master and other clients are still served.
     assert signer.master.request(wire.build("hsmd_derive_secret", info=b"x")).name == "hsmd_derive_secret_reply"
-    other = signer.client(PEER_ID, 2, 0x1BF)
+    other = signer.client(PEER_ID, 2, permissions.CHANNELD)
     assert other.request(wire.build("hsmd_get_per_commitment_point", n=0)).name == "hsmd_get_per_commitment_point_reply"
 
 
 def test_new_client_for_the_same_channel_closes_the_old_one(signer):
-    signer.master.request(init_msg())
-    old = signer.client(PEER_ID, 1, 0x1BF)
+    signer.master.request(init_request())
+    old = signer.client(PEER_ID, 1, permissions.CHANNELD)
     assert old.request(wire.build("hsmd_get_per_commitment_point", n=0)).fields["old_commitment_secret"] is None
-    new = signer.client(PEER_ID, 1, 0x1BF)
+    new = signer.client(PEER_ID, 1, permissions.CHANNELD)
     with pytest.raises(SignerGone):
         read_exact(old.sock, 1)
     assert new.request(wire.build("hsmd_get_per_commitment_point", n=1)).name == "hsmd_get_per_commitment_point_reply"
 
 
 def test_policy_refusal_reaches_the_node_as_a_closed_client_with_the_tag(signer):
-    signer.master.request(init_msg())
-    client = signer.client(PEER_ID, 1, 0x1BF)
+    signer.master.request(init_request())
+    client = signer.client(PEER_ID, 1, permissions.CHANNELD)
     with pytest.raises(SignerGone):
         client.request(wire.build("hsmd_revoke_commitment_tx", commit_num=7))
     assert wait_for(lambda: bad_requests(signer))
@@ -135,7 +131,7 @@ class Channel:
         self.core = SignerCore(b"\x07" * 32, policy_filter)
         self.core.version = 6
         self.peer = PeerSecrets(99)
-        self.client = Client(PEER_ID, 1, 0x1BF)
+        self.client = Client(PEER_ID, 1, permissions.CHANNELD)
         ours = self.core.keys.channel(PEER_ID, 1)
         node = bolt3.Party(ours.funding_pubkey, *[ours.basepoints_wire()[k] for k in ("revocation", "payment", "htlc", "delayed_payment")])
         self.params = ChannelParams(node, self.peer.party(), True, b"\x33" * 32, 0, 1_000_000, 144, 144)
@@ -213,18 +209,18 @@ def test_old_protocol_point_request_releases_secret_only_when_revocable():
 
 
 def test_forget_channel_deletes_its_state(tmp_path, signer):
-    signer.master.request(init_msg())
+    signer.master.request(init_request())
     signer.master.request(wire.build("hsmd_new_channel", id=PEER_ID, dbid=5))
-    state_dir = tmp_path / "sim-signer-state"
+    state_dir = tmp_path / STATE_DIR
     assert len(list(state_dir.glob("*.json"))) == 1
     signer.master.request(wire.build("hsmd_forget_channel", id=PEER_ID, dbid=5))
     assert list(state_dir.glob("*.json")) == []
 
 
 def test_pipelined_requests_get_in_order_replies_and_clients_are_served_concurrently(signer):
-    signer.master.request(init_msg())
-    a = signer.client(PEER_ID, 1, 0x1BF)
-    b = signer.client(PEER_ID, 2, 0x1BF)
+    signer.master.request(init_request())
+    a = signer.client(PEER_ID, 1, permissions.CHANNELD)
+    b = signer.client(PEER_ID, 2, permissions.CHANNELD)
     burst = b"".join(wire.frame(wire.encode(wire.build("hsmd_get_per_commitment_point", n=n))) for n in (0, 1))
     a.sock.sendall(burst)  # two requests in one write, like the capture's pipelining probe
     assert b.request(wire.build("hsmd_get_per_commitment_point", n=0)).name == "hsmd_get_per_commitment_point_reply"
@@ -244,14 +240,14 @@ def test_developer_preinit_gets_no_reply_and_init_follows(tmp_path):
     signer = SignerProcess(SIGNER + ["--developer"], tmp_path)
     try:
         signer.master.sock.sendall(wire.frame(wire.encode(PREINIT)))
-        assert signer.master.request(init_msg()).name == "hsmd_init_reply_v4"
+        assert signer.master.request(init_request()).name == "hsmd_init_reply_v4"
         assert signer.master.request(wire.build("hsmd_dev_memleak")).fields["leak"] is False
     finally:
         signer.close()
 
 
 def test_dev_memleak_without_developer_is_fatal(signer):
-    signer.master.request(init_msg())
+    signer.master.request(init_request())
     with pytest.raises(SignerGone):
         signer.master.request(wire.build("hsmd_dev_memleak"))
     assert signer.proc.wait(timeout=10) == 242
