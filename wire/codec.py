@@ -8,6 +8,7 @@ from io import BytesIO
 from . import messages as _hsmd_messages
 from . import status as _status_messages
 from .errors import DecodeError, EncodeError
+from .render import to_jsonable
 from .schema import MessageSpec
 from .types import Located
 
@@ -59,8 +60,6 @@ class Message:
         return (self.type, self.fields, self.trailing) == (other.type, other.fields, other.trailing)
 
     def __repr__(self) -> str:
-        from .render import to_jsonable
-
         shown = to_jsonable(self, max_bytes=16)
         return f"<Message {self.name} ({self.type}) {shown['fields']}{' +trailing' if self.trailing else ''}>"
 
