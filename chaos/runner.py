@@ -235,7 +235,8 @@ class Runner:
 
     def _gather(self, ev: RunEvidence) -> None:
         from proxy.addons.trace import TraceFormatError, read_trace
-        from proxy.trio.wal import WalError, read_state
+        from proxy.core.wal_format import WalError
+        from proxy.trio.wal_store import read_state
 
         for inc in ev.incarnations:
             path = self.dirs.trace(inc.number)

@@ -58,7 +58,7 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
     metrics = _metrics(args)
     if getattr(args, "parse", True):
         from proxy.addons.shadow_hook import ShadowHook
-        from proxy.trio.wal import WalError
+        from proxy.core.wal_format import WalError
 
         try:
             hooks.append(ShadowHook.open(getattr(args, "wal_dir", None), guard=getattr(args, "guard", False),

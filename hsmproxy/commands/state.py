@@ -10,6 +10,10 @@ import json
 import sys
 import time
 
+from proxy.addons.shadow_hook import recover
+from proxy.core.shadow import shadow_jsonable
+from proxy.core.wal_format import WalError
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -22,9 +26,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from proxy.addons.shadow_hook import recover, shadow_jsonable
-    from proxy.trio.wal import WalError
-
     try:
         shadow, recovery = recover(args.wal_dir, repair=False)
     except WalError as exc:
