@@ -17,6 +17,9 @@ class GroupCommitWal:
     Every ``checkpoint_every`` records the writer checkpoints ``snapshot_source()``, which must
     describe exactly the records appended so far (the shadow hook applies each record to the
     shadow in the same trio task that appends it, with no await in between).
+
+    A cancelled ``append`` raises ``Cancelled``; its record was ordered when it was called and
+    becomes durable with a later append (or, if it was being written, already is).
     """
 
     def __init__(self, store: WalStore, snapshot_source=None, checkpoint_every: int = 100_000):
@@ -42,10 +45,15 @@ class GroupCommitWal:
         while self._durable < mine:
             if self._failure is not None:
                 raise WalError(f"WAL write failed: {self._failure}") from self._failure
-            if not self._writing:
-                await self._write_until_empty()
-            else:
+            if self._writing:
                 await self._progress.wait()
+            else:
+                # The writer's work is shielded, so this is the writer's only chance to see a
+                # cancellation: without it, a cancelled task that keeps appending would write
+                # (and fdatasync, and checkpoint) everything it had left. Its record stays
+                # buffered, in order, and goes out with the next append.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                await self._write_until_empty()
 
     async def _write_until_empty(self) -> None:
         self._writing = True

@@ -175,6 +175,27 @@ async def test_a_failed_write_is_reported_and_sticks(tmp_path):
             await wal.append(["y"])
 
 
+async def test_a_cancelled_appender_stops_at_its_next_append(tmp_path):
+    """``append`` is a cancellation point also for the caller that becomes the writer (whose
+    write is shielded): a cancelled task that keeps appending stops at its next append instead
+    of writing and fdatasyncing everything it had left. The record that append had ordered is
+    written with the next append (as for an appender cancelled while waiting)."""
+    store, _ = WalStore.open(str(tmp_path))
+    wal = GroupCommitWal(store)
+    appended = []
+    with trio.fail_after(10):
+        with trio.CancelScope() as scope:
+            for n in range(100):
+                if n == 3:
+                    scope.cancel()  # e.g. the connection closed
+                await wal.append(["rec", n])
+                appended.append(n)
+        assert scope.cancelled_caught and appended == [0, 1, 2]
+        await wal.append(["after"])
+    store.close()
+    assert read_state(str(tmp_path), repair=False).records == [["rec", 0], ["rec", 1], ["rec", 2], ["rec", 3], ["after"]]
+
+
 async def test_cancelled_appenders_never_tear_the_log(tmp_path):
     """Appenders cancelled at random moments (a connection closing mid-append): whatever was
     written is a valid log that replays, and later appends continue it."""
