@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 from hsmproxy import cli
 from proxy.core.shadow import SIGNED, SIGN_REMOTE, Intent, Shadow, intent_record, outcome_record
 from proxy.core.wal_format import encode_record
 from proxy.trio.wal_store import WalStore
+from tests.paths import TESTS
+
+WAL_V1 = TESTS / "fixtures" / "wal-v1"  # written by hsmproxy 0.1.0 before wal.py and shadow.py were split
 PEER_A, PEER_B = b"\x02" + b"\xaa" * 32, b"\x03" + b"\xbb" * 32
 
 
@@ -91,3 +95,15 @@ def test_a_foreign_file_is_named(tmp_path, capsys):
 def test_files_written_by_the_proxy_are_private(tmp_path):
     write_wal(str(tmp_path))
     assert {oct(os.stat(tmp_path / n).st_mode & 0o777) for n in os.listdir(tmp_path)} == {oct(0o600)}
+
+
+def test_a_wal_written_by_an_earlier_version_shows_the_same_state(tmp_path, capsys):
+    """tests/fixtures/wal-v1 holds a snapshot (channels, events, an intent in flight, intents in
+    doubt, recently unanswered ones) and the log after it (outcomes, a restart, a refusal), and
+    wal-v1.state.json what `hsmproxy state --json` showed for it then."""
+    shutil.copytree(WAL_V1, tmp_path / "wal")
+    st = run_json(capsys, "--wal-dir", str(tmp_path / "wal"))
+    expected = json.loads((TESTS / "fixtures" / "wal-v1.state.json").read_text())
+    assert st == dict(expected, wal_dir=str(tmp_path / "wal"))
+    assert st["divergences"] and st["in_doubt"] and st["wal"] == {"epoch": 2, "records": 7, "invalid_tail_bytes": 0,
+                                                                   "invalid_tail": None}

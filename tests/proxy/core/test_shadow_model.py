@@ -36,6 +36,7 @@ from proxy.core.shadow import (
     restart_record,
     shadow_to_snapshot,
 )
+
 PEER = b"\x02" * 33
 DIGESTS = [bytes([i]) * 32 for i in range(3)]
 OUTCOMES = st.sampled_from([SIGNED, SIGNED, SIGNED, REJECTED, UNANSWERED])
