@@ -50,7 +50,7 @@ class KindRule(NamedTuple):
     request: str  # the hsmd request that carries it
     index_field: str  # the request field that holds the channel index
     success_reply: str  # the reply that means "the signer did it"; anything else is a refusal
-    read: Callable[[dict], Reading]
+    read: Callable[[dict], Reading]  # what the shadow keeps of the request's fields
     # The divergences the request would cause if signed; the flag says whether it comes from
     # another client connection than the channel's last request (a re-created client).
     predict: Callable[[ChannelShadow, Intent, bool], list[Prediction]]
@@ -212,6 +212,8 @@ def _read_validate_revocation(fields: dict) -> Reading:
 
 def _point_from_secret(secret: bytes) -> bytes:
     # The per-commitment point is secret*G; the shadow keeps the point, never the secret.
+    # coincurve is imported on first use: its ~9 ms would land on `hsmproxy wrap`'s start,
+    # which is on lightningd's start-up path.
     from coincurve import PrivateKey
 
     return PrivateKey(secret).public_key.format(compressed=True)

@@ -6,28 +6,35 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from proxy.core.digest import commitment_digest, tx_outputs
 from proxy.core.shadow import (
     CONFIRMED,
     DOUBLE_SIGNED,
+    GET_POINT,
     GUARD_REFUSED,
     INDEX_REGRESSED,
     INDEX_SKIPPED,
     NODE_BEHIND_AFTER_RESTART,
+    OUTCOMES,
     PREVENTED,
     REFUTED,
     REJECTED,
     RETRY_CHANGED,
     REVOCATION_MISMATCH,
+    REVOKE_HOLDER,
+    SIGN_REMOTE,
     SIGNED,
     SIGNER_REJECTED,
     UNANSWERED,
     UNKNOWN,
+    VALIDATE_HOLDER,
+    VALIDATE_REVOCATION,
     Shadow,
     intent_from_request,
     shadow_from_snapshot,
     shadow_to_snapshot,
 )
-from proxy.core.digest import commitment_digest, tx_outputs
+from proxy.core.shadow.transitions import EVENT_STATUS, KIND_BY_REQUEST, RULES
 from tests.proxy.core.shadow_vectors import channel_messages, peer_id, request
 
 SIGN = "hsmd_sign_remote_commitment_tx"
@@ -219,6 +226,13 @@ def test_snapshot_round_trip_keeps_everything():
 def test_requests_without_a_channel_or_index_are_ignored():
     assert intent_from_request(request(SIGN, 0), None, None) is None
     assert intent_from_request(channel_messages()[("hsmd_check_outpoint", None)], peer_id(), 1) is None
+
+
+def test_the_tables_have_one_rule_per_kind_and_a_status_for_every_outcome():
+    assert set(RULES) == {SIGN_REMOTE, VALIDATE_HOLDER, REVOKE_HOLDER, VALIDATE_REVOCATION, GET_POINT}
+    assert len(KIND_BY_REQUEST) == len(RULES) and set(KIND_BY_REQUEST.values()) == set(RULES)
+    assert set(EVENT_STATUS) == set(OUTCOMES)
+    assert EVENT_STATUS[SIGNED] == (CONFIRMED, CONFIRMED)  # a signed prediction happened
 
 
 def test_bad_outcome_is_named():
