@@ -12,7 +12,7 @@ from proxy.core.wal_format import encode_record
 from proxy.trio.wal_store import WalStore
 from tests.paths import TESTS
 
-WAL_V1 = TESTS / "fixtures" / "wal-v1"  # written by hsmproxy 0.1.0 before wal.py and shadow.py were split
+WAL_V1 = TESTS / "fixtures" / "wal-v1"  # written by commit 4c14c53, before wal.py and shadow.py were split
 PEER_A, PEER_B = b"\x02" + b"\xaa" * 32, b"\x03" + b"\xbb" * 32
 
 

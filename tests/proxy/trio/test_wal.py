@@ -82,8 +82,8 @@ def test_a_flipped_bit_ends_the_valid_prefix_at_its_record(records, data):
 
 
 def test_files_written_by_an_earlier_version_decode_and_encode_to_the_same_bytes():
-    """The on-disk format did not move: tests/fixtures/wal-v1 (written before wal.py and
-    shadow.py were split) decodes, and encoding what it holds gives its bytes back."""
+    """The on-disk format did not move: tests/fixtures/wal-v1 (written by commit 4c14c53, before
+    wal.py and shadow.py were split) decodes, and encoding what it holds gives its bytes back."""
     snapshot_bytes = (TESTS / "fixtures" / "wal-v1" / "snapshot-2.bin").read_bytes()
     log = (TESTS / "fixtures" / "wal-v1" / "wal-2.log").read_bytes()
     shadow = shadow_from_snapshot(decode_snapshot(snapshot_bytes, 2))
