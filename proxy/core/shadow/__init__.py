@@ -18,7 +18,7 @@ rebuilds exactly the same shadow and the same divergence events.
 This package's names are importable from here (``from proxy.core.shadow import Shadow``).
 """
 
-from proxy.core.shadow.machine import Pending, Shadow
+from proxy.core.shadow.machine import Shadow
 from proxy.core.shadow.model import (
     CONFIRMED,
     DIVERGENCE_KINDS,
@@ -94,7 +94,6 @@ __all__ = [
     "Divergence",
     "Intent",
     "IntentError",
-    "Pending",
     "Shadow",
     "apply_record",
     "divergences_jsonable",
