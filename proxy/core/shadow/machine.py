@@ -26,7 +26,7 @@ from proxy.core.shadow.model import (
     Divergence,
     Intent,
 )
-from proxy.core.shadow.transitions import EVENT_STATUS, Prediction, apply_success, predict
+from proxy.core.shadow.transitions import EVENT_STATUS, RULES, Prediction
 
 RECENT_UNANSWERED = 256  # unanswered intents kept for a late bad-request status
 IN_DOUBT = 1000  # intents in doubt kept across restarts
@@ -63,7 +63,8 @@ class Shadow:
             raise ValueError(f"op_id {intent.op_id} replayed out of order (next is {self.next_op_id})")
         self.next_op_id = intent.op_id + 1
         ch = self.channels.get((intent.peer_id, intent.dbid)) or self.channel(intent.peer_id, intent.dbid)
-        predicted = predict(ch, intent)
+        recreated = ch.last_conn is not None and ch.last_conn != intent.conn  # another client than the last
+        predicted = RULES[intent.kind].predict(ch, intent, recreated)
         if self.in_doubt and intent.kind == SIGN_REMOTE:
             predicted = predicted + self._against_in_doubt(intent, predicted)
         events = [self._event(intent, *p) for p in predicted] if predicted else []
@@ -92,7 +93,7 @@ class Shadow:
                 d.kind == SIGN_REMOTE and d.index == intent.index and d.dbid == intent.dbid
                 and d.peer_id == intent.peer_id)]
         if outcome == SIGNED and not events:  # the common case, and most of a WAL replay
-            apply_success(self.channels[(intent.peer_id, intent.dbid)], intent)
+            RULES[intent.kind].apply(self.channels[(intent.peer_id, intent.dbid)], intent)
             return events
         double_signed_status, other_status = EVENT_STATUS[outcome]
         for ev in events:
@@ -105,7 +106,7 @@ class Shadow:
             if len(self.recent_unanswered) > RECENT_UNANSWERED:
                 del self.recent_unanswered[next(iter(self.recent_unanswered))]
         if outcome == SIGNED:
-            apply_success(self.channel(intent.peer_id, intent.dbid), intent)
+            RULES[intent.kind].apply(self.channel(intent.peer_id, intent.dbid), intent)
         elif outcome == REJECTED:
             ev = self._event(intent, SIGNER_REJECTED, None, detail or "the signer refused the request")
             ev.status, ev.outcome_time_ns = CONFIRMED, time_ns

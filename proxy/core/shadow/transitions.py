@@ -311,17 +311,6 @@ EVENT_STATUS = {
 }
 
 
-def predict(ch: ChannelShadow, it: Intent) -> list[Prediction]:
-    """Every divergence this request would cause if the signer did it."""
-    recreated = ch.last_conn is not None and ch.last_conn != it.conn
-    return RULES[it.kind].predict(ch, it, recreated)
-
-
-def apply_success(ch: ChannelShadow, it: Intent) -> None:
-    """Advance the shadow the way a validating signer advances once it has answered."""
-    RULES[it.kind].apply(ch, it)
-
-
 def intent_from_request(
     msg, peer_id: bytes | None, dbid: int | None, *, conn: int = 0, seq: int = 0, time_ns: int = 0
 ) -> Intent | None:
