@@ -31,27 +31,39 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.core import shadow as S
-from proxy.trio import wal as W
+from proxy.core.shadow import (
+    REVOKE_HOLDER,
+    SIGNED,
+    SIGN_REMOTE,
+    VALIDATE_HOLDER,
+    VALIDATE_REVOCATION,
+    Intent,
+    Shadow,
+    intent_record,
+    outcome_record,
+    shadow_to_snapshot,
+)
+from proxy.trio.group_commit import GroupCommitWal
+from proxy.trio.wal_store import WalStore
 from proxy.addons.shadow_hook import recover  # noqa: E402
 
 PEER = b"\x02" * 33
 FUNDING = os.urandom(36)
 
 
-def sign_intent(dbid: int, n: int) -> S.Intent:
-    return S.Intent(0, S.SIGN_REMOTE, PEER, dbid, n, os.urandom(32), b"\x03" + os.urandom(32), conn=dbid, seq=n,
-                    time_ns=time.time_ns(), funding=FUNDING)
+def sign_intent(dbid: int, n: int) -> Intent:
+    return Intent(0, SIGN_REMOTE, PEER, dbid, n, os.urandom(32), b"\x03" + os.urandom(32), conn=dbid, seq=n,
+                  time_ns=time.time_ns(), funding=FUNDING)
 
 
 # --- 1. group commit ---------------------------------------------------------------------------
 
 
 def baseline_sync_per_record(directory: str, records: int) -> float:
-    store, _ = W.WalStore.open(directory)
+    store, _ = WalStore.open(directory)
     started = time.perf_counter()
     for n in range(records):
-        store.write_durably(store.encode(S.intent_record(sign_intent(1, n))))
+        store.write_durably(store.encode(intent_record(sign_intent(1, n))))
     elapsed = time.perf_counter() - started
     store.close()
     return records / elapsed
@@ -59,16 +71,16 @@ def baseline_sync_per_record(directory: str, records: int) -> float:
 
 def group_commit_rate(directory: str, channels: int, per_channel: int) -> tuple[float, float]:
     async def main():
-        store, _ = W.WalStore.open(directory)
-        shadow = S.Shadow()
-        wal = W.GroupCommitWal(store, shadow.to_snapshot, checkpoint_every=10**9)
+        store, _ = WalStore.open(directory)
+        shadow = Shadow()
+        wal = GroupCommitWal(store, lambda: shadow_to_snapshot(shadow), checkpoint_every=10**9)
 
         async def channel(dbid):
             for n in range(per_channel):
                 intent, _ = shadow.begin(sign_intent(dbid, n))
-                await wal.append(S.intent_record(intent))
-                shadow.finish(intent.op_id, S.SIGNED)
-                await wal.append(S.outcome_record(intent.op_id, S.SIGNED, 0))
+                await wal.append(intent_record(intent))
+                shadow.finish(intent.op_id, SIGNED)
+                await wal.append(outcome_record(intent.op_id, SIGNED, 0))
 
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
@@ -87,8 +99,8 @@ def group_commit_rate(directory: str, channels: int, per_channel: int) -> tuple[
 
 def write_log(directory: str, records: int, channels: int = 1000) -> int:
     """A log of realistic records: per channel, sign N / peer revokes N-1, intent then outcome."""
-    store, _ = W.WalStore.open(directory)
-    shadow = S.Shadow()
+    store, _ = WalStore.open(directory)
+    shadow = Shadow()
     chunk: list[bytes] = []
     written = 0
     n = 0
@@ -97,20 +109,20 @@ def write_log(directory: str, records: int, channels: int = 1000) -> int:
             if written >= records:
                 break
             if n >= 1 and written + 4 <= records:
-                kinds = [(S.SIGN_REMOTE, n), (S.VALIDATE_REVOCATION, n - 1)]
+                kinds = [(SIGN_REMOTE, n), (VALIDATE_REVOCATION, n - 1)]
             else:
-                kinds = [(S.SIGN_REMOTE, n)]
+                kinds = [(SIGN_REMOTE, n)]
             for kind, index in kinds:
-                if kind == S.SIGN_REMOTE:
-                    intent = S.Intent(0, kind, PEER, dbid, index, os.urandom(32), b"\x03" + index.to_bytes(32, "big"),
-                                      dbid, index, time.time_ns(), FUNDING)
+                if kind == SIGN_REMOTE:
+                    intent = Intent(0, kind, PEER, dbid, index, os.urandom(32), b"\x03" + index.to_bytes(32, "big"),
+                                    dbid, index, time.time_ns(), FUNDING)
                 else:
-                    intent = S.Intent(0, kind, PEER, dbid, index, None, b"\x03" + index.to_bytes(32, "big"),
-                                      dbid, index, time.time_ns())
+                    intent = Intent(0, kind, PEER, dbid, index, None, b"\x03" + index.to_bytes(32, "big"),
+                                    dbid, index, time.time_ns())
                 intent, _ = shadow.begin(intent)
-                shadow.finish(intent.op_id, S.SIGNED)
-                chunk.append(store.encode(S.intent_record(intent)))
-                chunk.append(store.encode(S.outcome_record(intent.op_id, S.SIGNED, time.time_ns())))
+                shadow.finish(intent.op_id, SIGNED)
+                chunk.append(store.encode(intent_record(intent)))
+                chunk.append(store.encode(outcome_record(intent.op_id, SIGNED, time.time_ns())))
                 written += 2
         n += 1
         if len(chunk) > 50_000:
@@ -149,20 +161,20 @@ def memory_per_channel(channels: int) -> tuple[float, float]:
     del keys
     gc.collect()
     before = tracemalloc.get_traced_memory()[0]
-    shadow = S.Shadow()
+    shadow = Shadow()
     for peer, dbid in peers:
         # A channel in full swing: two counterparty commitments, a revocation, holder side current.
         for intent in (
-            S.Intent(0, S.SIGN_REMOTE, peer, dbid, 7, os.urandom(32), b"\x03" + os.urandom(32), dbid,
-                     funding=os.urandom(36)),
-            S.Intent(0, S.VALIDATE_REVOCATION, peer, dbid, 6, None, b"\x03" + os.urandom(32), dbid),
-            S.Intent(0, S.SIGN_REMOTE, peer, dbid, 8, os.urandom(32), b"\x03" + os.urandom(32), dbid,
-                     funding=os.urandom(36)),
-            S.Intent(0, S.VALIDATE_HOLDER, peer, dbid, 8, os.urandom(32), None, dbid),
-            S.Intent(0, S.REVOKE_HOLDER, peer, dbid, 7, None, None, dbid),
+            Intent(0, SIGN_REMOTE, peer, dbid, 7, os.urandom(32), b"\x03" + os.urandom(32), dbid,
+                   funding=os.urandom(36)),
+            Intent(0, VALIDATE_REVOCATION, peer, dbid, 6, None, b"\x03" + os.urandom(32), dbid),
+            Intent(0, SIGN_REMOTE, peer, dbid, 8, os.urandom(32), b"\x03" + os.urandom(32), dbid,
+                   funding=os.urandom(36)),
+            Intent(0, VALIDATE_HOLDER, peer, dbid, 8, os.urandom(32), None, dbid),
+            Intent(0, REVOKE_HOLDER, peer, dbid, 7, None, None, dbid),
         ):
             intent, _ = shadow.begin(intent)
-            shadow.finish(intent.op_id, S.SIGNED)
+            shadow.finish(intent.op_id, SIGNED)
     del peers
     gc.collect()
     used = (tracemalloc.get_traced_memory()[0] - before) / channels

@@ -29,7 +29,8 @@ from chaos.evidence import Incarnation, RunEvidence, shadow_evidence, signer_cha
 from chaos.result import RunResult, judge_run
 from chaos.scenarios import ENFORCE, WARN, Expectation
 from proxy.addons.trace import TraceFormatError, read_trace
-from proxy.trio.wal import WalError, read_state
+from proxy.core.wal_format import WalError
+from proxy.trio.wal_store import read_state
 from sim.node import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from sim.node_cmd import read_summary
 from sim.policy import RETRY_SAME

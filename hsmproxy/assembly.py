@@ -29,7 +29,7 @@ from proxy.addons.trace import TraceHook
 from proxy.core.hooks import HookChain
 from proxy.trio.addresses import Address, AddressError, parse_address
 from proxy.trio.children import only_child_pid
-from proxy.trio.wal import WalError
+from proxy.core.wal_format import WalError
 
 log = logging.getLogger("hsmproxy.faults")
 

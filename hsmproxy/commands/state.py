@@ -10,8 +10,9 @@ import json
 import sys
 import time
 
-from proxy.addons.shadow_hook import recover, shadow_jsonable
-from proxy.trio.wal import WalError
+from proxy.addons.shadow_hook import recover
+from proxy.core.shadow import shadow_jsonable
+from proxy.core.wal_format import WalError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -16,25 +16,51 @@ import logging
 import os
 import time
 
-from proxy.core import hooks as H
-from proxy.core import shadow as S
-from proxy.trio.wal import GroupCommitWal, Recovery, WalStore, read_state
+from proxy.core.hooks import CONN_CLOSED, REPLY_BEFORE, REQUEST_BEFORE, ROLE_MASTER, ConnContext, Exchange, Refuse
+from proxy.core.shadow import (
+    DIVERGENCE_KINDS,
+    DOUBLE_SIGNED,
+    GET_POINT,
+    GUARD_REFUSED,
+    PREVENTED,
+    REFUTED,
+    REJECTED,
+    SIGNED,
+    SIGNER_REJECTED,
+    SUCCESS_REPLY,
+    UNANSWERED,
+    Divergence,
+    IntentError,
+    Shadow,
+    apply_record,
+    divergences_jsonable,
+    intent_from_request,
+    intent_record,
+    outcome_record,
+    restart_record,
+    shadow_from_snapshot,
+    shadow_jsonable,
+    shadow_to_snapshot,
+)
+from proxy.core.wal_format import Recovery
+from proxy.trio.group_commit import GroupCommitWal
+from proxy.trio.wal_store import WalStore, read_state
 
 log = logging.getLogger("hsmproxy.shadow")
 
 BAD_REQUEST = "hsmstatus_client_bad_request"
 
 
-def recover(directory: str, *, repair: bool) -> tuple[S.Shadow, Recovery]:
+def recover(directory: str, *, repair: bool) -> tuple[Shadow, Recovery]:
     """Load the snapshot and replay the log. The cyclic garbage collector is paused meanwhile:
     replay allocates millions of small acyclic objects, and the collector's passes over them
     would double the recovery time without ever finding garbage."""
-    replayed: list[S.Shadow] = []
+    replayed: list[Shadow] = []
 
     def replay_into(snapshot):
-        shadow = S.Shadow.from_snapshot(snapshot) if snapshot is not None else S.Shadow()
+        shadow = shadow_from_snapshot(snapshot) if snapshot is not None else Shadow()
         replayed.append(shadow)
-        return functools.partial(S.apply_record, shadow)
+        return functools.partial(apply_record, shadow)
 
     enabled = gc.isenabled()
     gc.disable()
@@ -53,7 +79,7 @@ def _request_key(raw: bytes) -> bytes:
 class ShadowHook:
     """Feeds the relay's exchanges to a ``Shadow``; with a WAL, makes each step durable first."""
 
-    def __init__(self, shadow: S.Shadow, wal: GroupCommitWal | None = None, *, guard: bool = False,
+    def __init__(self, shadow: Shadow, wal: GroupCommitWal | None = None, *, guard: bool = False,
                  run_id: int = 0, metrics=None, clock=time.time_ns):
         self.shadow = shadow
         self.wal = wal
@@ -73,21 +99,22 @@ class ShadowHook:
         run_id = int.from_bytes(os.urandom(4), "big") >> 1  # tells this run's connections from older ones
         if wal_dir is None:
             log.warning("shadow state in memory only (no --wal-dir): it is lost when the proxy stops")
-            return cls(S.Shadow(), None, guard=guard, run_id=run_id, metrics=metrics)
+            return cls(Shadow(), None, guard=guard, run_id=run_id, metrics=metrics)
         os.makedirs(wal_dir, mode=0o700, exist_ok=True)
         shadow, recovery = recover(wal_dir, repair=True)
         store = WalStore(wal_dir, recovery.epoch, recovery.record_count)
         stranded = shadow.restart()
-        store.write_durably(store.encode(S.restart_record(time.time_ns())))
+        store.write_durably(store.encode(restart_record(time.time_ns())))
         hook = cls(shadow, None, guard=guard, run_id=run_id, metrics=metrics)
-        hook.wal = GroupCommitWal(store, shadow.to_snapshot, checkpoint_every=checkpoint_every)
+        hook.wal = GroupCommitWal(store, functools.partial(shadow_to_snapshot, shadow),
+                                  checkpoint_every=checkpoint_every)
         hook.recovery = recovery
         log.info("WAL %s: epoch %d, %d record(s) replayed, %d channel(s), %d divergence event(s)",
                  wal_dir, recovery.epoch, recovery.record_count, len(shadow.channels), len(shadow.events))
         if recovery.problem:
             log.warning("WAL %s: cut %d byte(s) at the end of the log: %s", wal_dir, recovery.cut_bytes, recovery.problem)
         for intent in stranded:
-            if intent.kind != S.GET_POINT:
+            if intent.kind != GET_POINT:
                 log.warning("in doubt after restart: %s %d for peer %s dbid %d was sent to the signer, "
                             "its answer never recorded", intent.kind, intent.index, intent.peer_id.hex(), intent.dbid)
         if metrics is not None:
@@ -97,9 +124,9 @@ class ShadowHook:
     def attach_metrics(self, metrics) -> None:
         """Report to a ``proxy.addons.metrics.Metrics`` from now on (and what recovery found)."""
         self.metrics = metrics
-        for kind in S.DIVERGENCE_KINDS:  # every kind is a series from the start, at 0
+        for kind in DIVERGENCE_KINDS:  # every kind is a series from the start, at 0
             metrics.divergences.labels(kind=kind)
-        metrics.guard_refusals.labels(kind=S.DOUBLE_SIGNED)
+        metrics.guard_refusals.labels(kind=DOUBLE_SIGNED)
         if self.recovery is not None:
             metrics.wal_recovered.inc(self.recovery.record_count)
             if self.recovery.problem:
@@ -113,59 +140,59 @@ class ShadowHook:
 
     # --- hook methods ----------------------------------------------------------------------
 
-    def _conn_key(self, conn: H.ConnContext) -> int:
+    def _conn_key(self, conn: ConnContext) -> int:
         return (self._run_id << 32) | conn.conn_id
 
-    async def on_request(self, ex: H.Exchange, point: str):
-        if point != H.REQUEST_BEFORE or ex.request is None or ex.duplicate:
+    async def on_request(self, ex: Exchange, point: str):
+        if point != REQUEST_BEFORE or ex.request is None or ex.duplicate:
             return None
         ctx = ex.conn
         try:
-            intent = S.intent_from_request(ex.request, ctx.peer_id, ctx.dbid, conn=self._conn_key(ctx),
-                                           seq=ex.seq, time_ns=self._clock())
-        except S.IntentError as exc:
+            intent = intent_from_request(ex.request, ctx.peer_id, ctx.dbid, conn=self._conn_key(ctx),
+                                         seq=ex.seq, time_ns=self._clock())
+        except IntentError as exc:
             log.warning("not tracked: %s", exc)
             return None
         if intent is None:
             return None
         intent, predicted = self.shadow.begin(intent)
         self._ops[(ctx.conn_id, ex.seq)] = (intent.op_id, intent.kind)
-        await self._append(S.intent_record(intent))
+        await self._append(intent_record(intent))
         self._by_request[_request_key(ex.request_raw)] = intent.op_id
         if len(self._by_request) > 4096:
             del self._by_request[next(iter(self._by_request))]
         self._report(predicted, counted=True)
-        if self.guard and ctx.role != H.ROLE_MASTER and self.shadow.would_double_sign(predicted):
+        if self.guard and ctx.role != ROLE_MASTER and self.shadow.would_double_sign(predicted):
             del self._ops[(ctx.conn_id, ex.seq)]
-            final = self._finish(intent.op_id, S.GUARD_REFUSED, "refused by --guard")
-            await self._append(S.outcome_record(intent.op_id, S.GUARD_REFUSED, final[1], "refused by --guard"))
+            final = self._finish(intent.op_id, GUARD_REFUSED, "refused by --guard")
+            await self._append(outcome_record(intent.op_id, GUARD_REFUSED, final[1], "refused by --guard"))
             self._report(final[0], counted=False)
             if self.metrics is not None:
-                self.metrics.guard_refusals.labels(kind=S.DOUBLE_SIGNED).inc()
-            return H.Refuse(
+                self.metrics.guard_refusals.labels(kind=DOUBLE_SIGNED).inc()
+            return Refuse(
                 f"hsmproxy --guard: refusing {ex.request.name} commit_num {intent.index}: the signer already "
                 "signed different contents at this index (double signing)"
             )
         return None
 
-    async def on_reply(self, ex: H.Exchange, point: str):
-        if point != H.REPLY_BEFORE or ex.duplicate:
+    async def on_reply(self, ex: Exchange, point: str):
+        if point != REPLY_BEFORE or ex.duplicate:
             return None
         op = self._ops.pop((ex.conn.conn_id, ex.seq), None)
         if op is None:
             return None
         op_id, kind = op
-        ok = ex.reply is not None and ex.reply.name == S.SUCCESS_REPLY[kind]
+        ok = ex.reply is not None and ex.reply.name == SUCCESS_REPLY[kind]
         detail = "" if ok else f"the signer answered {ex.reply.name if ex.reply is not None else 'undecodable bytes'}"
-        outcome = S.SIGNED if ok else S.REJECTED
+        outcome = SIGNED if ok else REJECTED
         events, now = self._finish(op_id, outcome, detail)
-        await self._append(S.outcome_record(op_id, outcome, now, detail))
+        await self._append(outcome_record(op_id, outcome, now, detail))
         self._report(events, counted=False)
         if self.metrics is not None:
             self._channel_metrics(ex.conn)
         return None
 
-    def _channel_metrics(self, conn: H.ConnContext) -> None:
+    def _channel_metrics(self, conn: ConnContext) -> None:
         m = self.metrics
         m.channels_tracked.set(len(self.shadow.channels))
         if m.channel_detail_cap and conn.peer_id is not None:
@@ -173,17 +200,17 @@ class ShadowHook:
             if channel is not None and channel.next_counterparty_commit_num is not None:
                 m.channel_detail(f"{conn.peer_id.hex()[:16]}/{conn.dbid}", channel.next_counterparty_commit_num)
 
-    async def on_connection(self, conn: H.ConnContext, event: str) -> None:
-        if event != H.CONN_CLOSED:
+    async def on_connection(self, conn: ConnContext, event: str) -> None:
+        if event != CONN_CLOSED:
             return
         for key in [k for k in self._ops if k[0] == conn.conn_id]:
             op_id, _ = self._ops.pop(key)
             detail = "the connection closed before the signer answered"
-            events, now = self._finish(op_id, S.UNANSWERED, detail)
-            await self._append(S.outcome_record(op_id, S.UNANSWERED, now, detail))
+            events, now = self._finish(op_id, UNANSWERED, detail)
+            await self._append(outcome_record(op_id, UNANSWERED, now, detail))
             self._report(events, counted=False)
 
-    async def on_status(self, conn: H.ConnContext, raw: bytes, msg) -> None:
+    async def on_status(self, conn: ConnContext, raw: bytes, msg) -> None:
         if msg is None or msg.name != BAD_REQUEST:
             return
         op_id = self._by_request.pop(_request_key(msg.fields.get("msg", b"")), None)
@@ -193,14 +220,14 @@ class ShadowHook:
             if pending_op == op_id:
                 del self._ops[key]
         detail = f"hsmstatus_client_bad_request: {msg.fields.get('description', '')}"
-        events, now = self._finish(op_id, S.REJECTED, detail)
+        events, now = self._finish(op_id, REJECTED, detail)
         if events:
-            await self._append(S.outcome_record(op_id, S.REJECTED, now, detail))
+            await self._append(outcome_record(op_id, REJECTED, now, detail))
             self._report(events, counted=False)
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _finish(self, op_id: int, outcome: str, detail: str) -> tuple[list[S.Divergence], int]:
+    def _finish(self, op_id: int, outcome: str, detail: str) -> tuple[list[Divergence], int]:
         now = self._clock()
         return self.shadow.finish(op_id, outcome, now, detail), now
 
@@ -221,12 +248,12 @@ class ShadowHook:
             if wal.checkpoints != checkpoints:
                 m.wal_checkpoints.inc(wal.checkpoints - checkpoints)
 
-    def _report(self, events: list[S.Divergence], *, counted: bool) -> None:
+    def _report(self, events: list[Divergence], *, counted: bool) -> None:
         for ev in events:
-            level = logging.INFO if ev.status in (S.REFUTED, S.PREVENTED) else logging.WARNING
+            level = logging.INFO if ev.status in (REFUTED, PREVENTED) else logging.WARNING
             log.log(level, "divergence %s (%s) peer %s dbid %d index %d: %s", ev.kind, ev.status,
                     ev.peer_id.hex(), ev.dbid, ev.index, ev.detail)
-            if self.metrics is not None and (counted or ev.kind == S.SIGNER_REJECTED):
+            if self.metrics is not None and (counted or ev.kind == SIGNER_REJECTED):
                 self.metrics.divergences.labels(kind=ev.kind).inc()
             for listener in self.listeners:
                 listener(ev)
@@ -240,24 +267,5 @@ class ShadowHook:
         return shadow_jsonable(self.shadow, wal_dir=self.wal.store.directory if self.wal else None)
 
     def divergences_jsonable(self) -> list:
-        return [ev.to_jsonable() for ev in self.shadow.events]
+        return divergences_jsonable(self.shadow)
 
-
-def shadow_jsonable(shadow: S.Shadow, *, wal_dir: str | None = None, recovery: Recovery | None = None) -> dict:
-    out = {
-        "channels": [ch.to_jsonable() for ch in sorted(shadow.channels.values(), key=lambda c: (c.peer_id, c.dbid))],
-        "divergences": [ev.to_jsonable() for ev in shadow.events],
-        "in_flight": [_intent_jsonable(p.intent) for p in shadow.pending.values()],
-        "in_doubt": [_intent_jsonable(i) for i in shadow.in_doubt],
-        "wal_dir": wal_dir,
-    }
-    if recovery is not None:
-        out["wal"] = {"epoch": recovery.epoch, "records": recovery.record_count,
-                      "invalid_tail_bytes": recovery.cut_bytes, "invalid_tail": recovery.problem}
-    return out
-
-
-def _intent_jsonable(intent: S.Intent) -> dict:
-    return {"kind": intent.kind, "peer_id": intent.peer_id.hex(), "dbid": intent.dbid, "index": intent.index,
-            "digest": intent.digest.hex() if intent.digest else None, "op_id": intent.op_id,
-            "request_seq": intent.seq, "time_ns": intent.time_ns}

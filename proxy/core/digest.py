@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import struct
 
-DIGEST_LEN = 32
 _DOMAIN = b"hsmproxy/commitment-digest/v1"
 
 

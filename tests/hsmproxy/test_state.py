@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 from hsmproxy import cli
-from proxy.core import shadow as S
-from proxy.trio import wal as W
+from proxy.core.shadow import SIGNED, SIGN_REMOTE, Intent, Shadow, intent_record, outcome_record
+from proxy.core.wal_format import encode_record
+from proxy.trio.wal_store import WalStore
+from tests.paths import TESTS
+
+WAL_V1 = TESTS / "fixtures" / "wal-v1"  # written by commit 4c14c53, before wal.py and shadow.py were split
 PEER_A, PEER_B = b"\x02" + b"\xaa" * 32, b"\x03" + b"\xbb" * 32
 
 
 def write_wal(directory: str, *, stranded: bool = False) -> None:
     """Channel A signs 0 and 1, then re-signs 1 with other contents; channel B signs 0."""
-    store, _ = W.WalStore.open(directory)
-    shadow = S.Shadow()
+    store, _ = WalStore.open(directory)
+    shadow = Shadow()
     ops = [(PEER_A, 1, 0, b"a0"), (PEER_A, 1, 1, b"a1"), (PEER_A, 1, 1, b"a1-changed"), (PEER_B, 7, 0, b"b0")]
     data = []
     for peer, dbid, n, tag in ops:
-        intent, _ = shadow.begin(S.Intent(0, S.SIGN_REMOTE, peer, dbid, n, tag.ljust(32, b"."), b"\x02" * 33, 1, n, 10**18))
-        data.append(store.encode(S.intent_record(intent)))
-        shadow.finish(intent.op_id, S.SIGNED, 10**18 + 1)
-        data.append(store.encode(S.outcome_record(intent.op_id, S.SIGNED, 10**18 + 1)))
+        intent, _ = shadow.begin(Intent(0, SIGN_REMOTE, peer, dbid, n, tag.ljust(32, b"."), b"\x02" * 33, 1, n, 10**18))
+        data.append(store.encode(intent_record(intent)))
+        shadow.finish(intent.op_id, SIGNED, 10**18 + 1)
+        data.append(store.encode(outcome_record(intent.op_id, SIGNED, 10**18 + 1)))
     if stranded:  # sent to the signer, then the proxy died
-        intent, _ = shadow.begin(S.Intent(0, S.SIGN_REMOTE, PEER_B, 7, 1, b"b1".ljust(32, b"."), b"\x02" * 33, 1, 9))
-        data.append(store.encode(S.intent_record(intent)))
+        intent, _ = shadow.begin(Intent(0, SIGN_REMOTE, PEER_B, 7, 1, b"b1".ljust(32, b"."), b"\x02" * 33, 1, 9))
+        data.append(store.encode(intent_record(intent)))
     store.write_durably(b"".join(data))
     store.close()
 
@@ -59,7 +64,7 @@ def test_a_dead_proxys_torn_tail_is_reported_and_left_alone(tmp_path, capsys):
     write_wal(str(tmp_path), stranded=True)
     log = tmp_path / "wal-0.log"
     with open(log, "ab") as f:
-        f.write(W.encode_record(0, 9, ["o", 5, "signed", 0, ""])[:-2])  # torn mid-write
+        f.write(encode_record(0, 9, ["o", 5, "signed", 0, ""])[:-2])  # torn mid-write
     before = log.read_bytes()
     st = run_json(capsys, "--wal-dir", str(tmp_path))
     assert log.read_bytes() == before  # read-only, even with a tail to cut
@@ -90,3 +95,15 @@ def test_a_foreign_file_is_named(tmp_path, capsys):
 def test_files_written_by_the_proxy_are_private(tmp_path):
     write_wal(str(tmp_path))
     assert {oct(os.stat(tmp_path / n).st_mode & 0o777) for n in os.listdir(tmp_path)} == {oct(0o600)}
+
+
+def test_a_wal_written_by_an_earlier_version_shows_the_same_state(tmp_path, capsys):
+    """tests/fixtures/wal-v1 holds a snapshot (channels, events, an intent in flight, intents in
+    doubt, recently unanswered ones) and the log after it (outcomes, a restart, a refusal), and
+    wal-v1.state.json what `hsmproxy state --json` showed for it then."""
+    shutil.copytree(WAL_V1, tmp_path / "wal")
+    st = run_json(capsys, "--wal-dir", str(tmp_path / "wal"))
+    expected = json.loads((TESTS / "fixtures" / "wal-v1.state.json").read_text())
+    assert st == dict(expected, wal_dir=str(tmp_path / "wal"))
+    assert st["divergences"] and st["in_doubt"] and st["wal"] == {"epoch": 2, "records": 7, "invalid_tail_bytes": 0,
+                                                                   "invalid_tail": None}

@@ -5,17 +5,33 @@ the simulated validating signer (real processes, fd passing, real secp256k1 sign
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
+import time
+from contextlib import redirect_stdout
+from io import StringIO
 from pathlib import Path
 
 import pytest
+import trio
+from coincurve import PrivateKey
+from prometheus_client import generate_latest
 
 import wire
 from hsmproxy import cli
+from hsmproxy.assembly import build_hooks
+from proxy.addons.metrics import Metrics
+from proxy.addons.shadow_hook import ShadowHook
+from proxy.addons.trace import read_trace
+from proxy.core.digest import digest_of_request
+from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ROLE_CLIENT, ConnContext, Exchange, Refuse
 from tests import ld_harness as h
 from tests.proxy.core.shadow_vectors import peer_id, request
 
@@ -51,9 +67,6 @@ def sign(ld, conn=CHANNELD, index=1, **changes) -> str | None:
 
 
 def state(wal: Path) -> dict:
-    from io import StringIO
-    from contextlib import redirect_stdout
-
     out = StringIO()
     with redirect_stdout(out):
         assert cli.main(["state", "--wal-dir", str(wal), "--json"]) == 0
@@ -109,8 +122,6 @@ def test_every_divergence_kind_shows_up_in_state(tmp_path):
     assert behind["index"] == 0 and behind["peer_id"] == peer_id().hex() and behind["dbid"] == 1
     assert events(st, "signer_rejected") == []
     assert st["channels"][0]["next_counterparty_commit_num"] == 6
-    from proxy.addons.trace import read_trace
-
     traced = {(r["event"]["kind"], r["event"]["status"]) for r in read_trace(str(tmp_path / "trace"))
               if r["kind"] == "divergence"}
     assert {(e["kind"], "confirmed") for e in st["divergences"]} <= traced
@@ -154,8 +165,6 @@ def test_a_validating_signer_refuses_and_the_guard_refuses_first(tmp_path):
 
 
 def retry_digest_of_capture() -> str:
-    from proxy.core.digest import digest_of_request
-
     return digest_of_request(request("hsmd_sign_remote_commitment_tx", 1).fields, with_point=True).hex()
 
 
@@ -185,10 +194,6 @@ def test_state_names_a_missing_directory(tmp_path, capsys):
 
 
 def test_an_unusable_wal_dir_stops_the_proxy_with_a_clear_message(tmp_path):
-    import argparse
-
-    from hsmproxy.assembly import build_hooks
-
     wal = tmp_path / "wal"
     wal.mkdir()
     (wal / "wal-0.log").write_bytes(b"SQLite format 3\x00" + bytes(16))
@@ -199,15 +204,6 @@ def test_an_unusable_wal_dir_stops_the_proxy_with_a_clear_message(tmp_path):
 def test_sigkill_of_the_real_proxy_at_random_moments_loses_no_answer(tmp_path):
     """`hsmproxy wrap --wal-dir` killed with SIGKILL at random moments while the harness signs
     commitment after commitment: every signature the node received is in the recovered WAL."""
-    import hashlib
-    import random
-    import threading
-    import time
-
-    from coincurve import PrivateKey
-
-    from proxy.core.digest import digest_of_request
-
     rng = random.Random(4)
     wal = tmp_path / "wal"
     base = request("hsmd_sign_remote_commitment_tx", 1)
@@ -251,28 +247,20 @@ def test_sigkill_of_the_real_proxy_at_random_moments_loses_no_answer(tmp_path):
 
 async def test_metrics_count_divergences_guard_refusals_and_wal_work(tmp_path):
     """The hook reports to the real Prometheus registry of proxy.addons.metrics."""
-    from prometheus_client import generate_latest
-
-    from proxy.core import hooks as H
-    from proxy.addons.metrics import Metrics
-    from proxy.addons.shadow_hook import ShadowHook
-
     metrics = Metrics()
     hook = ShadowHook.open(str(tmp_path / "wal"), guard=True)
     hook.attach_metrics(metrics)
-    ctx = H.ConnContext(conn_id=1, role=H.ROLE_CLIENT, peer_id=peer_id(), dbid=1, permissions=447)
+    ctx = ConnContext(conn_id=1, role=ROLE_CLIENT, peer_id=peer_id(), dbid=1, permissions=447)
     signed = wire.encode(wire.build("hsmd_sign_tx_reply", sig=bytes(64) + b"\x01"))
-    import trio
-
     with trio.fail_after(10):
         for seq, body in enumerate([wire.encode(request("hsmd_sign_remote_commitment_tx", 0)),
                                     wire.encode(request("hsmd_sign_remote_commitment_tx", 0, feerate=999))]):
-            ex = H.Exchange(ctx, seq, body, wire.decode(body))
-            verdict = await hook.on_request(ex, H.REQUEST_BEFORE)
+            ex = Exchange(ctx, seq, body, wire.decode(body))
+            verdict = await hook.on_request(ex, REQUEST_BEFORE)
             if verdict is None:
                 ex.reply_raw, ex.reply = signed, wire.decode(signed)
-                await hook.on_reply(ex, H.REPLY_BEFORE)
-    assert isinstance(verdict, H.Refuse)
+                await hook.on_reply(ex, REPLY_BEFORE)
+    assert isinstance(verdict, Refuse)
     hook.close()
     text = generate_latest(metrics.registry).decode()
     assert 'hsmproxy_divergences_total{kind="double_signed"} 1.0' in text

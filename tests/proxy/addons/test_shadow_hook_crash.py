@@ -20,9 +20,9 @@ import trio
 from coincurve import PrivateKey
 
 import wire
-from proxy.core import hooks as H
-from proxy.core.digest import digest_of_request
 from proxy.addons.shadow_hook import ShadowHook, recover
+from proxy.core.digest import digest_of_request
+from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ROLE_CLIENT, ConnContext, Exchange
 from tests.proxy.core.shadow_vectors import peer_id, request
 from tests.crash_harness import run_and_sigkill
 
@@ -55,14 +55,14 @@ def child(directory: str, ack_fd: int, seed: int) -> None:
         hook = ShadowHook.open(directory, checkpoint_every=rng.choice([30, 60, 1000]))
 
         async def exchange(ctx, seq, body, reply):
-            ex = H.Exchange(ctx, seq, body, wire.decode(body))
-            assert await hook.on_request(ex, H.REQUEST_BEFORE) is None
+            ex = Exchange(ctx, seq, body, wire.decode(body))
+            assert await hook.on_request(ex, REQUEST_BEFORE) is None
             await trio.sleep(0)  # the signer works
             ex.reply_raw, ex.reply = reply, wire.decode(reply)
-            assert await hook.on_reply(ex, H.REPLY_BEFORE) is None
+            assert await hook.on_reply(ex, REPLY_BEFORE) is None
 
         async def channel(dbid):
-            ctx = H.ConnContext(conn_id=dbid, role=H.ROLE_CLIENT, peer_id=peer_id(), dbid=dbid, permissions=447)
+            ctx = ConnContext(conn_id=dbid, role=ROLE_CLIENT, peer_id=peer_id(), dbid=dbid, permissions=447)
             ch = hook.shadow.channel(peer_id(), dbid)
             seq = 0
             while True:

@@ -14,10 +14,32 @@ import msgpack
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from proxy.core import shadow as S
+from proxy.core.shadow import (
+    DOUBLE_SIGNED,
+    GET_POINT,
+    GUARD_REFUSED,
+    INDEX_REGRESSED,
+    PREDICTED,
+    REJECTED,
+    REVOCATION_MISMATCH,
+    REVOKE_HOLDER,
+    SIGNED,
+    SIGN_REMOTE,
+    UNANSWERED,
+    VALIDATE_HOLDER,
+    VALIDATE_REVOCATION,
+    Intent,
+    Shadow,
+    intent_record,
+    load_shadow,
+    outcome_record,
+    restart_record,
+    shadow_to_snapshot,
+)
+
 PEER = b"\x02" * 33
 DIGESTS = [bytes([i]) * 32 for i in range(3)]
-OUTCOMES = st.sampled_from([S.SIGNED, S.SIGNED, S.SIGNED, S.REJECTED, S.UNANSWERED])
+OUTCOMES = st.sampled_from([SIGNED, SIGNED, SIGNED, REJECTED, UNANSWERED])
 
 
 def point(n: int, variant: int = 0) -> bytes:
@@ -57,21 +79,21 @@ class ShadowMachine(RuleBasedStateMachine):
     @initialize(guard=st.booleans())
     def setup(self, guard):
         self.guard = guard
-        self.shadow = S.Shadow()
+        self.shadow = Shadow()
         self.model = History()
         self.records: list = []
-        self.snapshots: list[tuple[int, dict]] = [(0, self.shadow.to_snapshot())]
+        self.snapshots: list[tuple[int, dict]] = [(0, shadow_to_snapshot(self.shadow))]
         self.conn = 1
         self.H_seen = self.C_seen = self.R_seen = -1
 
     def _run(self, intent, outcome):
         intent, predicted = self.shadow.begin(intent)
-        self.records.append(S.intent_record(intent))
+        self.records.append(intent_record(intent))
         if self.guard and self.shadow.would_double_sign(predicted):
-            outcome = S.GUARD_REFUSED
+            outcome = GUARD_REFUSED
         final = self.shadow.finish(intent.op_id, outcome, 0, "")
-        self.records.append(S.outcome_record(intent.op_id, outcome, 0, ""))
-        assert all(ev.status != S.PREDICTED for ev in final)
+        self.records.append(outcome_record(intent.op_id, outcome, 0, ""))
+        assert all(ev.status != PREDICTED for ev in final)
         assert {ev.kind for ev in predicted} <= {ev.kind for ev in final}
         return intent, predicted, outcome
 
@@ -80,23 +102,23 @@ class ShadowMachine(RuleBasedStateMachine):
         C = self.model.C or 0
         n = max(C + offset, 0)
         intent, predicted, outcome = self._run(
-            S.Intent(0, S.SIGN_REMOTE, PEER, 1, n, digest, point(n), self.conn), outcome)
+            Intent(0, SIGN_REMOTE, PEER, 1, n, digest, point(n), self.conn), outcome)
         kinds = {ev.kind for ev in predicted}
-        if outcome == S.SIGNED:
+        if outcome == SIGNED:
             prior = self.model.latest_at(n)
             if prior is not None and prior[0] != digest:
                 # A second digest at one index: the shadow must have said so, unless the index
                 # is older than the two it keeps or was already revoked (its info is dropped).
                 shadow_knew = n == C - 1 or (n == C - 2 and not self.model.revoked_since_signed(n))
                 if shadow_knew:
-                    assert S.DOUBLE_SIGNED in kinds
+                    assert DOUBLE_SIGNED in kinds
                     assert not self.guard, "the guard let a double signature through"
                 else:
-                    assert S.INDEX_REGRESSED in kinds
+                    assert INDEX_REGRESSED in kinds
             self.model.signed.append((n, digest, point(n)))
             self.model.timeline.append(("sign", n))
         if self.guard:
-            assert outcome != S.SIGNED or S.DOUBLE_SIGNED not in kinds
+            assert outcome != SIGNED or DOUBLE_SIGNED not in kinds
 
     @rule(offset=st.integers(-2, 1), wrong_point=st.booleans(), outcome=OUTCOMES)
     def validate_revocation(self, offset, wrong_point, outcome):
@@ -108,11 +130,11 @@ class ShadowMachine(RuleBasedStateMachine):
         point_held = C is not None and (
             (n == C - 1 and ch.current_counterparty_point is not None)
             or (n == C - 2 and ch.previous_counterparty_point is not None))
-        _, predicted, outcome = self._run(S.Intent(0, S.VALIDATE_REVOCATION, PEER, 1, n, None, p, self.conn), outcome)
+        _, predicted, outcome = self._run(Intent(0, VALIDATE_REVOCATION, PEER, 1, n, None, p, self.conn), outcome)
         if point_held and R_model is not None and n == R_model and n <= C - 2 and wrong_point:
-            assert S.REVOCATION_MISMATCH in {ev.kind for ev in predicted}
+            assert REVOCATION_MISMATCH in {ev.kind for ev in predicted}
             assert self.model.latest_at(n)[1] != p
-        if outcome == S.SIGNED:
+        if outcome == SIGNED:
             if self.model.first_was_revocation is None:
                 self.model.first_was_revocation = not self.model.signed
             self.model.revoked.append(n)
@@ -122,17 +144,17 @@ class ShadowMachine(RuleBasedStateMachine):
     def validate_holder(self, offset, digest, outcome):
         H = self.shadow.channel(PEER, 1).next_holder_commit_num or 0
         n = max(H + offset, 0)
-        self._run(S.Intent(0, S.VALIDATE_HOLDER, PEER, 1, n, digest, None, self.conn), outcome)
+        self._run(Intent(0, VALIDATE_HOLDER, PEER, 1, n, digest, None, self.conn), outcome)
 
     @rule(offset=st.integers(-3, 0), outcome=OUTCOMES)
     def revoke_holder(self, offset, outcome):
         H = self.shadow.channel(PEER, 1).next_holder_commit_num or 1
         n = max(H - 1 + offset, 0)
-        self._run(S.Intent(0, S.REVOKE_HOLDER, PEER, 1, n, None, None, self.conn), outcome)
+        self._run(Intent(0, REVOKE_HOLDER, PEER, 1, n, None, None, self.conn), outcome)
 
     @rule(n=st.integers(0, 6))
     def get_point(self, n):
-        self._run(S.Intent(0, S.GET_POINT, PEER, 1, n, None, None, self.conn), S.SIGNED)
+        self._run(Intent(0, GET_POINT, PEER, 1, n, None, None, self.conn), SIGNED)
 
     @rule()
     def new_client(self):
@@ -140,12 +162,12 @@ class ShadowMachine(RuleBasedStateMachine):
 
     @rule()
     def proxy_restart(self):
-        self.records.append(S.restart_record(0))
+        self.records.append(restart_record(0))
         self.shadow.restart()
 
     @rule()
     def checkpoint(self):
-        packed = msgpack.packb(self.shadow.to_snapshot(), use_bin_type=True)
+        packed = msgpack.packb(shadow_to_snapshot(self.shadow), use_bin_type=True)
         self.snapshots.append((len(self.records), msgpack.unpackb(packed, raw=False, strict_map_key=False)))
 
     @invariant()
@@ -181,11 +203,11 @@ class ShadowMachine(RuleBasedStateMachine):
     @invariant()
     def replay_from_the_last_snapshot_rebuilds_the_same_shadow(self):
         at, snap = self.snapshots[-1]
-        assert S.load_shadow(snap, self.records[at:]).to_snapshot() == self.shadow.to_snapshot()
+        assert shadow_to_snapshot(load_shadow(snap, self.records[at:])) == shadow_to_snapshot(self.shadow)
 
     def teardown(self):
         if hasattr(self, "shadow"):
-            assert S.load_shadow(None, self.records).to_snapshot() == self.shadow.to_snapshot()
+            assert shadow_to_snapshot(load_shadow(None, self.records)) == shadow_to_snapshot(self.shadow)
 
 
 ShadowMachine.TestCase.settings = settings(
@@ -205,22 +227,22 @@ def honest_traces(draw):
 @settings(max_examples=40, deadline=None)
 @given(honest_traces())
 def test_an_honest_node_never_triggers_a_divergence(trace):
-    shadow = S.Shadow()
+    shadow = Shadow()
     state = {}  # dbid -> dict(next_remote, revoked, next_local, conn, last_sent)
     conn_counter = [0]
 
     def op(dbid, kind, n, digest=None, p=None):
         ch = state[dbid]
-        intent, predicted = shadow.begin(S.Intent(0, kind, PEER, dbid, n, digest, p, ch["conn"]))
+        intent, predicted = shadow.begin(Intent(0, kind, PEER, dbid, n, digest, p, ch["conn"]))
         assert predicted == [], (kind, n, [e.detail for e in predicted])
-        shadow.finish(intent.op_id, S.SIGNED)
+        shadow.finish(intent.op_id, SIGNED)
 
     for dbid, action in trace:
         if dbid not in state:
             conn_counter[0] += 1
             state[dbid] = dict(next_remote=0, next_local=0, conn=conn_counter[0], last_sent=None)
-            op(dbid, S.SIGN_REMOTE, 0, DIGESTS[0], point(0))  # openingd
-            op(dbid, S.VALIDATE_HOLDER, 0, DIGESTS[0])
+            op(dbid, SIGN_REMOTE, 0, DIGESTS[0], point(0))  # openingd
+            op(dbid, VALIDATE_HOLDER, 0, DIGESTS[0])
             state[dbid]["next_remote"] = state[dbid]["next_local"] = 1
             state[dbid]["last_sent"] = (0, DIGESTS[0])
             continue
@@ -228,22 +250,22 @@ def test_an_honest_node_never_triggers_a_divergence(trace):
         if action == "send":  # sign N, peer revokes N-1
             n = ch["next_remote"]
             digest = bytes([n % 251]) * 32
-            op(dbid, S.SIGN_REMOTE, n, digest, point(n))
-            op(dbid, S.VALIDATE_REVOCATION, n - 1, None, point(n - 1))
+            op(dbid, SIGN_REMOTE, n, digest, point(n))
+            op(dbid, VALIDATE_REVOCATION, n - 1, None, point(n - 1))
             ch["next_remote"] += 1
             ch["last_sent"] = (n, digest)
         elif action == "receive":  # validate L, revoke L-1
             n = ch["next_local"]
-            op(dbid, S.VALIDATE_HOLDER, n, bytes([n % 251]) * 32)
-            op(dbid, S.REVOKE_HOLDER, n - 1)
+            op(dbid, VALIDATE_HOLDER, n, bytes([n % 251]) * 32)
+            op(dbid, REVOKE_HOLDER, n - 1)
             ch["next_local"] += 1
         else:  # channeld restarts: new client, startup point, identical retransmissions
             conn_counter[0] += 1
             ch["conn"] = conn_counter[0]
-            op(dbid, S.GET_POINT, ch["next_local"])
-            op(dbid, S.GET_POINT, ch["next_local"] - 1)
+            op(dbid, GET_POINT, ch["next_local"])
+            op(dbid, GET_POINT, ch["next_local"] - 1)
             n, digest = ch["last_sent"]
-            op(dbid, S.SIGN_REMOTE, n, digest, point(n))
+            op(dbid, SIGN_REMOTE, n, digest, point(n))
             if ch["next_local"] >= 2:
-                op(dbid, S.REVOKE_HOLDER, ch["next_local"] - 2)
+                op(dbid, REVOKE_HOLDER, ch["next_local"] - 2)
     assert shadow.events == []

@@ -18,8 +18,20 @@ import time
 
 import trio
 
-from proxy.core import shadow as S
-from proxy.trio import wal as W
+from proxy.core.shadow import (
+    SIGNED,
+    SIGN_REMOTE,
+    VALIDATE_REVOCATION,
+    Intent,
+    Shadow,
+    intent_record,
+    load_shadow,
+    outcome_record,
+    restart_record,
+    shadow_to_snapshot,
+)
+from proxy.trio.group_commit import GroupCommitWal
+from proxy.trio.wal_store import WalStore, read_state
 from tests.crash_harness import run_and_sigkill
 
 ACK = struct.Struct(">IQ32s")  # dbid, index, digest
@@ -36,10 +48,10 @@ def child(directory: str, ack_fd: int, seed: int) -> None:
     rng = random.Random(seed)
 
     async def main():
-        store, rec = W.WalStore.open(directory)
-        shadow = S.load_shadow(rec.snapshot, rec.records)
-        wal = W.GroupCommitWal(store, shadow.to_snapshot, checkpoint_every=rng.choice([20, 40, 400]))
-        await wal.append(S.restart_record(0))
+        store, rec = WalStore.open(directory)
+        shadow = load_shadow(rec.snapshot, rec.records)
+        wal = GroupCommitWal(store, lambda: shadow_to_snapshot(shadow), checkpoint_every=rng.choice([20, 40, 400]))
+        await wal.append(restart_record(0))
         shadow.restart()
 
         async def channel(dbid):
@@ -48,20 +60,20 @@ def child(directory: str, ack_fd: int, seed: int) -> None:
                 n = ch.next_counterparty_commit_num or 0
                 if n >= 2 and ch.next_counterparty_revoke_num < n - 1:
                     # The peer revokes n-2 (again, if a kill interrupted it), as channeld does.
-                    await step(S.Intent(0, S.VALIDATE_REVOCATION, PEER, dbid, n - 2, None, point(n - 2), conn=dbid))
+                    await step(Intent(0, VALIDATE_REVOCATION, PEER, dbid, n - 2, None, point(n - 2), conn=dbid))
                     continue
                 # Deterministic per index: after a kill the node re-sends the same commitment,
                 # as a node that writes its intent first does.
                 digest = hashlib.sha256(b"%d/%d" % (dbid, n)).digest()
-                await step(S.Intent(0, S.SIGN_REMOTE, PEER, dbid, n, digest, point(n), conn=dbid))
+                await step(Intent(0, SIGN_REMOTE, PEER, dbid, n, digest, point(n), conn=dbid))
                 os.write(ack_fd, ACK.pack(dbid, n, digest))  # the node is told only now
 
         async def step(intent):
             intent, _ = shadow.begin(intent)
-            await wal.append(S.intent_record(intent))  # durable before "forwarding"
+            await wal.append(intent_record(intent))  # durable before "forwarding"
             await trio.sleep(0)  # the signer works
-            shadow.finish(intent.op_id, S.SIGNED)
-            await wal.append(S.outcome_record(intent.op_id, S.SIGNED, 0))  # durable before the node sees it
+            shadow.finish(intent.op_id, SIGNED)
+            await wal.append(outcome_record(intent.op_id, SIGNED, 0))  # durable before the node sees it
 
         async with trio.open_nursery() as nursery:
             for dbid in range(CHANNELS):
@@ -74,9 +86,9 @@ def run_once(directory: str, rng: random.Random, acked: dict) -> None:
     run_and_sigkill(child, directory, rng, acked, ACK, max_seconds=0.05)
 
 
-def check_recovered(directory: str, acked: dict) -> S.Shadow:
-    rec = W.read_state(directory, repair=True)
-    shadow = S.load_shadow(rec.snapshot, rec.records)
+def check_recovered(directory: str, acked: dict) -> Shadow:
+    rec = read_state(directory, repair=True)
+    shadow = load_shadow(rec.snapshot, rec.records)
     for dbid, (n, digest) in acked.items():
         ch = shadow.channel(PEER, dbid)
         next_num = ch.next_counterparty_commit_num
@@ -114,11 +126,11 @@ def test_corrupted_tail_after_a_kill_is_cut_and_reported(tmp_path):
     acked: dict = {}
     while not acked:
         run_once(directory, rng, acked)
-    rec = W.read_state(directory, repair=True)
+    rec = read_state(directory, repair=True)
     log = os.path.join(directory, f"wal-{rec.epoch}.log")
     size = os.path.getsize(log)
     with open(log, "ab") as f:
         f.write(b"\x00\x00\x00\x10garbage")  # a torn record after the last good one
-    rec2 = W.read_state(directory, repair=True)
+    rec2 = read_state(directory, repair=True)
     assert rec2.problem and rec2.cut_bytes == 11 and os.path.getsize(log) == size
     check_recovered(directory, acked)

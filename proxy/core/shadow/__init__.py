@@ -1,0 +1,108 @@
+"""The proxy's shadow of every channel: VLS's index counters, kept from the hsmd conversation.
+
+Sans-IO: no sockets, no clocks, no randomness. The shell turns a request into an ``Intent``
+(``intent_from_request``), calls ``Shadow.begin(intent)`` before forwarding it (which predicts
+divergences), and ``Shadow.finish(op_id, outcome)`` when the signer's answer is known (which
+advances the state only on success, and confirms or refutes the prediction). Everything the
+shadow does is a function of those two calls, so replaying the WAL's intents and outcomes
+rebuilds exactly the same shadow and the same divergence events.
+
+    model        the vocabulary (intent kinds, divergence kinds, outcomes, statuses) and the
+                 values: Intent, Divergence, ChannelShadow
+    transitions  what each intent kind reads, predicts and applies: one table row per kind
+    machine      Shadow: begin, finish, restart
+    snapshot     the shadow as a snapshot for a checkpoint, and back
+    records      the WAL's records of the shadow's inputs, and replay
+    views        JSON for `hsmproxy state`, the control API and the trace
+
+This package's names are importable from here (``from proxy.core.shadow import Shadow``).
+"""
+
+from proxy.core.shadow.machine import Shadow
+from proxy.core.shadow.model import (
+    CONFIRMED,
+    DIVERGENCE_KINDS,
+    DOUBLE_SIGNED,
+    GET_POINT,
+    GUARD_REFUSED,
+    INDEX_REGRESSED,
+    INDEX_SKIPPED,
+    NODE_BEHIND_AFTER_RESTART,
+    OUTCOMES,
+    PREDICTED,
+    PREVENTED,
+    REFUTED,
+    REJECTED,
+    RETRY_CHANGED,
+    REVOCATION_MISMATCH,
+    REVOKE_HOLDER,
+    SIGN_REMOTE,
+    SIGNED,
+    SIGNER_REJECTED,
+    UNANSWERED,
+    UNKNOWN,
+    VALIDATE_HOLDER,
+    VALIDATE_REVOCATION,
+    ChannelShadow,
+    Divergence,
+    Intent,
+    IntentError,
+)
+from proxy.core.shadow.records import (
+    INTENT_RECORD,
+    OUTCOME_RECORD,
+    RESTART_RECORD,
+    apply_record,
+    intent_record,
+    load_shadow,
+    outcome_record,
+    restart_record,
+)
+from proxy.core.shadow.snapshot import shadow_from_snapshot, shadow_to_snapshot
+from proxy.core.shadow.transitions import SUCCESS_REPLY, intent_from_request
+from proxy.core.shadow.views import divergences_jsonable, shadow_jsonable
+
+__all__ = [
+    "CONFIRMED",
+    "DIVERGENCE_KINDS",
+    "DOUBLE_SIGNED",
+    "GET_POINT",
+    "GUARD_REFUSED",
+    "INDEX_REGRESSED",
+    "INDEX_SKIPPED",
+    "INTENT_RECORD",
+    "NODE_BEHIND_AFTER_RESTART",
+    "OUTCOMES",
+    "OUTCOME_RECORD",
+    "PREDICTED",
+    "PREVENTED",
+    "REFUTED",
+    "REJECTED",
+    "RESTART_RECORD",
+    "RETRY_CHANGED",
+    "REVOCATION_MISMATCH",
+    "REVOKE_HOLDER",
+    "SIGNED",
+    "SIGNER_REJECTED",
+    "SIGN_REMOTE",
+    "SUCCESS_REPLY",
+    "UNANSWERED",
+    "UNKNOWN",
+    "VALIDATE_HOLDER",
+    "VALIDATE_REVOCATION",
+    "ChannelShadow",
+    "Divergence",
+    "Intent",
+    "IntentError",
+    "Shadow",
+    "apply_record",
+    "divergences_jsonable",
+    "intent_from_request",
+    "intent_record",
+    "load_shadow",
+    "outcome_record",
+    "restart_record",
+    "shadow_from_snapshot",
+    "shadow_jsonable",
+    "shadow_to_snapshot",
+]
