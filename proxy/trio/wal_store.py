@@ -1,9 +1,15 @@
 """The WAL's files: recovery, durable appends and checkpoints, synchronously.
 
-The format is ``proxy.core.wal_format``. Recovery keeps the longest valid prefix of the log and
-cuts the rest (and says so). A checkpoint writes the next epoch's snapshot, starts its log, and
-only then deletes the old files, so a crash at any point leaves one complete (snapshot, log)
-pair. Files are created 0600; directory entries are fsynced before anything relies on them.
+The format is ``proxy.core.wal_format``. Recovery replays the longest valid prefix of the newest
+log. A torn tail (invalid bytes at its end, nothing valid after them: a write a crash cut short)
+is cut when the proxy starts. Damage (records that verify but cannot be replayed: invalid bytes
+followed by valid records, a record with unexpected content, a log whose snapshot is missing)
+stops the start, unless the operator asks to set the damaged files aside: they are renamed,
+never deleted. A checkpoint writes the next epoch's snapshot, starts its log, and only then
+deletes the old files, so a crash at any point leaves one complete (snapshot, log) pair. No file
+is deleted unless it holds no record or its records are in a durable snapshot, and each start
+says what it changed. Files are created 0600; directory entries are fsynced before anything
+relies on them.
 
 Nothing here is async: the proxy calls these from a worker thread (``proxy.trio.group_commit``),
 ``hsmproxy state`` and the start-up path call them directly.
@@ -12,11 +18,17 @@ Nothing here is async: the proxy calls these from a worker thread (``proxy.trio.
 from __future__ import annotations
 
 import os
+import time
 
 from proxy.core.wal_format import (
+    BAD_CONTENT,
+    CORRUPT,
     FILE_HEADER,
+    NO_SNAPSHOT,
+    Damage,
     Recovery,
     ScanResult,
+    WalDamaged,
     WalError,
     decode_snapshot,
     encode_record,
@@ -30,6 +42,7 @@ from proxy.core.wal_format import (
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+_READ_ATTEMPTS = 3  # a live proxy may swap epochs under a read-only reader
 
 
 def _fsync_dir(path: str) -> None:
@@ -43,68 +56,165 @@ def _fsync_dir(path: str) -> None:
 def _write_new_file(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def read_state(directory: str, *, repair: bool, make_sink=None) -> Recovery:
-    """Load the newest complete snapshot and the valid records of its log.
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
-    With ``repair`` (the proxy starting) the invalid tail is cut and stale files are removed;
-    without it (``hsmproxy state`` on a live proxy's directory) nothing is touched.
+
+def _scan(name: str, data: bytes, epoch: int, sink=None) -> ScanResult:
+    try:
+        return scan_log(data, epoch, sink)
+    except WalError as exc:  # not ours, or the wrong epoch: name the file
+        raise WalError(f"{name}: {exc}") from None
+
+
+def _count_records(name: str, data: bytes, epoch: int) -> int:
+    result = _scan(name, data, epoch, sink=lambda record: None)
+    return result.count + result.valid_after
+
+
+def read_state(directory: str, *, repair: bool, set_aside_damage: bool = False, make_sink=None) -> Recovery:
+    """Load the newest complete snapshot and the records of its log that can be replayed.
+
+    Without ``repair`` (``hsmproxy state`` on a live or a dead proxy's directory) nothing is
+    touched, and damage is reported in ``Recovery.damage``. With ``repair`` (the proxy starting)
+    a torn tail is cut and the files the current epoch does not need are removed, each said in
+    ``Recovery.notes``; damage raises ``WalDamaged`` before anything is touched, unless
+    ``set_aside_damage``: then each damaged log is renamed aside (never deleted) and the current
+    log keeps the records before its damage.
     With ``make_sink(snapshot) -> callable``, records go to that callable instead of a list.
     """
     if not os.path.isdir(directory):
         raise WalError(f"WAL directory {directory!r} does not exist; create it or pass another --wal-dir")
-    for attempt in range(3):  # a live proxy may swap epochs under a read-only reader
+    for attempt in range(_READ_ATTEMPTS):
+        settled = repair or attempt == _READ_ATTEMPTS - 1  # a reader's last attempt takes what it sees
         logs, snaps = epochs_of(os.listdir(directory))
-        snapshot, epoch = None, 0
+        epoch = snaps[-1] if snaps else 0
         try:
-            if snaps:
-                epoch = snaps[-1]
-                with open(os.path.join(directory, snapshot_name(epoch)), "rb") as f:
-                    snapshot = decode_snapshot(f.read(), epoch)
-            log_path = os.path.join(directory, log_name(epoch))
-            try:
-                with open(log_path, "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                if snaps and not repair:
-                    raise  # mid-checkpoint: read again
-                data = b""  # a crash between writing the snapshot and its log, or a new directory
+            snapshot = decode_snapshot(_read(os.path.join(directory, snapshot_name(epoch))), epoch) if snaps else None
         except FileNotFoundError:
             continue
-        result = scan_log(data, epoch, make_sink(snapshot) if make_sink is not None else None)
-        rec = Recovery(epoch, snapshot, result.records, len(data) - result.valid_len, result.problem, result.count)
-        if repair:
-            _repair(directory, epoch, log_path, data, result, logs, snaps)
-        return rec
-    raise WalError(f"WAL directory {directory!r} kept changing while being read; try again")
+        log_path = os.path.join(directory, log_name(epoch))
+        try:
+            data: bytes | None = _read(log_path)
+        except FileNotFoundError:
+            if snaps and not settled:
+                continue  # mid-checkpoint: read again
+            data = None
+        # Logs of later epochs than the newest snapshot: a checkpoint renames its empty log before
+        # its snapshot, so an empty one is a crash between the two. One with records has lost the
+        # snapshot they apply to (or, for a reader, a live proxy renamed it meanwhile).
+        later = {e: _read_if_present(os.path.join(directory, log_name(e))) for e in logs if e > epoch}
+        orphans = {e: _count_records(log_name(e), d, e) for e, d in later.items() if d is not None and len(d) > FILE_HEADER.size}
+        if orphans and not settled:
+            continue
+        break
+    else:
+        raise WalError(f"WAL directory {directory!r} kept changing while being read; try again")
+
+    result = _scan(log_name(epoch), data or b"", epoch, make_sink(snapshot) if make_sink is not None else None)
+    rec = Recovery(epoch, snapshot, result.records, record_count=result.count)
+    if data is None and snaps:
+        rec.notes.append(f"{log_name(epoch)} is missing: the state is {snapshot_name(epoch)} alone "
+                         "(if the log was deleted, the records it held are lost)")
+    if result.torn_tail:
+        rec.cut_bytes, rec.problem = len(data) - result.valid_len, result.problem
+    elif result.problem is not None:
+        rec.damage.append(Damage(BAD_CONTENT if result.bad_content else CORRUPT, log_name(epoch), result.valid_len,
+                                 result.count, result.problem, result.valid_after))
+        if result.bad_content and make_sink is not None:
+            # The sink may have half-applied the record it refused: replay the good prefix into a fresh one.
+            scan_log(data[: result.valid_len], epoch, make_sink(snapshot))
+    for e, count in sorted(orphans.items()):
+        rec.damage.append(Damage(NO_SNAPSHOT, log_name(e), 0, 0, f"{snapshot_name(e)}, the state they apply to, is missing",
+                                 count))
+    if repair:
+        if rec.damage and not set_aside_damage:
+            raise WalDamaged(directory, rec.damage)
+        _start_up(directory, rec, data, logs, snaps, later)
+    return rec
 
 
-def _repair(directory, epoch, log_path, data, result: ScanResult, logs, snaps) -> None:
-    if len(data) < FILE_HEADER.size:
-        _write_new_file(log_path, file_header(epoch))
-    elif result.valid_len < len(data):
+def _read_if_present(path: str) -> bytes | None:
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        return None
+
+
+def _start_up(directory: str, rec: Recovery, data: bytes | None, logs: list[int], snaps: list[int],
+              later: dict[int, bytes | None]) -> None:
+    """Make the directory hold exactly the current epoch's files, saying what changed and why."""
+    epoch, notes = rec.epoch, rec.notes
+    log_path = os.path.join(directory, log_name(epoch))
+    _fsync_dir(directory)  # the snapshot just read is durable before anything it covers goes
+    for damage in rec.damage:
+        _set_aside(directory, damage, data, notes)
+    if data is None or len(data) < FILE_HEADER.size:
+        _write_new_file(log_path, file_header(epoch))  # a new directory, or a torn header: no record
+    elif rec.cut_bytes:
         fd = os.open(log_path, os.O_WRONLY)
         try:
-            os.ftruncate(fd, result.valid_len)
+            os.ftruncate(fd, len(data) - rec.cut_bytes)
             os.fsync(fd)
         finally:
             os.close(fd)
+        notes.append(f"cut {rec.cut_bytes} byte(s) at the end of {log_name(epoch)}: {rec.problem} "
+                     "(a write cut short by a crash; nothing valid follows it)")
     os.chmod(log_path, FILE_MODE)
     for old in logs:
-        if old != epoch:
-            os.unlink(os.path.join(directory, log_name(old)))
+        if old < epoch:
+            _remove(directory, log_name(old), f"its records are in {snapshot_name(epoch)}", notes)
+        elif old > epoch and old in later and later[old] is not None and len(later[old]) <= FILE_HEADER.size:
+            _remove(directory, log_name(old), "an empty log left by an interrupted checkpoint", notes)
     for old in snaps:
         if old != epoch:
-            os.unlink(os.path.join(directory, snapshot_name(old)))
-    for name in os.listdir(directory):
+            _remove(directory, snapshot_name(old), f"{snapshot_name(epoch)} is newer", notes)
+    for name in sorted(os.listdir(directory)):
         if name.endswith(".tmp"):
-            os.unlink(os.path.join(directory, name))
+            _remove(directory, name, "left by an interrupted checkpoint or repair", notes)
     _fsync_dir(directory)
+
+
+def _remove(directory: str, name: str, why: str, notes: list[str]) -> None:
+    os.unlink(os.path.join(directory, name))
+    notes.append(f"removed {name}: {why}")
+
+
+def _set_aside(directory: str, damage: Damage, data: bytes | None, notes: list[str]) -> None:
+    """Rename a damaged log to ``<name>.damaged-<UTC time>`` (0600, never deleted). The current
+    log's name then holds the records before the damage: the link comes first and the prefix
+    replaces the name atomically, so at every moment the name holds either the whole damaged
+    file or its good prefix, and the damaged bytes are under the new name."""
+    path = os.path.join(directory, damage.file)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside, n = f"{damage.file}.damaged-{stamp}", 1
+    while os.path.exists(os.path.join(directory, aside)):
+        n += 1
+        aside = f"{damage.file}.damaged-{stamp}-{n}"
+    aside_path = os.path.join(directory, aside)
+    if damage.kind == NO_SNAPSHOT:
+        os.rename(path, aside_path)
+        kept = f"none of its {damage.valid_after} record(s) was replayed"
+    else:
+        os.link(path, aside_path)
+        _fsync_dir(directory)
+        _write_new_file(path + ".tmp", data[: damage.offset])
+        os.replace(path + ".tmp", path)
+        kept = (f"{damage.file} now holds its first {damage.index} record(s) ({damage.offset} bytes), the ones "
+                f"before the damage; the {damage.valid_after} record(s) that verify after it are only in {aside}")
+    os.chmod(aside_path, FILE_MODE)
+    _fsync_dir(directory)
+    damage.set_aside = aside
+    notes.append(f"moved {damage.file} aside to {aside} (kept, mode 0600): {damage.describe()}; {kept}")
 
 
 class WalStore:
@@ -117,9 +227,9 @@ class WalStore:
         self._fd = os.open(os.path.join(directory, log_name(epoch)), os.O_WRONLY | os.O_APPEND)
 
     @classmethod
-    def open(cls, directory: str) -> tuple["WalStore", Recovery]:
+    def open(cls, directory: str, *, set_aside_damage: bool = False) -> tuple["WalStore", Recovery]:
         os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
-        recovery = read_state(directory, repair=True)
+        recovery = read_state(directory, repair=True, set_aside_damage=set_aside_damage)
         return cls(directory, recovery.epoch, len(recovery.records)), recovery
 
     def encode(self, obj) -> bytes:
@@ -141,7 +251,12 @@ class WalStore:
         return self.epoch
 
     def checkpoint(self, epoch: int, snapshot_obj) -> None:
-        """Make ``epoch`` current: its snapshot, then its empty log, then delete the old epoch."""
+        """Make ``epoch`` current: its snapshot, then its empty log, then delete the old epoch.
+
+        Deleting the old log loses nothing: ``snapshot_obj`` describes every record appended to
+        it (the caller takes it once the buffer is written), and the snapshot's data and name
+        are fsynced first. The log is renamed before the snapshot, so a log of an epoch whose
+        snapshot is missing is empty (a start removes it) unless something else went wrong."""
         d = self.directory
         snapshot_path, log_path = os.path.join(d, snapshot_name(epoch)), os.path.join(d, log_name(epoch))
         _write_new_file(snapshot_path + ".tmp", encode_snapshot(epoch, snapshot_obj))
