@@ -160,6 +160,8 @@ def _start_up(directory: str, rec: Recovery, data: bytes | None, logs: list[int]
         _set_aside(directory, damage, data, notes)
     if data is None or len(data) < FILE_HEADER.size:
         _write_new_file(log_path, file_header(epoch))  # a new directory, or a torn header: no record
+        if data:
+            notes.append(f"rewrote the torn header of {log_name(epoch)} ({len(data)} bytes, no record)")
     elif rec.cut_bytes:
         fd = os.open(log_path, os.O_WRONLY)
         try:
