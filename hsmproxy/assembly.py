@@ -29,7 +29,7 @@ from proxy.addons.trace import TraceHook
 from proxy.core.hooks import HookChain
 from proxy.trio.addresses import Address, AddressError, parse_address
 from proxy.trio.children import only_child_pid
-from proxy.core.wal_format import WalError
+from proxy.core.wal_format import NO_SNAPSHOT, Damage, WalDamaged, WalError
 
 log = logging.getLogger("hsmproxy.faults")
 
@@ -79,10 +79,25 @@ def _shadow_hook(args: argparse.Namespace, metrics: Metrics | None) -> ShadowHoo
         if getattr(args, "guard", False) or getattr(args, "wal_dir", None):
             raise SystemExit("hsmproxy: --guard and --wal-dir need the parser; drop --no-parse")
         return None
+    wal_dir, repair = getattr(args, "wal_dir", None), getattr(args, "wal_repair", False)
+    if repair and not wal_dir:
+        raise _fail("--wal-repair needs --wal-dir DIR (the WAL to repair)")
     try:
-        return ShadowHook.open(getattr(args, "wal_dir", None), guard=getattr(args, "guard", False), metrics=metrics)
+        return ShadowHook.open(wal_dir, guard=getattr(args, "guard", False), metrics=metrics, set_aside_damage=repair)
+    except WalDamaged as exc:
+        raise _fail(f"--wal-dir {wal_dir}: {exc}. {wal_damage_advice(wal_dir, exc.damage)}") from None
     except (WalError, OSError) as exc:
-        raise SystemExit(f"hsmproxy: --wal-dir {args.wal_dir}: {exc}") from None
+        raise _fail(f"--wal-dir {wal_dir}: {exc}") from None
+
+
+def wal_damage_advice(wal_dir: str, damage: list[Damage]) -> str:
+    """What to do about a damaged WAL (the proxy refuses to start with a shadow that misses records)."""
+    keeps = "; ".join(f"{d.file}: the {d.index} record(s) before the damage" if d.kind != NO_SNAPSHOT
+                      else f"{d.file}: none" for d in damage)
+    return (f"The proxy does not start with a shadow that would miss them. Inspect it with "
+            f"`hsmproxy state --wal-dir {wal_dir}`; to start anyway, add --wal-repair: it moves each damaged "
+            f"log aside to NAME.damaged-TIME (kept, never deleted) and continues from what can be replayed "
+            f"({keeps})")
 
 
 def build_runtime(args: argparse.Namespace) -> FaultRuntime | None:

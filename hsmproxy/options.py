@@ -35,6 +35,14 @@ def add_relay_options(parser: argparse.ArgumentParser) -> None:
         "node does; read it with `hsmproxy state --wal-dir DIR`. Without it the shadow is in memory only",
     )
     group.add_argument(
+        "--wal-repair", action="store_true",
+        help="start even if the WAL is damaged (records that verify but cannot be replayed, not just "
+        "a last write cut short by a crash, which is always cut): move each damaged log aside to "
+        "NAME.damaged-TIME (kept, never deleted) and continue from the records before the damage. "
+        "Without it the proxy refuses to start and says what is damaged; inspect it first with "
+        "`hsmproxy state --wal-dir DIR`",
+    )
+    group.add_argument(
         "--guard", action="store_true",
         help="refuse (as hsmd refuses a bad client request) any request that would make the signer "
         "sign two different commitments at one index; trades liveness for safety, see docs/shadow.md",

@@ -1,6 +1,7 @@
 """`hsmproxy state`: the shadow of every channel and the divergence events, from a WAL directory.
 
-Reads without writing, so it works on the WAL of a running proxy as well as a dead one.
+Reads without writing, so it works on the WAL of a running proxy as well as a dead one. A
+damaged WAL is shown as far as it can be replayed, with a warning saying what could not be read.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import time
 
 from proxy.addons.shadow_hook import recover
 from proxy.core.shadow import shadow_jsonable
-from proxy.core.wal_format import WalError
+from proxy.core.wal_format import NO_SNAPSHOT, Damage, WalError
+
+EXIT_DAMAGED = 1  # the state was shown, but records that verify could not be replayed
+EXIT_UNUSABLE = 2
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Show the shadow channel state and the divergence events recorded in a WAL directory "
-        "(the --wal-dir of `hsmproxy wrap`/`serve`). Safe on a running proxy: nothing is written."
+        "(the --wal-dir of `hsmproxy wrap`/`serve`). Safe on a running proxy: nothing is written. "
+        f"Exit status 0; {EXIT_DAMAGED} when the WAL is damaged (what can be replayed is shown, a warning "
+        f"on stderr and `wal.damage` in --json say what could not be); {EXIT_UNUSABLE} when it cannot be read."
     )
     parser.add_argument("--wal-dir", required=True, metavar="DIR", help="the proxy's --wal-dir")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -30,12 +36,13 @@ def run(args: argparse.Namespace) -> int:
         shadow, recovery = recover(args.wal_dir, repair=False)
     except WalError as exc:
         print(f"hsmproxy state: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, KeyError, TypeError) as exc:
-        print(f"hsmproxy state: the WAL in {args.wal_dir!r} has records this version cannot replay ({exc}); "
-              "use the hsmproxy version that wrote it", file=sys.stderr)
-        return 2
+        return EXIT_UNUSABLE
+    for note in recovery.notes:
+        print(f"hsmproxy state: warning: {note}", file=sys.stderr)
+    for damage in recovery.damage:
+        print(f"hsmproxy state: WAL DAMAGED: {_damage_line(damage)}", file=sys.stderr)
     state = shadow_jsonable(shadow, wal_dir=args.wal_dir, recovery=recovery)
+    state["wal"]["damage"] = [d.jsonable() for d in recovery.damage]
     if args.peer:
         prefix = args.peer.lower()
         state["channels"] = [c for c in state["channels"] if c["peer_id"].startswith(prefix)]
@@ -45,7 +52,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         _print_tables(state)
-    return 0
+    return EXIT_DAMAGED if recovery.damage else 0
+
+
+def _damage_line(damage: Damage) -> str:
+    shown = ("none of them is shown" if damage.kind == NO_SNAPSHOT
+             else f"the state shown stops before record {damage.index} of {damage.file}")
+    return (f"{damage.describe()}; {shown}. A proxy refuses to start on this directory; "
+            "`--wal-repair` makes it start anyway, moving the damaged file aside (never deleting it)")
 
 
 def _short(hex_or_none: str | None, n: int = 12) -> str:
@@ -64,6 +78,7 @@ def _when(ns: int | None) -> str:
 
 def _print_tables(state: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -72,6 +87,8 @@ def _print_tables(state: dict) -> None:
     if wal.get("invalid_tail"):
         console.print(f"[yellow]invalid tail ({wal['invalid_tail_bytes']} bytes): {wal['invalid_tail']} "
                       "(a running proxy may be mid-write; a dead one cuts it on its next start)[/yellow]")
+    for damage in wal.get("damage", []):
+        console.print(f"[red]DAMAGED: {escape(damage['description'])}[/red]", highlight=False)
 
     channels = Table(title=f"Channels ({len(state['channels'])})")
     for col in ("peer", "dbid", "next counterparty commit", "next counterparty revoke", "next holder commit",

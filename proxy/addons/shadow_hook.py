@@ -42,7 +42,7 @@ from proxy.core.shadow import (
     shadow_jsonable,
     shadow_to_snapshot,
 )
-from proxy.core.wal_format import Recovery
+from proxy.core.wal_format import Recovery, WalError, epochs_of, snapshot_name
 from proxy.trio.group_commit import GroupCommitWal
 from proxy.trio.wal_store import WalStore, read_state
 
@@ -51,21 +51,31 @@ log = logging.getLogger("hsmproxy.shadow")
 BAD_REQUEST = "hsmstatus_client_bad_request"
 
 
-def recover(directory: str, *, repair: bool) -> tuple[Shadow, Recovery]:
-    """Load the snapshot and replay the log. The cyclic garbage collector is paused meanwhile:
-    replay allocates millions of small acyclic objects, and the collector's passes over them
-    would double the recovery time without ever finding garbage."""
+def recover(directory: str, *, repair: bool, set_aside_damage: bool = False) -> tuple[Shadow, Recovery]:
+    """Load the snapshot and replay the log (``proxy.trio.wal_store.read_state`` says what
+    ``repair`` and ``set_aside_damage`` change on disk). A record the shadow cannot replay is
+    damage, reported like a damaged log, never an exception of its own.
+
+    The cyclic garbage collector is paused meanwhile: replay allocates millions of small acyclic
+    objects, and the collector's passes over them would double the recovery time without ever
+    finding garbage."""
     replayed: list[Shadow] = []
 
     def replay_into(snapshot):
-        shadow = shadow_from_snapshot(snapshot) if snapshot is not None else Shadow()
+        try:
+            shadow = shadow_from_snapshot(snapshot) if snapshot is not None else Shadow()
+        except Exception as exc:  # a valid checksum over content this version does not know
+            name = snapshot_name(epochs_of(os.listdir(directory))[1][-1])
+            raise WalError(f"{name} has a valid checksum but unexpected content ({type(exc).__name__}: {exc}); "
+                           "read it with the hsmproxy version that wrote it, or move the WAL directory aside "
+                           "and start with an empty one") from None
         replayed.append(shadow)
         return functools.partial(apply_record, shadow)
 
     enabled = gc.isenabled()
     gc.disable()
     try:
-        recovery = read_state(directory, repair=repair, make_sink=replay_into)
+        recovery = read_state(directory, repair=repair, set_aside_damage=set_aside_damage, make_sink=replay_into)
         return replayed[-1], recovery
     finally:
         if enabled:
@@ -94,14 +104,18 @@ class ShadowHook:
 
     @classmethod
     def open(cls, wal_dir: str | None, *, guard: bool = False, metrics=None,
-             checkpoint_every: int = 100_000) -> "ShadowHook":
-        """Recover the shadow from ``wal_dir`` (or start an in-memory one) and record this start."""
+             checkpoint_every: int = 100_000, set_aside_damage: bool = False) -> "ShadowHook":
+        """Recover the shadow from ``wal_dir`` (or start an in-memory one) and record this start.
+
+        Raises ``WalDamaged`` when records that verify cannot be replayed (the shadow would miss
+        them), unless ``set_aside_damage``: then the damaged files are moved aside and the start
+        continues from the records before the damage, saying so in the log."""
         run_id = int.from_bytes(os.urandom(4), "big") >> 1  # tells this run's connections from older ones
         if wal_dir is None:
             log.warning("shadow state in memory only (no --wal-dir): it is lost when the proxy stops")
             return cls(Shadow(), None, guard=guard, run_id=run_id, metrics=metrics)
         os.makedirs(wal_dir, mode=0o700, exist_ok=True)
-        shadow, recovery = recover(wal_dir, repair=True)
+        shadow, recovery = recover(wal_dir, repair=True, set_aside_damage=set_aside_damage)
         store = WalStore(wal_dir, recovery.epoch, recovery.record_count)
         stranded = shadow.restart()
         store.write_durably(store.encode(restart_record(time.time_ns())))
@@ -111,8 +125,8 @@ class ShadowHook:
         hook.recovery = recovery
         log.info("WAL %s: epoch %d, %d record(s) replayed, %d channel(s), %d divergence event(s)",
                  wal_dir, recovery.epoch, recovery.record_count, len(shadow.channels), len(shadow.events))
-        if recovery.problem:
-            log.warning("WAL %s: cut %d byte(s) at the end of the log: %s", wal_dir, recovery.cut_bytes, recovery.problem)
+        for note in recovery.notes:  # what the start changed in the directory: a torn tail cut, files set aside or removed
+            log.warning("WAL %s: %s", wal_dir, note)
         for intent in stranded:
             if intent.kind != GET_POINT:
                 log.warning("in doubt after restart: %s %d for peer %s dbid %d was sent to the signer, "

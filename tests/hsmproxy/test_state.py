@@ -7,8 +7,8 @@ import os
 import shutil
 
 from hsmproxy import cli
-from proxy.core.shadow import SIGNED, SIGN_REMOTE, Intent, Shadow, intent_record, outcome_record
-from proxy.core.wal_format import encode_record
+from proxy.core.shadow import SIGNED, SIGN_REMOTE, Intent, Shadow, intent_record, outcome_record, shadow_to_snapshot
+from proxy.core.wal_format import FILE_HEADER, RECORD_HEADER, encode_record
 from proxy.trio.wal_store import WalStore
 from tests.paths import TESTS
 
@@ -103,7 +103,58 @@ def test_a_wal_written_by_an_earlier_version_shows_the_same_state(tmp_path, caps
     wal-v1.state.json what `hsmproxy state --json` showed for it then."""
     shutil.copytree(WAL_V1, tmp_path / "wal")
     st = run_json(capsys, "--wal-dir", str(tmp_path / "wal"))
+    assert st["wal"].pop("damage") == []  # added since: what could not be replayed
     expected = json.loads((TESTS / "fixtures" / "wal-v1.state.json").read_text())
     assert st == dict(expected, wal_dir=str(tmp_path / "wal"))
     assert st["divergences"] and st["in_doubt"] and st["wal"] == {"epoch": 2, "records": 7, "invalid_tail_bytes": 0,
                                                                    "invalid_tail": None}
+
+
+# --- a damaged WAL (issue 12, item 2): shown as far as it replays, with what could not be read ---
+
+
+def record_starts(path) -> list[int]:
+    data = path.read_bytes()
+    starts, pos = [], FILE_HEADER.size
+    while pos < len(data):
+        starts.append(pos)
+        pos += RECORD_HEADER.size + RECORD_HEADER.unpack_from(data, pos)[0]
+    return starts
+
+
+def test_a_damaged_log_is_shown_up_to_the_damage_and_says_what_it_could_not_read(tmp_path, capsys, monkeypatch):
+    write_wal(str(tmp_path))
+    log = tmp_path / "wal-0.log"
+    at = record_starts(log)[3]
+    data = bytearray(log.read_bytes())
+    data[at + RECORD_HEADER.size + 1] ^= 0x01  # a flipped bit in record 3 of 8
+    log.write_bytes(bytes(data))
+    assert cli.main(["state", "--wal-dir", str(tmp_path), "--json"]) == 1
+    out, err = capsys.readouterr()
+    (line,) = err.splitlines()
+    assert line.startswith("hsmproxy state: WAL DAMAGED: wal-0.log is damaged at byte %d" % at)
+    assert "4 record(s) after it verify" in line and "stops before record 3 of wal-0.log" in line
+    st = json.loads(out)
+    assert st["wal"]["records"] == 3 and st["wal"]["invalid_tail"] is None  # not a torn tail
+    (damage,) = st["wal"]["damage"]
+    assert (damage["kind"], damage["offset"], damage["record"], damage["valid_records_after"]) == ("corrupt", at, 3, 4)
+    assert log.read_bytes() == bytes(data)
+    monkeypatch.setenv("COLUMNS", "220")
+    assert cli.main(["state", "--wal-dir", str(tmp_path)]) == 1
+    assert "DAMAGED: wal-0.log is damaged at byte" in capsys.readouterr().out
+
+
+def test_a_log_whose_snapshot_is_missing_is_an_error_not_an_empty_shadow(tmp_path, capsys):
+    store, _ = WalStore.open(str(tmp_path))
+    store.checkpoint(store.start_epoch(), shadow_to_snapshot(Shadow()))
+    store.close()
+    write_wal(str(tmp_path))  # the store continues epoch 1: wal-1.log
+    os.unlink(tmp_path / "snapshot-1.bin")
+    assert cli.main(["state", "--wal-dir", str(tmp_path), "--json"]) == 1
+    out, err = capsys.readouterr()
+    (line,) = err.splitlines()
+    assert "wal-1.log holds 8 record(s) but snapshot-1.bin, the state they apply to, is missing" in line
+    (damage,) = json.loads(out)["wal"]["damage"]
+    assert (damage["kind"], damage["file"], damage["valid_records_after"]) == ("no_snapshot", "wal-1.log", 8)
+    assert sorted(os.listdir(tmp_path)) == ["wal-1.log"]  # read-only
+

@@ -193,12 +193,14 @@ def test_state_names_a_missing_directory(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_an_unusable_wal_dir_stops_the_proxy_with_a_clear_message(tmp_path):
+def test_an_unusable_wal_dir_stops_the_proxy_with_a_clear_message(tmp_path, capsys):
     wal = tmp_path / "wal"
     wal.mkdir()
     (wal / "wal-0.log").write_bytes(b"SQLite format 3\x00" + bytes(16))
-    with pytest.raises(SystemExit, match="not an hsmproxy WAL file"):
+    with pytest.raises(SystemExit) as stopped:
         build_hooks(argparse.Namespace(parse=True, wal_dir=str(wal), guard=False, trace=None))
+    assert stopped.value.code == 2
+    assert f"hsmproxy: --wal-dir {wal}: wal-0.log: not an hsmproxy WAL file" in capsys.readouterr().err
 
 
 def test_sigkill_of_the_real_proxy_at_random_moments_loses_no_answer(tmp_path):
