@@ -125,7 +125,7 @@ class ShadowHook:
         hook.recovery = recovery
         log.info("WAL %s: epoch %d, %d record(s) replayed, %d channel(s), %d divergence event(s)",
                  wal_dir, recovery.epoch, recovery.record_count, len(shadow.channels), len(shadow.events))
-        for note in recovery.notes:  # what the start changed in the directory: a torn tail cut, files set aside or removed
+        for note in recovery.notes:  # what the start changed in the directory: a tail cut, files set aside or removed
             log.warning("WAL %s: %s", wal_dir, note)
         for intent in stranded:
             if intent.kind != GET_POINT:

@@ -149,16 +149,10 @@ def scan_log(data: bytes, expected_epoch: int | None = None, sink=None) -> ScanR
             problem = f"checksum mismatch in record {count} at byte {pos}"
             break
         try:
-            record = unpackb(payload, raw=False, use_list=True)
-        except Exception as exc:  # a valid checksum over bad msgpack: a bug, not a torn write
-            bad = f"record {count} at byte {pos} has a valid checksum but does not decode: {exc}"
-            return _stopped_at_bad_content(records, data, epoch, pos, start + length, count, bad)
-        try:
-            keep(record)
-        except Exception as exc:  # the sink cannot use it (wrong shape, unknown tag): not a torn write
-            bad = (f"record {count} at byte {pos} has a valid checksum but unexpected content: "
-                   f"{type(exc).__name__}: {exc} (the record is {_preview(record)})")
-            return _stopped_at_bad_content(records, data, epoch, pos, start + length, count, bad)
+            keep(unpackb(payload, raw=False, use_list=True))
+        except Exception as exc:  # bad msgpack, or content the sink cannot use: not a torn write
+            what = _what_is_wrong(payload, exc)
+            return _stopped_at_bad_content(records, data, epoch, pos, start + length, count, what)
         count += 1
         pos = start + length
     else:
@@ -167,16 +161,24 @@ def scan_log(data: bytes, expected_epoch: int | None = None, sink=None) -> ScanR
     return ScanResult(records, pos, problem, count, False, valid_after, next_valid_at)
 
 
-def _stopped_at_bad_content(records, data, epoch, pos, next_pos, count, problem) -> ScanResult:
+def _stopped_at_bad_content(records, data, epoch, pos, next_pos, count, what) -> ScanResult:
     valid_after, stop = _verified_run(data, epoch, next_pos, count + 1)
     more, _ = _records_after_damage(data, epoch, stop, count + 1 + valid_after) if stop < len(data) else (0, None)
     after = valid_after + more
+    problem = f"record {count} at byte {pos} has a valid checksum but {what}"
     return ScanResult(records, pos, problem, count, True, after, next_pos if after else None)
 
 
-def _preview(record, limit: int = 80) -> str:
+def _what_is_wrong(payload, exc: Exception) -> str:
+    """Why a record that verifies could not be used: its msgpack, or what the sink said of it."""
+    try:
+        record = msgpack.unpackb(payload, raw=False, use_list=True)
+    except Exception as decode_error:
+        return f"does not decode: {decode_error}"
     text = repr(record)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) > 80:
+        text = text[:79] + "…"
+    return f"unexpected content: {type(exc).__name__}: {exc} (the record is {text})"
 
 
 # --- records that verify after damage -----------------------------------------------------------

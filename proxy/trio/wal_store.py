@@ -113,7 +113,8 @@ def read_state(directory: str, *, repair: bool, set_aside_damage: bool = False, 
         # its snapshot, so an empty one is a crash between the two. One with records has lost the
         # snapshot they apply to (or, for a reader, a live proxy renamed it meanwhile).
         later = {e: _read_if_present(os.path.join(directory, log_name(e))) for e in logs if e > epoch}
-        orphans = {e: _count_records(log_name(e), d, e) for e, d in later.items() if d is not None and len(d) > FILE_HEADER.size}
+        orphans = {e: _count_records(log_name(e), d, e) for e, d in later.items()
+                   if d is not None and len(d) > FILE_HEADER.size}
         if orphans and not settled:
             continue
         break
@@ -134,8 +135,8 @@ def read_state(directory: str, *, repair: bool, set_aside_damage: bool = False, 
             # The sink may have half-applied the record it refused: replay the good prefix into a fresh one.
             scan_log(data[: result.valid_len], epoch, make_sink(snapshot))
     for e, count in sorted(orphans.items()):
-        rec.damage.append(Damage(NO_SNAPSHOT, log_name(e), 0, 0, f"{snapshot_name(e)}, the state they apply to, is missing",
-                                 count))
+        missing = f"{snapshot_name(e)}, the state they apply to, is missing"
+        rec.damage.append(Damage(NO_SNAPSHOT, log_name(e), 0, 0, missing, count))
     if repair:
         if rec.damage and not set_aside_damage:
             raise WalDamaged(directory, rec.damage)
