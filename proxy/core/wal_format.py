@@ -188,7 +188,7 @@ def _what_is_wrong(payload, exc: Exception) -> str:
 # and a CRC-32 that binds this epoch and an index the record can have there (at least the damaged
 # record's, at most one more per MIN_RECORD_LEN bytes since). Bytes that are not a record pass
 # all three with a probability of about (window of indices) / 2**32 per candidate that decodes:
-# for the torn tail of a crash (less than one record, a window of a few indices) about 1e-9, and
+# for the torn tail of a crash (less than one record, a window of a few indices) under 1e-8, and
 # even a false positive only refuses a start that --wal-repair then makes; nothing is cut by it.
 #
 # The index is found, not guessed: zlib's CRC-32 is affine, so for one payload and one length
@@ -357,9 +357,8 @@ class Damage:
         if self.kind == BAD_CONTENT:
             after = f"; {self.valid_after} record(s) after it verify" if self.valid_after else ""
             return f"{self.file} is damaged: {self.problem}{after}"
-        return (f"{self.file} is damaged at byte {self.offset} ({self.problem}) and {self.valid_after} "
-                "record(s) after it verify, so it is not a torn last write; they cannot be replayed "
-                "without the record(s) the damage destroyed")
+        return (f"{self.file} is damaged: {self.problem}, and {self.valid_after} record(s) after it verify, "
+                "so it is not a torn last write; they cannot be replayed without the record(s) the damage destroyed")
 
     def jsonable(self) -> dict:
         return {"kind": self.kind, "file": self.file, "offset": self.offset, "record": self.index,

@@ -132,7 +132,8 @@ def test_a_damaged_log_is_shown_up_to_the_damage_and_says_what_it_could_not_read
     assert cli.main(["state", "--wal-dir", str(tmp_path), "--json"]) == 1
     out, err = capsys.readouterr()
     (line,) = err.splitlines()
-    assert line.startswith("hsmproxy state: WAL DAMAGED: wal-0.log is damaged at byte %d" % at)
+    assert line.startswith("hsmproxy state: WAL DAMAGED: wal-0.log is damaged: ")
+    assert f"checksum mismatch in record 3 at byte {at}" in line
     assert "4 record(s) after it verify" in line and "stops before record 3 of wal-0.log" in line
     st = json.loads(out)
     assert st["wal"]["records"] == 3 and st["wal"]["invalid_tail"] is None  # not a torn tail
@@ -141,7 +142,7 @@ def test_a_damaged_log_is_shown_up_to_the_damage_and_says_what_it_could_not_read
     assert log.read_bytes() == bytes(data)
     monkeypatch.setenv("COLUMNS", "220")
     assert cli.main(["state", "--wal-dir", str(tmp_path)]) == 1
-    assert "DAMAGED: wal-0.log is damaged at byte" in capsys.readouterr().out
+    assert "DAMAGED: wal-0.log is damaged: checksum mismatch" in capsys.readouterr().out
 
 
 def test_a_log_whose_snapshot_is_missing_is_an_error_not_an_empty_shadow(tmp_path, capsys):

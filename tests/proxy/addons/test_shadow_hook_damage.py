@@ -95,7 +95,7 @@ def test_a_flipped_bit_mid_log_refuses_the_start_and_repair_keeps_the_good_prefi
 
     with pytest.raises(WalDamaged) as caught:
         ShadowHook.open(str(wal))
-    assert f"wal-0.log is damaged at byte {starts[600]}" in str(caught.value)
+    assert f"wal-0.log is damaged: checksum mismatch in record 600 at byte {starts[600]}" in str(caught.value)
     assert "597 record(s) after it verify" in str(caught.value)
     assert log.read_bytes() == damaged and os.listdir(wal) == ["wal-0.log"]  # nothing cut, nothing removed
 
