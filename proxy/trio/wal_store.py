@@ -17,6 +17,7 @@ Nothing here is async: the proxy calls these from a worker thread (``proxy.trio.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -262,6 +263,10 @@ class WalStore:
         snapshot is missing is empty (a start removes it) unless something else went wrong."""
         d = self.directory
         snapshot_path, log_path = os.path.join(d, snapshot_name(epoch)), os.path.join(d, log_name(epoch))
+        for path in (log_path, snapshot_path):
+            if os.path.exists(path):  # never renamed over: whatever wrote it (another proxy?) may need it
+                raise FileExistsError(errno.EEXIST, f"{os.path.basename(path)} already exists (is another proxy "
+                                      "using this WAL directory?); not overwriting it", path)
         _write_new_file(snapshot_path + ".tmp", encode_snapshot(epoch, snapshot_obj))
         _write_new_file(log_path + ".tmp", file_header(epoch))
         os.rename(log_path + ".tmp", log_path)

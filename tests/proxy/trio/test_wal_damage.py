@@ -14,6 +14,7 @@ import random
 import stat
 
 import pytest
+import trio
 from hypothesis import given, settings, strategies as st
 
 from proxy.core.wal_format import (
@@ -29,6 +30,7 @@ from proxy.core.wal_format import (
     file_header,
     scan_log,
 )
+from proxy.trio.group_commit import GroupCommitWal
 from proxy.trio.wal_store import WalStore, read_state
 
 RECORDS = 2000
@@ -308,3 +310,21 @@ def test_a_foreign_file_is_named(tmp_path):
     with pytest.raises(WalError, match="wal-2.log: not an hsmproxy WAL file"):
         read_state(str(tmp_path), repair=True)
 
+
+
+async def test_a_checkpoint_never_renames_over_an_existing_file(tmp_path):
+    """Someone else's wal-1.log (another proxy on the same directory?) is not overwritten: the
+    WAL stops instead, as for a failed write."""
+    store, _ = WalStore.open(str(tmp_path))
+    theirs = log_bytes(1, [["theirs", i] for i in range(3)])
+    (tmp_path / "wal-1.log").write_bytes(theirs)
+    wal = GroupCommitWal(store, lambda: {"state": 1}, checkpoint_every=2)
+    with trio.fail_after(10):
+        await wal.append(["ours", 0])
+        with pytest.raises(WalError, match="wal-1.log already exists"):
+            await wal.append(["ours", 1])
+        with pytest.raises(WalError, match="failed earlier"):
+            await wal.append(["ours", 2])
+    store.close()
+    assert (tmp_path / "wal-1.log").read_bytes() == theirs
+    assert read_state(str(tmp_path), repair=False).records == [["ours", 0], ["ours", 1]]
