@@ -110,6 +110,18 @@ class Metrics:
             "hsmproxy_divergences_total", "Divergence events detected by the shadow state, by kind",
             ["kind"], registry=r,
         )
+        self.divergences_in_doubt = Counter(
+            "hsmproxy_divergences_in_doubt_total",
+            "Divergences against a request in doubt after a proxy restart (the signer may never have seen it): "
+            "at most possible, so counted here instead of hsmproxy_divergences_total, by kind",
+            ["kind"], registry=r,
+        )
+        self.crashed_in_window_open = Gauge(
+            "hsmproxy_crashed_in_window_open",
+            "Channels whose node ended inside the crash window (counterparty commitment N signed, N-1 not "
+            "revoked) and has not shown yet whether it kept N (crashed_in_window events still possible)",
+            registry=r,
+        )
         self.guard_refusals = Counter(
             "hsmproxy_guard_refusals_total", "Requests refused by --guard before they reached the signer",
             ["kind"], registry=r,
