@@ -47,6 +47,11 @@ async def test_the_three_stories_show_what_the_write_up_claims(tmp_path):
     assert honest["faults"][0]["point"] == "reply.before_forward"  # the signer signed, the node never saw it
     assert {"retry_changed", "signer_rejected"} <= kinds(honest) and "double_signed" not in kinds(honest)
     assert honest["signer_rejections"] == ["policy-commitment-retry-same"]
+    # The crash in the window was flagged when the node died, and the changed retry confirmed it.
+    (crash,) = [d for d in honest["divergences"] if d["kind"] == "crashed_in_window"]
+    assert (crash["status"], crash["index"]) == ("confirmed", 1)
+    assert honest["divergences"][0] == crash  # flagged first: at the crash, before the node came back
+    assert "it had lost 1" in crash["detail"] and "retry_changed" in crash["detail"]
 
     refused = runs[("pretend-crash", "enforce")]
     assert (refused["outcome"], refused["funds_lost_msat"]) == ("refused", 0)
@@ -57,7 +62,10 @@ async def test_the_three_stories_show_what_the_write_up_claims(tmp_path):
     assert {"retry_changed", "double_signed"} <= kinds(stolen) and stolen["signer_rejections"] == []
 
     fixed = runs[("wal-fix", "enforce")]
-    assert (fixed["outcome"], fixed["divergences"], fixed["restarts"]) == ("converged", [], 1)
+    assert (fixed["outcome"], fixed["restarts"]) == ("converged", 1)
+    # The only event: the crash in the window, resolved by the identical retry of the WAL node.
+    assert [(d["kind"], d["status"], d["index"]) for d in fixed["divergences"]] == [("crashed_in_window", "resolved", 1)]
+    assert "the same contents" in fixed["divergences"][0]["detail"]
 
     for run in runs.values():
         assert run["ok"] and run["invariant_violations"] == [] and run["reproduce"].startswith("hsmproxy chaos ")
