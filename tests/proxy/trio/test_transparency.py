@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 import wire
 from proxy.core import hooks as H
-from proxy.trio.fdpass import Endpoint
-from proxy.trio.shell import RelayShell, StatusOut
+from proxy.trio.fdpass import SocketEnd
+from proxy.trio.shell import RelayShell, StatusWriter
 
 NODE_ID = bytes.fromhex("02a8a0e038d28608037487c049729943070050ff19b51810ca5f941dd3bfab2945")
 REPLY_109 = struct.pack(">I", 2) + b"\x00\x6d"
@@ -62,7 +62,7 @@ class Topology:
         proxy_signer, signer = socket.socketpair()
         self.node, self.signer = tsock(node), tsock(signer)
         nursery.start_soon(
-            shell.run_connection, Endpoint.from_stdlib(proxy_node), Endpoint.from_stdlib(proxy_signer),
+            shell.run_connection, SocketEnd.from_stdlib(proxy_node), SocketEnd.from_stdlib(proxy_signer),
             H.ConnContext(conn_id=shell.new_conn_id(), role=H.ROLE_MASTER),
         )
 
@@ -121,7 +121,7 @@ def test_streams_are_byte_identical_through_clients_two_levels_deep(down, up, do
                 child_node, child_signer = await topo.pass_client(topo.node, topo.signer, 7, 1024, carrier)
                 grand_node, grand_signer = await topo.pass_client(child_node, child_signer, 9, 447, carrier)
                 await trio.testing.wait_all_tasks_blocked()
-                contexts = {c.ctx.dbid: c.ctx for c in topo.shell.links.values() if c.ctx.role == H.ROLE_CLIENT}
+                contexts = {c.ctx.dbid: c.ctx for c in topo.shell.connections.values() if c.ctx.role == H.ROLE_CLIENT}
                 assert contexts[9].permissions == 447 and contexts[9].parent_id == contexts[7].conn_id
                 got = {}
 
@@ -166,7 +166,7 @@ PCP_REPLY = framed(bytes.fromhex("0076036da7c05008d5c49285ac78f908b70b08056ec566
 async def client_pair(hook):
     """A shell with a status socket, and one client connection with (dbid 5, permissions 8)."""
     status_node, status_proxy = socket.socketpair()
-    shell = RelayShell([hook], status_out=StatusOut(Endpoint.from_stdlib(status_proxy)))
+    shell = RelayShell([hook], status=StatusWriter(SocketEnd.from_stdlib(status_proxy)))
     return shell, tsock(status_node)
 
 
@@ -306,7 +306,7 @@ async def test_a_109_and_its_carrier_read_together_reach_the_node_together():
         theirs.close()
         shell = RelayShell([])
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(shell.run_connection, Endpoint.from_stdlib(proxy_node), Endpoint.from_stdlib(proxy_signer),
+            nursery.start_soon(shell.run_connection, SocketEnd.from_stdlib(proxy_node), SocketEnd.from_stdlib(proxy_signer),
                                H.ConnContext(conn_id=0, role=H.ROLE_MASTER))
             tnode = tsock(node)
             await trio.lowlevel.wait_readable(node)
