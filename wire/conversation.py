@@ -51,4 +51,6 @@ REQUEST_AFTER = "request.after_forward"  # the signer has it, the node waits
 REPLY_BEFORE = "reply.before_forward"  # the signer has acted, the node does not know: the split-brain window
 REPLY_AFTER = "reply.after_forward"  # the node has the reply
 POINTS = (REQUEST_BEFORE, REQUEST_AFTER, REPLY_BEFORE, REPLY_AFTER)
+REQUEST_POINTS = (REQUEST_BEFORE, REQUEST_AFTER)
+REPLY_POINTS = (REPLY_BEFORE, REPLY_AFTER)
 BEFORE_FORWARD_POINTS = (REQUEST_BEFORE, REPLY_BEFORE)  # where what is forwarded can still change
