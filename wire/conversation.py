@@ -20,20 +20,21 @@ TYPE_DEV_PREINIT = SPECS_BY_NAME["hsmd_dev_preinit"].type  # 99
 TYPE_CLIENT_HSMFD_REPLY = SPECS_BY_NAME["hsmd_client_hsmfd_reply"].type  # 109
 NO_REPLY_TYPES = frozenset({TYPE_DEV_PREINIT})  # hsmd answers every other request
 
-# The first two bytes of a body are its type: comparing them is cheaper than decoding.
-_NO_REPLY_PREFIXES = frozenset(t.to_bytes(2, "big") for t in NO_REPLY_TYPES)
-_FD_CARRIER_PREFIX = TYPE_CLIENT_HSMFD_REPLY.to_bytes(2, "big")
+# The first two bytes of a body are its type: comparing them is cheaper than decoding (hot
+# paths compare ``body[:2]`` with these directly).
+NO_REPLY_PREFIXES = frozenset(t.to_bytes(2, "big") for t in NO_REPLY_TYPES)
+FD_CARRIER_PREFIX = TYPE_CLIENT_HSMFD_REPLY.to_bytes(2, "big")
 
 
 def expects_reply(body: bytes) -> bool:
     """Whether hsmd answers the request ``body`` (a frame body, decoded or not)."""
-    return body[:2] not in _NO_REPLY_PREFIXES
+    return body[:2] not in NO_REPLY_PREFIXES
 
 
 def fd_carrier_follows(body: bytes) -> bool:
     """Whether the reply ``body`` is followed by a 1-byte fd carrier, when fds can be passed
     at all (a signer reached over TCP cannot pass one, and sends none)."""
-    return body[:2] == _FD_CARRIER_PREFIX
+    return body[:2] == FD_CARRIER_PREFIX
 
 
 # ---- roles: the connections -------------------------------------------------------------------

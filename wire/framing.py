@@ -25,7 +25,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .conversation import fd_carrier_follows
+from .conversation import FD_CARRIER_PREFIX
 
 # hsmd rejects lengths >= 2^27 (WIRE_LEN_LIMIT); it drops the connection when it sees one.
 MAX_BODY_LEN = (1 << 27) - 1
@@ -160,7 +160,7 @@ class FrameReader:
             raw = bytes(buf[pos:stop])
             last_frame = Frame(raw, raw[HEADER_LEN:], self._take_fds(stop) if self._fd_reads else _NO_FDS)
             out.append(last_frame)
-            if self._fd_carriers and fd_carrier_follows(last_frame.body):
+            if self._fd_carriers and last_frame.body[:2] == FD_CARRIER_PREFIX:
                 self._carrier_at = self._offset + stop
             pos = stop
         if pos:
@@ -202,7 +202,7 @@ class FrameReader:
             return None
         body = data[HEADER_LEN:]
         self._offset += len(data)
-        if self._fd_carriers and fd_carrier_follows(body):
+        if self._fd_carriers and body[:2] == FD_CARRIER_PREFIX:  # wire.conversation.fd_carrier_follows
             self._carrier_at = self._offset
         return [Frame(data, body)]
 

@@ -265,20 +265,24 @@ class HookChain:
 
     async def request(self, ex: Exchange, point: str) -> Verdict:
         methods = self._bound["on_request"]
-        if not methods:
-            return FORWARD
         if point == REQUEST_BEFORE:
-            return await self._decide(methods, ex, point)
-        await self._notify(methods, point, ex, point)
+            return await self._decide(methods, ex, point) if methods else FORWARD
+        for method, hook in methods:  # _notify, inline: this runs for every request
+            try:
+                await method(ex, point)
+            except Exception as exc:  # noqa: BLE001 - a hook's failure is handled here, see the module doc
+                await self._failed(hook, point, exc)
         return FORWARD
 
     async def reply(self, ex: Exchange, point: str) -> Verdict:
         methods = self._bound["on_reply"]
-        if not methods:
-            return FORWARD
         if point == REPLY_BEFORE:
-            return await self._decide(methods, ex, point)
-        await self._notify(methods, point, ex, point)
+            return await self._decide(methods, ex, point) if methods else FORWARD
+        for method, hook in methods:  # _notify, inline: this runs for every reply
+            try:
+                await method(ex, point)
+            except Exception as exc:  # noqa: BLE001 - a hook's failure is handled here, see the module doc
+                await self._failed(hook, point, exc)
         return FORWARD
 
     # ---- events -------------------------------------------------------------------------------

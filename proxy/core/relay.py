@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wire
-from wire.conversation import TYPE_CLIENT_HSMFD, expects_reply
+from wire.conversation import NO_REPLY_PREFIXES, TYPE_CLIENT_HSMFD, expects_reply
 from wire.framing import FdCarrier, Frame, FrameReader, FramingLost
 
 from proxy.core.hooks import (
@@ -149,9 +149,6 @@ class ConnectionRelay:
         self._next_seq = 0
         self._last_reply: Exchange | None = None  # the exchange a later carrier belongs to
 
-    def reader(self, direction: str) -> FrameReader:
-        return self.requests if direction == REQUEST else self.replies
-
     def parse(self, body: bytes):
         """The decoded message, or None (counted) when the body does not decode."""
         if not self.decode:
@@ -175,7 +172,7 @@ class ConnectionRelay:
         ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=body, request=self.parse(body))
         self._next_seq += 1
         self.stats.requests += 1
-        if expects_reply(body):
+        if body[:2] not in NO_REPLY_PREFIXES:  # expects_reply(body), inline: every request passes here
             self._pending.append(ex)
         return ex
 

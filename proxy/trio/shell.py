@@ -35,7 +35,6 @@ from proxy.core.hooks import (
     REQUEST_AFTER,
     REQUEST_BEFORE,
     ConnContext,
-    Exchange,
     HookChain,
 )
 from proxy.core.relay import (
@@ -79,12 +78,6 @@ class StatusWriter:
         async with self.lock:
             await self.end.send(data, fds)
 
-    async def send_pair(self, first: bytes, first_fds, second: bytes, second_fds) -> None:
-        if self.end is None:
-            return
-        async with self.lock:
-            await self.end.send_pair(first, first_fds, second, second_fds)
-
     def shutdown_write(self) -> None:
         if self.end is not None:
             self.end.shutdown_write()
@@ -117,10 +110,10 @@ class _Direction:
     reader: FrameReader
     arrived: Callable  # frame -> what the hooks see (Exchange or StatusMessage), from the core
     apply: Callable  # (seen, frame, verdict) -> Plan, from the core
-    before: Callable[[Any], Awaitable]  # runs the hooks; returns the verdict
-    after: Callable[[Any], Awaitable] | None  # runs the after_forward hooks
-    watched: bool  # some hook watches frames in this direction (else: no hooks, no timestamps)
-    socket_error_closes: bool  # False: a socket error ends only this direction
+    hooks: Callable[[Any, str], Awaitable] | None  # (seen, point) -> verdict; None: no hook watches
+    points: tuple[str, str | None] = ("", None)  # (before, after); no after: nothing runs after forwarding
+    stamps: tuple[str, str] = ("", "")  # the Exchange's received / forwarded time fields
+    socket_error_closes: bool = True  # False: a socket error ends only this direction
 
 
 class RelayShell:
@@ -145,11 +138,13 @@ class RelayShell:
         or it is closed; then close both sockets. Client connections passed inside it are
         relayed in a nursery of their own, so they outlive their parent like real fds do."""
         conn = RelayedConnection(ctx, node, signer, decode=self.decode)
-        core = conn.core
+        core, hooks = conn.core, self.hooks
         requests = _Direction(REQUEST, node, signer, core.requests, core.request_frame, core.apply_to_request,
-                              self._request_before, self._request_after, self.hooks.watches_requests, True)
+                              hooks.request if hooks.watches_requests else None, (REQUEST_BEFORE, REQUEST_AFTER),
+                              ("request_received_ns", "request_forwarded_ns"))
         replies = _Direction(REPLY, signer, node, core.replies, core.reply_frame, core.apply_to_reply,
-                             self._reply_before, self._reply_after, self.hooks.watches_replies, True)
+                             hooks.reply if hooks.watches_replies else None, (REPLY_BEFORE, REPLY_AFTER),
+                             ("reply_received_ns", "reply_forwarded_ns"))
         await self._run(conn, requests, replies)
 
     async def run_status(self, node: SocketEnd, signer: SocketEnd, ctx: ConnContext) -> None:
@@ -159,9 +154,9 @@ class RelayShell:
         conn = RelayedConnection(ctx, node, signer, decode=self.decode)
         core = conn.core
         # Nobody reads node -> signer on fd 0: when it fails, the status messages still flow.
-        requests = _Direction(REQUEST, node, signer, core.requests, None, None, None, None, False, False)
+        requests = _Direction(REQUEST, node, signer, core.requests, None, None, None, socket_error_closes=False)
         replies = _Direction(REPLY, signer, self.status, core.replies, core.status_frame, core.apply_to_status,
-                             self._status_seen, None, True, True)
+                             self._status_seen)
         await self._run(conn, requests, replies)
 
     async def _run(self, conn: RelayedConnection, *directions: _Direction) -> None:
@@ -225,12 +220,25 @@ class RelayShell:
 
     async def _frame(self, conn: RelayedConnection, direction: _Direction, seg: Frame) -> None:
         seen = direction.arrived(seg)
-        watched = direction.watched
-        verdict = await direction.before(seen) if watched else FORWARD
-        plan = direction.apply(seen, seg, verdict)
-        await self._carry_out(conn, direction, seg, plan)
-        if plan.forwarded and watched and direction.after is not None:
-            await direction.after(seen)
+        hooks = direction.hooks
+        if hooks is not None:
+            received, forwarded = direction.stamps
+            if received:
+                setattr(seen, received, _now())
+            before, after = direction.points
+            plan = direction.apply(seen, seg, await hooks(seen, before))
+        else:
+            plan = direction.apply(seen, seg, FORWARD)
+        if plan is FORWARD_AS_RECEIVED and not seg.fds:  # the common case, without the general machinery
+            try:
+                await direction.destination.send(seg.raw)
+            except OSError as exc:
+                raise _SocketFailed from exc
+        else:
+            await self._carry_out(conn, direction, seg, plan)
+        if hooks is not None and after is not None and plan.forwarded:
+            setattr(seen, forwarded, _now())
+            await hooks(seen, after)
 
     async def _carry_out(self, conn: RelayedConnection, direction: _Direction, seg, plan: Plan) -> None:
         """Carry out the core's actions for one segment; the segment's fds are ours to close
@@ -270,25 +278,8 @@ class RelayShell:
             if carrier is not None and carrier.fds:
                 close_fds(carrier.fds)
 
-    # ---- hooks at the points (timestamps for the metrics) -------------------------------------
-
-    async def _request_before(self, ex: Exchange):
-        ex.request_received_ns = _now()
-        return await self.hooks.request(ex, REQUEST_BEFORE)
-
-    async def _request_after(self, ex: Exchange) -> None:
-        ex.request_forwarded_ns = _now()
-        await self.hooks.request(ex, REQUEST_AFTER)
-
-    async def _reply_before(self, ex: Exchange):
-        ex.reply_received_ns = _now()
-        return await self.hooks.reply(ex, REPLY_BEFORE)
-
-    async def _reply_after(self, ex: Exchange) -> None:
-        ex.reply_forwarded_ns = _now()
-        await self.hooks.reply(ex, REPLY_AFTER)
-
-    async def _status_seen(self, message: StatusMessage):
+    async def _status_seen(self, message: StatusMessage, point: str):
+        """Hooks see a status message (signer -> node); none decides on it."""
         await self.hooks.status(message.conn, message.raw, message.msg)
         return FORWARD
 
