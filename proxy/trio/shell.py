@@ -290,15 +290,18 @@ class RelayShell:
         relay between the other end and the signer's socket, in the context of the request."""
         carrier, frame = action.carrier, action.frame
         try:
-            adopted = _adopt_signer_socket(carrier.fds)
-            if adopted is None:  # no fd, or not a stream socket: passed on as it came
+            signer_sock = _adopt_signer_socket(carrier.fds)
+            if signer_sock is None:  # no fd, or not a stream socket: passed on as it came
                 if frame is not None:
                     await node.send_pair(frame.raw, frame.fds, carrier.raw, carrier.fds)
                 else:
                     await node.send(carrier.raw, carrier.fds)
                 return
-            signer_sock = adopted
-            ours, theirs = socket.socketpair()
+            try:
+                ours, theirs = socket.socketpair()
+            except BaseException:
+                signer_sock.close()
+                raise
             try:
                 fds = [theirs.fileno(), *carrier.fds[1:]]
                 if frame is not None:
