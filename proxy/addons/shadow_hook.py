@@ -53,6 +53,8 @@ def _request_key(raw: bytes) -> bytes:
 class ShadowHook:
     """Feeds the relay's exchanges to a ``Shadow``; with a WAL, makes each step durable first."""
 
+    points = (H.REQUEST_BEFORE, H.REPLY_BEFORE)  # where it acts; the after points cost nothing then
+
     def __init__(self, shadow: S.Shadow, wal: GroupCommitWal | None = None, *, guard: bool = False,
                  run_id: int = 0, metrics=None, clock=time.time_ns):
         self.shadow = shadow

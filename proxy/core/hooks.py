@@ -24,6 +24,10 @@ A ``Hook`` is any object with some of these optional async methods::
         # a server next to the relay). Wrapper mode never calls it: there, nothing may stop
         # hsmd from starting, so such hooks start themselves lazily and must not raise.
 
+A hook that acts at some points only says which with ``points`` (e.g. ``points =
+(REQUEST_BEFORE, REPLY_BEFORE)``); its ``on_request`` / ``on_reply`` is then called only there,
+and a point no hook watches costs nothing. Without ``points``, a hook sees all four.
+
 Hooks run in registration order (shadow/WAL first, then faults, then metrics/trace) and the relay
 awaits each one before the bytes move on, so a WAL hook can make its record durable first. At a
 ``*.before_forward`` point the first hook that returns a verdict other than ``Forward`` decides;
@@ -48,11 +52,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from wire.conversation import (  # noqa: F401 - the contract's vocabulary, re-exported for hooks
+    BEFORE_FORWARD_POINTS,
     POINTS,
     REPLY_AFTER,
     REPLY_BEFORE,
+    REPLY_POINTS,
     REQUEST_AFTER,
     REQUEST_BEFORE,
+    REQUEST_POINTS,
     ROLE_CLIENT,
     ROLE_MASTER,
     ROLE_SOCKET,
@@ -172,6 +179,7 @@ class FailClosed:
 Verdict = Forward | Drop | Replace | Duplicate | Refuse | Disconnect | Hold | FailClosed
 VERDICT_TYPES = (Forward, Drop, Replace, Duplicate, Refuse, Disconnect, Hold, FailClosed)
 FORWARD = Forward()
+_BEFORE_FORWARD = frozenset(BEFORE_FORWARD_POINTS)
 
 
 @dataclass(frozen=True)
@@ -186,8 +194,9 @@ class HookFailure:
     failed_closed: bool = False
 
 
-class Hook(Protocol):  # documentation only: every method is optional
+class Hook(Protocol):  # documentation only: every method and attribute is optional
     observer: bool  # True: it only watches, and is switched off when it fails (default False)
+    points: tuple[str, ...]  # the points its on_request / on_reply want (default: all of POINTS)
 
     async def on_request(self, ex: Exchange, point: str) -> Verdict | None: ...
     async def on_reply(self, ex: Exchange, point: str) -> Verdict | None: ...
@@ -224,21 +233,33 @@ class HookChain:
             name: tuple((getattr(h, name), h) for h in live if callable(getattr(h, name, None)))
             for name in self._METHODS
         }
+        self._at = {  # point -> the (method, hook) pairs that watch it
+            point: tuple(pair for pair in self._bound[name] if point in getattr(pair[1], "points", POINTS))
+            for name, points in (("on_request", REQUEST_POINTS), ("on_reply", REPLY_POINTS))
+            for point in points
+        }
 
-    @property
-    def watches_requests(self) -> bool:
-        return bool(self._bound["on_request"])
-
-    @property
-    def watches_replies(self) -> bool:
-        return bool(self._bound["on_reply"])
+    def watches(self, point: str) -> bool:
+        """Whether some hook wants to see ``point`` (the shells skip the others)."""
+        return bool(self._at[point])
 
     def __bool__(self) -> bool:
         return bool(self.hooks)
 
     # ---- the points ---------------------------------------------------------------------------
 
-    async def _decide(self, methods, ex: Exchange, point: str) -> Verdict:
+    async def at(self, ex: Exchange, point: str) -> Verdict:
+        """Run the hooks that watch ``point`` on ``ex``. At a ``*.before_forward`` point: the
+        verdict (the first decisive one; ``FailClosed`` if a decider raised); elsewhere ``FORWARD``.
+        One loop for every point of every frame, so it is written out flat."""
+        methods = self._at[point]
+        if point not in _BEFORE_FORWARD:
+            for method, hook in methods:
+                try:
+                    await method(ex, point)
+                except Exception as exc:  # noqa: BLE001 - a hook's failure is handled here, see the module doc
+                    await self._failed(hook, point, exc)
+            return FORWARD
         decided: Verdict = FORWARD
         ex.verdict = decided
         for method, hook in methods:
@@ -256,34 +277,15 @@ class HookChain:
                 ex.verdict = decided
         return decided
 
+    request = at  # chain.request(ex, REQUEST_BEFORE) reads better where the direction is known
+    reply = at
+
     async def _notify(self, methods, where: str, *args) -> None:
         for method, hook in methods:
             try:
                 await method(*args)
             except Exception as exc:  # noqa: BLE001 - a hook's failure is handled here, see the module doc
                 await self._failed(hook, where, exc)
-
-    async def request(self, ex: Exchange, point: str) -> Verdict:
-        methods = self._bound["on_request"]
-        if point == REQUEST_BEFORE:
-            return await self._decide(methods, ex, point) if methods else FORWARD
-        for method, hook in methods:  # _notify, inline: this runs for every request
-            try:
-                await method(ex, point)
-            except Exception as exc:  # noqa: BLE001 - a hook's failure is handled here, see the module doc
-                await self._failed(hook, point, exc)
-        return FORWARD
-
-    async def reply(self, ex: Exchange, point: str) -> Verdict:
-        methods = self._bound["on_reply"]
-        if point == REPLY_BEFORE:
-            return await self._decide(methods, ex, point) if methods else FORWARD
-        for method, hook in methods:  # _notify, inline: this runs for every reply
-            try:
-                await method(ex, point)
-            except Exception as exc:  # noqa: BLE001 - a hook's failure is handled here, see the module doc
-                await self._failed(hook, point, exc)
-        return FORWARD
 
     # ---- events -------------------------------------------------------------------------------
 

@@ -110,9 +110,10 @@ class _Direction:
     reader: FrameReader
     arrived: Callable  # frame -> what the hooks see (Exchange or StatusMessage), from the core
     apply: Callable  # (seen, frame, verdict) -> Plan, from the core
-    hooks: Callable[[Any, str], Awaitable] | None  # (seen, point) -> verdict; None: no hook watches
-    points: tuple[str, str | None] = ("", None)  # (before, after); no after: nothing runs after forwarding
-    stamps: tuple[str, str] = ("", "")  # the Exchange's received / forwarded time fields
+    hooks: Callable[[Any, str], Awaitable] | None = None  # (seen, point) -> verdict
+    before: str | None = None  # the point before forwarding, when some hook watches it
+    after: str | None = None  # the point after forwarding, when some hook watches it
+    stamps: tuple[str, str] | None = None  # the Exchange's received / forwarded time fields
     socket_error_closes: bool = True  # False: a socket error ends only this direction
 
 
@@ -138,14 +139,17 @@ class RelayShell:
         or it is closed; then close both sockets. Client connections passed inside it are
         relayed in a nursery of their own, so they outlive their parent like real fds do."""
         conn = RelayedConnection(ctx, node, signer, decode=self.decode)
-        core, hooks = conn.core, self.hooks
+        core = conn.core
         requests = _Direction(REQUEST, node, signer, core.requests, core.request_frame, core.apply_to_request,
-                              hooks.request if hooks.watches_requests else None, (REQUEST_BEFORE, REQUEST_AFTER),
+                              self.hooks.at, *self._watched(REQUEST_BEFORE, REQUEST_AFTER),
                               ("request_received_ns", "request_forwarded_ns"))
         replies = _Direction(REPLY, signer, node, core.replies, core.reply_frame, core.apply_to_reply,
-                             hooks.reply if hooks.watches_replies else None, (REPLY_BEFORE, REPLY_AFTER),
+                             self.hooks.at, *self._watched(REPLY_BEFORE, REPLY_AFTER),
                              ("reply_received_ns", "reply_forwarded_ns"))
         await self._run(conn, requests, replies)
+
+    def _watched(self, *points: str) -> list[str | None]:
+        return [point if self.hooks.watches(point) else None for point in points]
 
     async def run_status(self, node: SocketEnd, signer: SocketEnd, ctx: ConnContext) -> None:
         """Relay fd 0. Signer -> node frames go to the hooks' ``on_status``; the other direction
@@ -154,9 +158,9 @@ class RelayShell:
         conn = RelayedConnection(ctx, node, signer, decode=self.decode)
         core = conn.core
         # Nobody reads node -> signer on fd 0: when it fails, the status messages still flow.
-        requests = _Direction(REQUEST, node, signer, core.requests, None, None, None, socket_error_closes=False)
+        requests = _Direction(REQUEST, node, signer, core.requests, None, None, socket_error_closes=False)
         replies = _Direction(REPLY, signer, self.status, core.replies, core.status_frame, core.apply_to_status,
-                             self._status_seen)
+                             self._status_seen, before="status")
         await self._run(conn, requests, replies)
 
     async def _run(self, conn: RelayedConnection, *directions: _Direction) -> None:
@@ -220,13 +224,11 @@ class RelayShell:
 
     async def _frame(self, conn: RelayedConnection, direction: _Direction, seg: Frame) -> None:
         seen = direction.arrived(seg)
-        hooks = direction.hooks
-        if hooks is not None:
-            received, forwarded = direction.stamps
-            if received:
-                setattr(seen, received, _now())
-            before, after = direction.points
-            plan = direction.apply(seen, seg, await hooks(seen, before))
+        before, after, stamps = direction.before, direction.after, direction.stamps
+        if stamps is not None and (before is not None or after is not None):
+            setattr(seen, stamps[0], _now())
+        if before is not None:
+            plan = direction.apply(seen, seg, await direction.hooks(seen, before))
         else:
             plan = direction.apply(seen, seg, FORWARD)
         if plan is FORWARD_AS_RECEIVED and not seg.fds:  # the common case, without the general machinery
@@ -236,9 +238,9 @@ class RelayShell:
                 raise _SocketFailed from exc
         else:
             await self._carry_out(conn, direction, seg, plan)
-        if hooks is not None and after is not None and plan.forwarded:
-            setattr(seen, forwarded, _now())
-            await hooks(seen, after)
+        if after is not None and plan.forwarded:
+            setattr(seen, stamps[1], _now())
+            await direction.hooks(seen, after)
 
     async def _carry_out(self, conn: RelayedConnection, direction: _Direction, seg, plan: Plan) -> None:
         """Carry out the core's actions for one segment; the segment's fds are ours to close

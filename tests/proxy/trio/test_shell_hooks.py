@@ -150,3 +150,18 @@ async def test_an_observer_failing_to_hear_of_a_failure_is_switched_off_without_
     with trio.fail_after(5):
         await chain.request(_exchange(), REQUEST_BEFORE)
     assert len(chain.switched_off) == 2 and chain.switched_off[1] is deaf
+
+
+async def test_a_hook_with_points_is_called_only_there():
+    log = []
+
+    class BeforeOnly(Recorder):
+        points = (REQUEST_BEFORE,)
+
+    chain = HookChain([BeforeOnly("shadow", log)])
+    with trio.fail_after(5):
+        await chain.request(_exchange(), REQUEST_BEFORE)
+        await chain.request(_exchange(), REQUEST_AFTER)
+    assert [point for _, point, _ in log] == [REQUEST_BEFORE]
+    assert chain.watches(REQUEST_BEFORE) and not chain.watches(REQUEST_AFTER) and not chain.watches(REPLY_AFTER)
+    assert HookChain([Recorder("all", [])]).watches(REQUEST_AFTER)
