@@ -31,7 +31,8 @@ and a point no hook watches costs nothing. Without ``points``, a hook sees all f
 Hooks run in registration order (shadow/WAL first, then faults, then metrics/trace) and the relay
 awaits each one before the bytes move on, so a WAL hook can make its record durable first. At a
 ``*.before_forward`` point the first hook that returns a verdict other than ``Forward`` decides;
-later hooks still run (they see ``ex.verdict``) but cannot overrule it. Return values at
+later hooks still run (they see ``ex.verdict``) but cannot overrule it, except by failing (see
+below: then nothing is forwarded). Return values at
 ``*.after_forward`` points are ignored. What a verdict does is the relay core's business
 (``proxy.core.relay``); the shells only carry out what it says.
 
