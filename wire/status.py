@@ -44,6 +44,3 @@ status_version = message(
     0xFFF6,
     field("version", "wirestring"),
 )
-
-LOG_LEVELS = ("io_out", "io_in", "trace", "debug", "info", "unusual", "broken")
-FAIL_REASONS = ("master_io", "hsm_io", "gossip_io", "internal_error")

@@ -144,7 +144,7 @@ def _split(raw: bytes, framed: str, origin: str) -> list[bytes]:
         return [raw]
     reader = wire.FrameReader()
     try:
-        bodies = reader.feed(raw)
+        bodies = reader.bodies(raw)
     except wire.FramingError as exc:
         if framed == "yes":
             raise BadInput(f"{origin}: {exc}") from None

@@ -79,6 +79,8 @@ def _request_key(raw: bytes) -> bytes:
 class ShadowHook:
     """Feeds the relay's exchanges to a ``Shadow``; with a WAL, makes each step durable first."""
 
+    points = (REQUEST_BEFORE, REPLY_BEFORE)  # where it acts; the after points cost nothing then
+
     def __init__(self, shadow: Shadow, wal: GroupCommitWal | None = None, *, guard: bool = False,
                  run_id: int = 0, metrics=None, clock=time.time_ns):
         self.shadow = shadow

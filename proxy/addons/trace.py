@@ -55,6 +55,9 @@ class TraceHook:
     """A relay hook that appends every frame and event to a trace file. Register it last, so
     the verdict it records is the one the other hooks decided."""
 
+    observer = True  # a trace that cannot be written (a full disk) must not take the node's signer away
+    points = (REQUEST_BEFORE, REPLY_BEFORE)  # it records each frame once, with its verdict
+
     def __init__(self, path: str, *, secrets: bool = False):
         self.path = path
         self.secrets = secrets

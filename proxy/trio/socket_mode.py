@@ -9,9 +9,9 @@ import socket
 
 import trio
 
-from proxy.core import hooks as H
+from proxy.core.hooks import ROLE_SOCKET, ConnContext, HookChain
 from proxy.trio.addresses import Address
-from proxy.trio.fdpass import Endpoint
+from proxy.trio.fdpass import SocketEnd
 from proxy.trio.shell import RelayShell
 
 log = logging.getLogger("hsmproxy.serve")
@@ -39,7 +39,7 @@ def _tune(sock: trio.socket.SocketType) -> None:
 async def serve(
     listen: socket.socket,
     upstream: Address,
-    hooks: H.HookChain,
+    hooks: HookChain,
     *,
     decode: bool = True,
     task_status=trio.TASK_STATUS_IGNORED,
@@ -70,5 +70,5 @@ async def _relay_one(shell: RelayShell, down: trio.socket.SocketType, upstream: 
         log.error("cannot reach the signer at %s (%s); closing the incoming connection", upstream, exc)
         down.close()
         return
-    ctx = H.ConnContext(conn_id=shell.new_conn_id(), role=H.ROLE_SOCKET)
-    await shell.run_connection(Endpoint(down), Endpoint(up), ctx)
+    ctx = ConnContext(conn_id=shell.new_conn_id(), role=ROLE_SOCKET)
+    await shell.run_connection(SocketEnd(down), SocketEnd(up), ctx)

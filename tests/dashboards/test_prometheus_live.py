@@ -122,7 +122,7 @@ def test_every_dashboard_query_and_alert_has_data(tmp_path: Path):
                 if not prometheus.query(_base(expr)):
                     empty.append(f"alert {alert}: {_base(expr)}")
             assert not empty, "queries without data:\n" + "\n".join(empty)
-            assert len(dashboard_exprs()) >= 25 and len(rule_exprs()) == 7
+            assert len(dashboard_exprs()) >= 25 and len(rule_exprs()) == 8
         finally:
             _stop(node)
             _stop(chaos, gently=True)

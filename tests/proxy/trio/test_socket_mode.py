@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+import wire
 from proxy.trio.addresses import AddressError, parse_address
 from proxy.addons.trace import read_trace
 from tests import ld_harness as h
@@ -121,6 +122,55 @@ async def test_concurrent_connections_each_get_their_own_upstream(tmp_path: Path
     assert all(r["conn"]["role"] == "socket" for r in frames)
     if kind == "unix":
         assert not os.path.exists(tmp_path / "proxy.sock")  # removed on SIGTERM
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+async def test_a_109_without_an_fd_carrier_leaves_the_next_replies_intact(tmp_path: Path, kind: str):
+    """A signer on a socket that cannot (TCP) or does not pass fds answers hsmd_client_hsmfd
+    with a bare 109: the byte after it is the next reply's length, not a carrier (issue 12 item 4)."""
+    client_hsmfd = wire.frame(wire.encode(wire.build("hsmd_client_hsmfd", id=bytes.fromhex("02") + bytes(32),
+                                                     dbid=5, permissions=8)))
+    reply_109 = wire.frame(b"\x00\x6d")
+
+    async def handle(stream):
+        reader = wire.FrameReader()
+        async with stream:
+            while data := await stream.receive_some(65536):
+                for body in reader.bodies(data):
+                    await stream.send_all(reply_109 if body[:2] == b"\x00\x09" else REPLY)
+
+    if kind == "unix":
+        up_listener = trio.SocketListener(trio.socket.from_stdlib_socket(_unix_listen(tmp_path / "signer.sock")))
+        connect, listen = f"unix:{tmp_path / 'signer.sock'}", f"unix:{tmp_path / 'proxy.sock'}"
+    else:
+        (up_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        connect = f"tcp:127.0.0.1:{up_listener.socket.getsockname()[1]}"
+        listen = f"tcp:127.0.0.1:{free_port()}"
+    proc = start_serve(listen, connect)
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, handle, [up_listener])
+                stream = await connect_when_ready(parse_address(listen), proc)
+                await stream.send_all(client_hsmfd)
+                assert await receive_exactly(stream, len(reply_109)) == reply_109
+                for _ in range(2):
+                    await stream.send_all(REQUEST)
+                    assert await receive_exactly(stream, len(REPLY)) == REPLY
+                await stream.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+async def receive_exactly(stream: trio.SocketStream, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        data = await stream.receive_some(n - len(got))
+        assert data, f"EOF after {len(got)} of {n} bytes"
+        got += data
+    return got
 
 
 def _unix_listen(path: Path) -> socket.socket:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import time
 from pathlib import Path
 
@@ -148,7 +147,7 @@ def test_oversize_frame_on_the_master_reaches_the_signer(signer, tmp_path):
     ld = h.Lightningd([str(h.wrapper_script(tmp_path, signer))], tmp_path)
     try:
         ld.request("master", init_body())
-        ld.master.sendall(struct.pack(">I", 1 << 27) + b"junk")  # framing lost: relayed raw
+        ld.master.sendall((1 << 27).to_bytes(4, "big") + b"junk")  # framing lost: relayed raw
         assert h.read_frame(ld.master) is None
         assert ld.wait() == 2
     finally:
