@@ -26,7 +26,7 @@ from proxy.addons.shadow_hook import ShadowHook
 from proxy.addons.trace import TraceHook
 from proxy.core.shadow import INTENT_RECORD, OUTCOME_RECORD
 from proxy.trio.shell import RelayShell
-from proxy.trio.wal import read_state
+from proxy.trio.wal_store import read_state
 from tests.proxy.trio.conftest import (
     NODE_ID,
     PCP,
