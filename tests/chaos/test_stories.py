@@ -5,21 +5,12 @@ from __future__ import annotations
 import json
 import shlex
 import signal
-import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
 import trio
 
-CLI = [sys.executable, "-m", "hsmproxy.cli"]
-
-
-async def chaos(*args: str, timeout: float = 240) -> tuple[int, str, str]:
-    with trio.fail_after(timeout):
-        done = await trio.run_process([*CLI, "chaos", "--no-live", *args], capture_stdout=True,
-                                      capture_stderr=True, check=False)
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
-
+from tests.chaos.helpers import CLI, chaos
 
 def permissive_signer(tmp_path: Path) -> Path:
     """Our signer with every VLS rule turned into a warning: it signs whatever it is asked, as stock

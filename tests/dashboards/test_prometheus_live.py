@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.prometheus_server import free_port, running_prometheus
-from tests.dashboards.test_dashboards import dashboard_exprs, rule_exprs
+from tests.dashboards.helpers import dashboard_exprs, rule_exprs
 from tests.paths import ROOT
 
 ROOT = ROOT

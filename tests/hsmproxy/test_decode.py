@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 from tests.paths import CAPTURE
 
 VECTORS = CAPTURE

@@ -4,7 +4,6 @@ byte for byte; the malformed ones raise DecodeError."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

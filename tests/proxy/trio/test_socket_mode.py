@@ -16,78 +16,25 @@ import wire
 from proxy.trio.addresses import AddressError, parse_address
 from proxy.addons.trace import read_trace
 from tests import ld_harness as h
+from tests.prometheus_server import free_port
+from tests.serve_harness import (
+    REPLY,
+    REQUEST,
+    connect_when_ready,
+    receive_exactly,
+    round_trips,
+    signer_server,
+    start_serve,
+    unix_listen,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def captured_pair(request_name: str) -> tuple[bytes, bytes]:
-    records = [r for r in h.capture_session("main") if r["kind"] == "msg" and r["conn"] != "status"]
-    for req, rep in zip(records, records[1:]):
-        if req["name"] == request_name and req["dir"] == "node->signer":
-            return bytes.fromhex(req["framed_hex"]), bytes.fromhex(rep["framed_hex"])
-    raise LookupError(request_name)
-
-
-REQUEST, REPLY = captured_pair("hsmd_sign_remote_commitment_tx")
-
-
-async def signer_server(listener: trio.SocketListener, received: list, task_status=trio.TASK_STATUS_IGNORED):
-    """Answers every complete REQUEST with REPLY; records what each connection sent."""
-
-    async def handle(stream):
-        got = bytearray()
-        async with stream:
-            while data := await stream.receive_some(65536):
-                got += data
-                while got.startswith(REQUEST):
-                    del got[: len(REQUEST)]
-                    await stream.send_all(REPLY)
-                    received.append(REQUEST)
-            received.append(bytes(got))  # leftovers, e.g. garbage
-
-    async with trio.open_nursery() as nursery:
-        task_status.started()
-        await nursery.start(trio.serve_listeners, handle, [listener])
-
-
-def start_serve(listen: str, connect: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hsmproxy.cli", "serve", "--listen", listen, "--connect", connect, *extra],
-        env=h.child_env(), stderr=subprocess.PIPE, text=True,
-    )
-
-
-async def connect_when_ready(addr, proc: subprocess.Popen) -> trio.SocketStream:
-    with trio.fail_after(10):
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                if addr.kind == "unix":
-                    return await trio.open_unix_socket(addr.path)
-                return await trio.open_tcp_stream(addr.host, addr.port)
-            except OSError:
-                await trio.sleep(0.02)
-
-
-async def round_trips(stream: trio.SocketStream, n: int) -> None:
-    for _ in range(n):
-        await stream.send_all(REQUEST)
-        got = b""
-        while len(got) < len(REPLY):
-            got += await stream.receive_some(len(REPLY) - len(got))
-        assert got == REPLY
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
 async def test_concurrent_connections_each_get_their_own_upstream(tmp_path: Path, kind: str):
     if kind == "unix":
-        up_listener = trio.SocketListener(trio.socket.from_stdlib_socket(_unix_listen(tmp_path / "signer.sock")))
+        up_listener = trio.SocketListener(trio.socket.from_stdlib_socket(unix_listen(tmp_path / "signer.sock")))
         connect, listen = f"unix:{tmp_path / 'signer.sock'}", f"unix:{tmp_path / 'proxy.sock'}"
     else:
         (up_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -140,7 +87,7 @@ async def test_a_109_without_an_fd_carrier_leaves_the_next_replies_intact(tmp_pa
                     await stream.send_all(reply_109 if body[:2] == b"\x00\x09" else REPLY)
 
     if kind == "unix":
-        up_listener = trio.SocketListener(trio.socket.from_stdlib_socket(_unix_listen(tmp_path / "signer.sock")))
+        up_listener = trio.SocketListener(trio.socket.from_stdlib_socket(unix_listen(tmp_path / "signer.sock")))
         connect, listen = f"unix:{tmp_path / 'signer.sock'}", f"unix:{tmp_path / 'proxy.sock'}"
     else:
         (up_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -164,22 +111,6 @@ async def test_a_109_without_an_fd_carrier_leaves_the_next_replies_intact(tmp_pa
         assert proc.wait(timeout=10) == 0
 
 
-async def receive_exactly(stream: trio.SocketStream, n: int) -> bytes:
-    got = b""
-    while len(got) < n:
-        data = await stream.receive_some(n - len(got))
-        assert data, f"EOF after {len(got)} of {n} bytes"
-        got += data
-    return got
-
-
-def _unix_listen(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(path))
-    sock.listen(8)
-    return sock
-
-
 def test_addresses_are_checked_with_a_clear_message():
     assert parse_address("unix:/run/x.sock").path == "/run/x.sock"
     assert (parse_address("tcp:[::1]:7701").host, parse_address("tcp:[::1]:7701").port) == ("::1", 7701)
@@ -200,7 +131,7 @@ def _serve_once(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_live_listen_path_is_refused_and_left_alone(tmp_path: Path):
     path = tmp_path / "proxy.sock"
-    with _unix_listen(path) as live:
+    with unix_listen(path) as live:
         inode = os.stat(path).st_ino
         done = _serve_once("--listen", f"unix:{path}", "--connect", "unix:/x")
         assert done.returncode == 2
@@ -227,7 +158,7 @@ def test_an_http_address_that_cannot_be_used_is_a_clear_start_up_error(tmp_path:
 
 def test_a_live_control_socket_path_is_refused(tmp_path: Path):
     control = tmp_path / "control.sock"
-    with _unix_listen(control):
+    with unix_listen(control):
         done = _serve_once("--listen", f"unix:{tmp_path / 'proxy.sock'}", "--connect", "unix:/x",
                            "--control", f"unix:{control}")
         assert control.exists()

@@ -104,7 +104,7 @@ def test_whole_lightningd_session_is_identical_with_and_without_the_wrapper(sign
 def test_developer_flag_and_preinit_pass_through(signer, tmp_path):
     ld = h.Lightningd([str(h.wrapper_script(tmp_path, signer)), "--developer"], tmp_path)
     try:
-        ld.master.sendall(h.frame(bytes.fromhex("0063") + b"\x00\x00"))  # dev_preinit: no reply
+        ld.master.sendall(wire.frame(bytes.fromhex("0063") + b"\x00\x00"))  # dev_preinit: no reply
         assert ld.request("master", init_body())[:2] == b"\x00\x72"
     finally:
         ld.close()
