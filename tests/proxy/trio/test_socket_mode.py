@@ -31,15 +31,18 @@ from tests.serve_harness import (
 pytestmark = pytest.mark.timeout(60)
 
 
+async def signer_listener(tmp_path: Path, kind: str) -> tuple[trio.SocketListener, str, str]:
+    """A listener for the signer, and (--connect, --listen) of the same kind for the proxy."""
+    if kind == "unix":
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(unix_listen(tmp_path / "signer.sock")))
+        return listener, f"unix:{tmp_path / 'signer.sock'}", f"unix:{tmp_path / 'proxy.sock'}"
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    return listener, f"tcp:127.0.0.1:{listener.socket.getsockname()[1]}", f"tcp:127.0.0.1:{free_port()}"
+
+
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
 async def test_concurrent_connections_each_get_their_own_upstream(tmp_path: Path, kind: str):
-    if kind == "unix":
-        up_listener = trio.SocketListener(trio.socket.from_stdlib_socket(unix_listen(tmp_path / "signer.sock")))
-        connect, listen = f"unix:{tmp_path / 'signer.sock'}", f"unix:{tmp_path / 'proxy.sock'}"
-    else:
-        (up_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        connect = f"tcp:127.0.0.1:{up_listener.socket.getsockname()[1]}"
-        listen = f"tcp:127.0.0.1:{free_port()}"
+    up_listener, connect, listen = await signer_listener(tmp_path, kind)
     trace = tmp_path / "serve.trace"
     received: list = []
     proc = start_serve(listen, connect, "--trace", str(trace))
@@ -86,13 +89,7 @@ async def test_a_109_without_an_fd_carrier_leaves_the_next_replies_intact(tmp_pa
                 for body in reader.bodies(data):
                     await stream.send_all(reply_109 if body[:2] == b"\x00\x09" else REPLY)
 
-    if kind == "unix":
-        up_listener = trio.SocketListener(trio.socket.from_stdlib_socket(unix_listen(tmp_path / "signer.sock")))
-        connect, listen = f"unix:{tmp_path / 'signer.sock'}", f"unix:{tmp_path / 'proxy.sock'}"
-    else:
-        (up_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        connect = f"tcp:127.0.0.1:{up_listener.socket.getsockname()[1]}"
-        listen = f"tcp:127.0.0.1:{free_port()}"
+    up_listener, connect, listen = await signer_listener(tmp_path, kind)
     proc = start_serve(listen, connect)
     try:
         with trio.fail_after(20):

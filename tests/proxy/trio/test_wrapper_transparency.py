@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import wire
 from tests import ld_harness as h
 from tests.paths import TESTS
+from tests.proxy.trio.conftest import recv_exactly
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,13 +58,6 @@ def both(tmp_path_factory):
     pair.close()
 
 
-async def recv_exactly(sock, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        data = await sock.recv(n - len(out))
-        assert data, f"EOF after {len(out)} of {n} bytes"
-        out += data
-    return bytes(out)
 
 
 async def read_to_eof(sock) -> bytes:
