@@ -20,9 +20,10 @@ import trio
 from coincurve import PrivateKey
 
 import wire
-from proxy.addons.shadow_hook import ShadowHook, recover
+from proxy.addons.shadow_hook import ShadowHook
 from proxy.core.digest import digest_of_request
 from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ROLE_CLIENT, ConnContext, Exchange
+from proxy.trio.shadow_recovery import recover
 from tests.proxy.core.shadow_vectors import peer_id, request
 from tests.crash_harness import run_and_sigkill
 
