@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hsmproxy.control_client import ControlClient
-from proxy.addons.shadow_hook import recover
+from proxy.trio.shadow_recovery import recover
 from proxy.core.shadow import shadow_jsonable
 from proxy.addons.trace import TraceFormatError, read_trace
 from proxy.core.shadow import DIVERGENCE_KINDS
