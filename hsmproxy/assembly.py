@@ -53,7 +53,7 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
     if metrics is not None:
         hooks += _metrics_hooks(args, metrics, runtime, control)
     if getattr(args, "trace", None):
-        trace = TraceHook(args.trace, secrets=args.trace_secrets)
+        trace = TraceHook(args.trace, secrets=args.trace_secrets, parsed=getattr(args, "parse", True))
         hooks.append(trace)
         if shadow is not None:  # divergence events and injected faults go into the trace too
             shadow.listeners.append(trace.divergence)

@@ -17,16 +17,18 @@ def add_relay_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("relay")
     group.add_argument(
         "--trace", metavar="FILE", help="record every frame and event to FILE (msgpack, mode 0600; "
-        "read it with `hsmproxy decode FILE`)"
+        "read it with `hsmproxy decode FILE`); a frame is kept whole only when it decoded and holds "
+        "no secret, else redacted, or its type and length when it did not decode"
     )
     group.add_argument(
         "--trace-secrets", action="store_true",
-        help="keep secrets (revocation/per-commitment secrets, ECDH results, derived secrets, "
-        "passphrases) in the trace instead of redacting them",
+        help="keep every frame whole in the trace, secrets included (revocation/per-commitment "
+        "secrets, ECDH results, derived secrets, passphrases) instead of redacting them",
     )
     group.add_argument(
         "--no-parse", dest="parse", action="store_false",
-        help="relay without decoding messages (hooks then see msg=None); for comparison benchmarks",
+        help="relay without decoding messages (hooks then see msg=None); for comparison benchmarks. "
+        "A --trace then keeps only each frame's type and length (unless --trace-secrets)",
     )
     group.add_argument(
         "--wal-dir", metavar="DIR",
