@@ -98,6 +98,15 @@ def redacted_fields(message, show_secrets: bool = False) -> dict:
     """The message's fields with everything that is or may be secret replaced (None stays None:
     absence is not secret). An embedded message is replaced whole unless it holds no secret;
     ``to_jsonable`` shows it decoded instead."""
+    fields = _redacted_own_fields(message, show_secrets)
+    embedded = message.embedded_field
+    if embedded is not None and not show_secrets and not _embedded_holds_no_secret(message, 0):
+        fields[embedded] = redacted_bytes(len(fields[embedded]))
+    return fields
+
+
+def _redacted_own_fields(message, show_secrets: bool) -> dict:
+    """``redacted_fields`` but for an embedded message, which the caller shows its own way."""
     fields = dict(message.fields)
     if show_secrets:
         return fields
@@ -123,9 +132,6 @@ def redacted_fields(message, show_secrets: bool = False) -> dict:
     for name in message.quoting_text_fields:
         if isinstance(fields.get(name), str):
             fields[name] = _without_quoted_hex(fields[name])
-    embedded = message.embedded_field
-    if embedded is not None and not _embedded_holds_no_secret(message, 0):
-        fields[embedded] = redacted_bytes(len(fields[embedded]))
     return fields
 
 
@@ -141,7 +147,7 @@ def to_jsonable(message, *, show_secrets: bool = False, max_bytes: int | None = 
 
 
 def _view(message, show_secrets: bool, max_bytes: int | None, depth: int) -> dict:
-    fields = redacted_fields(message, show_secrets)
+    fields = _redacted_own_fields(message, show_secrets)
     embedded = message.embedded_field
     if embedded is not None:
         fields[embedded] = _embedded_view(message, embedded, show_secrets, max_bytes, depth)
