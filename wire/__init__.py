@@ -11,6 +11,7 @@ Public API::
     wire.FrameReader().bodies(data)  # complete bodies; lost framing raises FramingError
     wire.conversation                # message facts (no reply, fd carrier), roles, points
     wire.to_jsonable(msg, show_secrets=False)
+    wire.holds_no_secret(msg)        # True only when the bytes provably carry no secret
 """
 
 from . import conversation
@@ -28,7 +29,7 @@ from .framing import (
     Unframed,
     frame,
 )
-from .render import REDACTED, redacted_fields, to_jsonable
+from .render import REDACTED, holds_no_secret, is_redacted, redacted_fields, to_jsonable
 from .schema import FieldSpec, MessageSpec
 
 __all__ = [
@@ -55,6 +56,8 @@ __all__ = [
     "Unframed",
     "frame",
     "REDACTED",
+    "holds_no_secret",
+    "is_redacted",
     "redacted_fields",
     "to_jsonable",
     "FieldSpec",

@@ -20,7 +20,7 @@ status_io = message(
     field("iodir", "enum log_level"),
     field("peer", "?node_id"),
     field("who", "wirestring"),
-    field("data", "u8", count="len"),
+    field("data", "u8", count="len", secret=True),  # logged traffic: it may be anything
 )
 
 status_fail = message(

@@ -14,6 +14,7 @@ import trio
 
 import wire
 from proxy.trio.addresses import AddressError, parse_address
+from proxy.trio.socket_mode import check_listen_address
 from proxy.addons.trace import read_trace
 from tests import ld_harness as h
 from tests.prometheus_server import free_port
@@ -195,3 +196,39 @@ async def test_an_unreachable_signer_closes_the_connection_and_serving_goes_on(t
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     assert "cannot reach the signer at unix:" in proc.stderr.read()
+
+
+# --- issue 12 item 10: a typo must not put signing on the network ---------------------------------
+
+def test_only_loopback_listen_addresses_are_accepted_without_the_flag(caplog):
+    for ok in ["unix:/run/hsmproxy.sock", "tcp:127.0.0.1:7701", "tcp:127.9.9.9:1", "[::1]:7701", "localhost:7701", ":7701"]:
+        check_listen_address(parse_address(ok), allow_remote=False)
+    assert not caplog.records
+    for remote in ["tcp:0.0.0.0:7701", "tcp:[::]:7701", "10.0.0.5:7701", "tcp:signer.example:7701", "tcp:[::ffff:127.0.0.1]:1"]:
+        with pytest.raises(AddressError, match=r"not a loopback address.*--listen-allow-remote"):
+            check_listen_address(parse_address(remote), allow_remote=False)
+    check_listen_address(parse_address("tcp:0.0.0.0:7701"), allow_remote=True)
+    assert "REACHABLE FROM OTHER MACHINES" in caplog.text and "0.0.0.0:7701" in caplog.text
+
+
+def test_serve_refuses_a_remote_listen_address_before_listening():
+    port = free_port()
+    done = _serve_once("--listen", f"tcp:0.0.0.0:{port}", "--connect", "unix:/x")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"--listen 0.0.0.0:{port}: not a loopback address" in done.stderr and "--listen-allow-remote" in done.stderr
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listened there, not even briefly
+
+
+async def test_serve_listens_remotely_only_when_told_and_says_so(tmp_path: Path):
+    port = free_port()
+    proc = start_serve(f"tcp:0.0.0.0:{port}", f"unix:{tmp_path / 'signer.sock'}", "--listen-allow-remote")
+    try:
+        stream = await connect_when_ready(parse_address(f"127.0.0.1:{port}"), proc)
+        with trio.fail_after(10):
+            assert await stream.receive_some(10) == b""  # relayed: no signer there, so it is closed
+        await stream.aclose()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert f"LISTENING ON 0.0.0.0:{port}, REACHABLE FROM OTHER MACHINES" in proc.stderr.read()

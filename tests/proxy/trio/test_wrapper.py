@@ -93,8 +93,8 @@ def test_whole_lightningd_session_is_identical_with_and_without_the_wrapper(sign
     assert records[-1] == {**records[-1], "kind": "exit", "status": 2}
     # secrets never reach the trace: derived secrets, ECDH results, revealed revocation secrets
     secret_replies = [r for r in records if r.get("redacted")]
-    assert {r["msg"]["name"] for r in secret_replies} >= {"hsmd_derive_secret_reply", "hsmd_ecdh_resp",
-                                                          "hsmd_revoke_commitment_tx_reply"}
+    decoded_names = {r["msg"]["name"] for r in secret_replies if "msg" in r}  # the rest: type and length only
+    assert decoded_names >= {"hsmd_derive_secret_reply", "hsmd_ecdh_resp", "hsmd_revoke_commitment_tx_reply"}
     blob = trace.read_bytes()
     for _, what, reply in transcript:
         if reply.startswith("007f") or reply.startswith("0064"):  # derive_secret_reply, ecdh_resp
