@@ -10,9 +10,9 @@ import json
 import sys
 import time
 
-from proxy.addons.shadow_hook import recover
 from proxy.core.shadow import shadow_jsonable
 from proxy.core.wal_format import WalError
+from proxy.trio.shadow_recovery import recover
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

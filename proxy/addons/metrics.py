@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import wire
+from wire.conversation import BEFORE_FORWARD_POINTS
 from wire.families import family_of
 
 # The *_created series double every counter's cardinality and no dashboard uses them.
@@ -33,7 +34,6 @@ WAL_SYNC_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 
 NODE_TO_SIGNER = "node_to_signer"
 SIGNER_TO_NODE = "signer_to_node"
-DEFAULT_CHANNEL_DETAIL_CAP = 50
 
 
 def message_label(message: "wire.Message | None", raw: bytes = b"") -> str:
@@ -105,6 +105,20 @@ class Metrics:
             "Exit status of the signer's last exit (128+N for signal N); -1 while it has not exited", registry=r,
         )
         self.signer_exit_status.set(-1)
+        # the proxy's own hooks
+        self.hook_failures = Counter(
+            "hsmproxy_hook_failures_total",
+            "Exceptions raised by relay hooks, by hook; an observer (metrics, trace) is switched off at its first",
+            ["hook"], registry=r,
+        )
+        self.failed_closed = Counter(
+            "hsmproxy_failed_closed_total",
+            "Messages not forwarded because a deciding hook failed on them (e.g. the WAL could not make a "
+            "request durable), by point",
+            ["point"], registry=r,
+        )
+        for point in BEFORE_FORWARD_POINTS:  # series from the start, so the first failure is an increase
+            self.failed_closed.labels(point=point)
         # shadow state
         self.divergences = Counter(
             "hsmproxy_divergences_total", "Divergence events detected by the shadow state, by kind",

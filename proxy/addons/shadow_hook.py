@@ -11,7 +11,6 @@ sees an answer the WAL does not hold. Register this hook first.
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
 import logging
 import os
@@ -46,46 +45,24 @@ from proxy.core.shadow import (
     Divergence,
     IntentError,
     Shadow,
-    apply_record,
     connection_end_record,
     divergences_jsonable,
     intent_from_request,
     intent_record,
     outcome_record,
     restart_record,
-    shadow_from_snapshot,
     shadow_jsonable,
     shadow_to_snapshot,
 )
 from proxy.core.wal_format import Recovery
 from proxy.trio.group_commit import GroupCommitWal
-from proxy.trio.wal_store import WalStore, read_state
+from proxy.trio.shadow_recovery import recover
+from proxy.trio.wal_store import WalStore
 
 log = logging.getLogger("hsmproxy.shadow")
 
 BAD_REQUEST = "hsmstatus_client_bad_request"
 FORWARDED_KEPT = 4096  # signatures remembered as forwarded to the node (only the latest per channel matter)
-
-
-def recover(directory: str, *, repair: bool) -> tuple[Shadow, Recovery]:
-    """Load the snapshot and replay the log. The cyclic garbage collector is paused meanwhile:
-    replay allocates millions of small acyclic objects, and the collector's passes over them
-    would double the recovery time without ever finding garbage."""
-    replayed: list[Shadow] = []
-
-    def replay_into(snapshot):
-        shadow = shadow_from_snapshot(snapshot) if snapshot is not None else Shadow()
-        replayed.append(shadow)
-        return functools.partial(apply_record, shadow)
-
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        recovery = read_state(directory, repair=repair, make_sink=replay_into)
-        return replayed[-1], recovery
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _request_key(raw: bytes) -> bytes:
@@ -94,6 +71,10 @@ def _request_key(raw: bytes) -> bytes:
 
 class ShadowHook:
     """Feeds the relay's exchanges to a ``Shadow``; with a WAL, makes each step durable first."""
+
+    # Where it acts; request.after_forward costs nothing then. reply.after_forward says that a
+    # signature reached the node's socket (what a crash in the window reports).
+    points = (REQUEST_BEFORE, REPLY_BEFORE, REPLY_AFTER)
 
     def __init__(self, shadow: Shadow, wal: GroupCommitWal | None = None, *, guard: bool = False,
                  run_id: int = 0, metrics=None, clock=time.time_ns):

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from tests.chaos.test_stories import chaos
+from tests.chaos.helpers import chaos
 
 SEEDS = "1..50"
 

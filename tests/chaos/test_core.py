@@ -360,6 +360,29 @@ async def test_trace_facts_from_a_real_trace_file(tmp_path):
     assert funds_lost_msat(ev) == 7_000_000  # H2 is only in the second signature of commitment 1
 
 
+async def test_a_refused_request_is_matched_whatever_form_the_trace_kept(tmp_path):
+    """A refused request with no reply is accounted for by the refusal on the status socket: kept
+    whole when it holds no secret, matched by digest when the trace could keep only a redacted
+    view (a secret in it) or its type and length (it did not decode)."""
+    ctx = ConnContext(5, "client", peer_id=bytes.fromhex("02" + "ab" * 32), dbid=1, permissions=1, parent_id=0)
+    clean = wire.encode(wire.build("hsmd_get_per_commitment_point", n=3))
+    secret = wire.encode(wire.build("hsmd_check_future_secret", n=5, commitment_secret=bytes(range(32))))
+    undecodable = secret[:-1]
+    hook = TraceHook(str(tmp_path / "t.mp"))
+    for seq, raw in enumerate((clean, secret, undecodable)):
+        msg = wire.decode(raw) if raw is not undecodable else None
+        await hook.on_request(Exchange(ctx, seq, raw, msg), "request.before_forward")
+        bad = wire.encode(wire.build("hsmstatus_client_bad_request", id=ctx.peer_id, description="no", msg=raw))
+        await hook.on_status(ctx, bad, wire.decode(bad))
+    other = wire.encode(wire.build("hsmd_get_per_commitment_point", n=4))
+    await hook.on_request(Exchange(ctx, 3, other, wire.decode(other)), "request.before_forward")  # never answered
+    hook.close()
+    records = list(read_trace(str(tmp_path / "t.mp")))
+    assert [r["raw"] is None for r in records if r.get("dir") == "request"] == [False, True, True, False]
+    facts = trace_facts(records, incarnation=0)
+    assert facts.requests == 4 and [u["seq"] for u in facts.unanswered] == [3]
+
+
 # --- reports ------------------------------------------------------------------------------------
 
 def _results():

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.prometheus_server import free_port, running_prometheus
-from tests.dashboards.test_dashboards import dashboard_exprs, rule_exprs
+from tests.dashboards.helpers import dashboard_exprs, rule_exprs
 from tests.paths import ROOT
 
 ROOT = ROOT
@@ -125,7 +125,7 @@ def test_every_dashboard_query_and_alert_has_data(tmp_path: Path):
                 if not prometheus.query(_base(expr)):
                     empty.append(f"alert {alert}: {_base(expr)}")
             assert not empty, "queries without data:\n" + "\n".join(empty)
-            assert len(dashboard_exprs()) >= 25 and len(rule_exprs()) == 9
+            assert len(dashboard_exprs()) >= 25 and len(rule_exprs()) == 10
         finally:
             _stop(node)
             _stop(chaos, gently=True)

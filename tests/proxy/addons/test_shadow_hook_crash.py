@@ -24,9 +24,10 @@ from prometheus_client import generate_latest
 
 import wire
 from proxy.addons.metrics import Metrics
-from proxy.addons.shadow_hook import ShadowHook, recover
+from proxy.addons.shadow_hook import ShadowHook
 from proxy.core.digest import digest_of_request
 from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ROLE_CLIENT, ConnContext, Exchange, Refuse
+from proxy.trio.shadow_recovery import recover
 from tests.proxy.core.shadow_vectors import peer_id, request
 from tests.crash_harness import run_and_sigkill
 
