@@ -44,8 +44,8 @@ from proxy.core.shadow import (
     shadow_to_snapshot,
 )
 from proxy.trio.group_commit import GroupCommitWal
+from proxy.trio.shadow_recovery import recover
 from proxy.trio.wal_store import WalStore
-from proxy.addons.shadow_hook import recover  # noqa: E402
 
 PEER = b"\x02" * 33
 FUNDING = os.urandom(36)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_wal import write_log  # noqa: E402
 
-from proxy.addons.shadow_hook import recover  # noqa: E402
+from proxy.trio.shadow_recovery import recover  # noqa: E402
 from proxy.core.wal_format import RECORD_HEADER  # noqa: E402
 
 

@@ -8,7 +8,6 @@ it relayed, the signer's status messages and the faults it injected.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 
@@ -152,7 +151,9 @@ def trace_facts(records, incarnation: int) -> TraceFacts:
     conns: dict[int, dict] = {}
     requests: dict[tuple[int, int], dict] = {}
     replies: dict[tuple[int, int], list[dict]] = {}
-    refused_requests: set[bytes] = set()  # hsmd answers a bad client request on the status socket
+    # hsmd answers a bad client request on the status socket, with the request in it; the trace
+    # keeps a digest of both (the bodies themselves only when they hold no secret)
+    refused_requests: set[bytes] = set()
     for rec in records:
         kind = rec.get("kind")
         if kind == "fault":
@@ -170,20 +171,19 @@ def trace_facts(records, incarnation: int) -> TraceFacts:
                 msg = wire.decode(rec["raw"])
             except ValueError:
                 msg = None
+        shown = rec.get("msg") if isinstance(rec.get("msg"), dict) else {}  # a redacted frame's view
+        name = msg.name if msg is not None else shown.get("name", "undecodable")
         if rec["dir"] == "status":
-            if msg is not None and msg.name in _REJECTION_STATUS:
-                text = msg.fields.get("description") or msg.fields.get("desc") or ""
-                facts.rejections.extend(policy_tags(str(text)))
-                if msg.name == "hsmstatus_client_bad_request":
-                    refused_requests.add(bytes(msg.fields.get("msg") or b""))
-            elif msg is None and isinstance(rec.get("msg"), dict) and rec["msg"].get("name") in _REJECTION_STATUS:
-                facts.rejections.extend(policy_tags(json.dumps(rec["msg"], default=str)))
+            if name in _REJECTION_STATUS:
+                fields = msg.fields if msg is not None else shown.get("fields") or {}
+                facts.rejections.extend(policy_tags(str(fields.get("description") or fields.get("desc") or "")))
+            if rec.get("embedded_digest") is not None:
+                refused_requests.add(bytes(rec["embedded_digest"]))
             continue
         key = (conn["conn_id"], rec["seq"])
         if rec["dir"] == "request":
             requests[key] = {"conn": conn, "seq": rec["seq"], "verdict": rec.get("verdict", "Forward"), "msg": msg,
-                             "raw": rec.get("raw"),
-                             "name": msg.name if msg is not None else (rec.get("msg") or {}).get("name", "undecodable")}
+                             "digest": rec.get("digest"), "name": name}
         elif rec["dir"] == "reply" and rec["seq"] is not None and rec["seq"] >= 0:
             replies.setdefault(key, []).append({"verdict": rec.get("verdict", "Forward"), "msg": msg})
     for key, req in requests.items():
@@ -193,7 +193,7 @@ def trace_facts(records, incarnation: int) -> TraceFacts:
         expected = 0 if req["verdict"] in _NOT_DELIVERED else 2 if req["verdict"] == "Duplicate" else 1
         if len(got) > len(delivered):
             expected = 0  # a fault stopped the reply on its way to the node: accounted for
-        if req["raw"] is not None and bytes(req["raw"]) in refused_requests:
+        if req["digest"] is not None and bytes(req["digest"]) in refused_requests:
             expected = min(expected, len(delivered))  # answered with a refusal on the status socket
         entry = {"incarnation": incarnation, "conn_id": key[0], "seq": key[1], "message": req["name"],
                  "verdict": req["verdict"], "replies": len(delivered)}

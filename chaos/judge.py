@@ -9,8 +9,9 @@ from chaos.evidence import COUNTER_KEYS, RunEvidence
 from chaos.scenarios import CONVERGED, ENFORCE, FUNDS_LOST, INVARIANT_VIOLATED, REFUSED, STUCK, Expectation
 from sim.node import WAL
 
-# Divergence statuses that mean "did not happen".
-_HARMLESS = frozenset({"refuted", "prevented"})
+# Divergence statuses that mean "did not happen" (or, for a crash in the window, did no harm).
+_HARMLESS = frozenset({"refuted", "prevented", "resolved"})
+_CRASHED_IN_WINDOW = "crashed_in_window"
 # Faults after which a request may legitimately stay unanswered: crashes end what is in flight,
 # and a duplicated request's second reply answers the node's next request (the conversation is
 # one reply out of step until the node gives up and restarts).
@@ -53,7 +54,8 @@ def wal_node_converges(ev: RunEvidence) -> list[Violation]:
         why = "reported stuck" if ev.node_stuck else f"did not finish its workload after {ev.restarts} restart(s)"
         out.append(Violation("wal-node-never-stuck", f"the WAL node {why}"))
     for d in ev.divergences:
-        if d.get("status") not in _HARMLESS:
+        # A crash in the window the node has not come back from yet says nothing of its discipline.
+        if d.get("status") not in _HARMLESS and not (d.get("kind") == _CRASHED_IN_WINDOW and d.get("status") == "possible"):
             out.append(Violation("wal-node-never-diverges",
                                  f"{d.get('kind')} ({d.get('status')}) on channel {d.get('dbid')} index {d.get('index')}: "
                                  f"{d.get('detail', '')}"))
@@ -140,17 +142,23 @@ def classify(ev: RunEvidence, violations: list[Violation], lost_msat: int) -> st
     return STUCK
 
 
-def expectation_misses(exp: Expectation, outcome: str, divergence_kinds: list[str], rejections: list[str],
+def expectation_misses(exp: Expectation, outcome: str, divergences: list[dict], rejections: list[str],
                        lost_msat: int) -> list[str]:
-    """Why a run did not show what its scenario promises (empty when it did)."""
+    """Why a run did not show what its scenario promises (empty when it did). ``divergences``
+    are the run's events (kind and status)."""
+    flagged = [d["kind"] for d in divergences if d.get("status") not in _HARMLESS]
+    resolved = [d["kind"] for d in divergences if d.get("status") == "resolved"]
     misses = []
     if outcome != exp.outcome:
         misses.append(f"outcome {outcome}, expected {exp.outcome}")
     for kind in exp.divergence_kinds:
-        if kind not in divergence_kinds:
+        if kind not in flagged:
             misses.append(f"no {kind} divergence flagged")
-    if exp.absent_divergences and divergence_kinds:
-        misses.append(f"divergences flagged: {', '.join(sorted(set(divergence_kinds)))}")
+    for kind in exp.resolved_kinds:
+        if kind not in resolved:
+            misses.append(f"no {kind} divergence flagged and resolved")
+    if exp.absent_divergences and flagged:
+        misses.append(f"divergences flagged: {', '.join(sorted(set(flagged)))}")
     for tag in exp.signer_rejections:
         if tag not in rejections:
             misses.append(f"signer did not refuse with {tag}")

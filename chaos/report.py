@@ -99,7 +99,7 @@ def narrate(r: RunResult) -> str:
     bits = [_describe_faults(r)]
     if r.restarts:
         bits.append(f"{r.restarts} restart(s)")
-    flagged = list(dict.fromkeys(r.divergence_kinds))
+    flagged = r.flagged
     bits.append(f"the proxy flagged {', '.join(flagged)}" if flagged else "the proxy flagged nothing")
     bits.append(f"the signer refused ({', '.join(r.signer_rejections)})" if r.signer_rejections else "the signer refused nothing")
     if r.funds_lost_msat:

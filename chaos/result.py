@@ -58,6 +58,12 @@ class RunResult:
     def divergence_kinds(self) -> list[str]:
         return [d["kind"] for d in self.divergences if d.get("status") not in _HARMLESS]
 
+    @property
+    def flagged(self) -> list[str]:
+        """What the proxy flagged, once each: the kind, with its status unless it is confirmed."""
+        return list(dict.fromkeys(d["kind"] if d.get("status") == "confirmed" else f"{d['kind']} ({d.get('status')})"
+                                  for d in self.divergences if d.get("status") not in _HARMLESS))
+
     def to_json(self) -> dict:
         return {
             "scenario": self.scenario, "seed": self.seed, "outcome": self.outcome, "ok": self.ok,
@@ -91,5 +97,5 @@ def judge_run(ev: RunEvidence, expectation: Expectation | None, reproduce: str, 
     )
     if expectation is not None:
         result.expected = expectation.outcome
-        result.misses = expectation_misses(expectation, outcome, result.divergence_kinds, result.signer_rejections, lost)
+        result.misses = expectation_misses(expectation, outcome, result.divergences, result.signer_rejections, lost)
     return result

@@ -270,10 +270,24 @@ class Runner:
                 ev.runner_errors.append(f"the simulated signer's state: {exc}")
 
 
-async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "failed") -> RunResult:
+@dataclass(frozen=True)
+class UnfinishedRun:
+    """A run stopped before its end (Ctrl-C, SIGTERM): its directory, and whether it was kept."""
+
+    scenario: str
+    seed: int
+    directory: Path
+    kept: bool
+
+
+async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "failed",
+                   unfinished: list[UnfinishedRun] | None = None) -> RunResult:
     """Run one spec in ``workdir/<scenario>-<seed>`` (or a temporary directory) and judge it.
 
     ``keep``: "all", "failed" (the default: a failed run's directory stays for inspection) or "none".
+    A run cancelled on the way (the session was interrupted) has no verdict: its directory (the
+    signer's secret, the WAL, the traces) is removed once its processes are gone, unless ``keep``
+    is "all"; either way it is added to ``unfinished``, so the session can say where it is.
     """
     started = time.monotonic()
     if workdir is not None:
@@ -283,7 +297,20 @@ async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "fail
         root.mkdir(parents=True)
     else:
         root = Path(tempfile.mkdtemp(prefix=f"hsmproxy-chaos-{spec.scenario}-{spec.seed}-"))
-    ev = await Runner(spec, root).run()
+    try:
+        ev = await Runner(spec, root).run()
+    except BaseException as exc:
+        if isinstance(exc, Exception):
+            raise  # the run crashed: reported as a failed run, its directory kept
+        # Cancelled (maybe in a group, from a nursery inside the runner), or KeyboardInterrupt.
+        # The runner has killed and reaped the run's process group on the way out: nothing
+        # writes here any more.
+        kept = keep == "all"
+        if not kept:
+            shutil.rmtree(root, ignore_errors=True)
+        if unfinished is not None:
+            unfinished.append(UnfinishedRun(spec.scenario, spec.seed, root, kept))
+        raise
     result = judge_run(ev, spec.expectation, spec.reproduce, spec.signer_label, fault_plan="; ".join(spec.faults),
                        duration_s=time.monotonic() - started, workdir=str(root))
     if keep == "none" or (keep == "failed" and result.ok):

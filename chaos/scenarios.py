@@ -3,7 +3,9 @@
 A scenario is data: which node discipline, whether the node plays the attacker, the signer's
 retry-same policy, and the fault that opens the crash window. The window is hit exactly, never
 by timing: ``kill-node`` at ``reply.before_forward`` of the Nth ``hsmd_sign_remote_commitment_tx``
-means the signer has signed and persisted, and the node never saw the signature.
+means the signer has signed and persisted, and the node never saw the signature. The proxy
+flags that crash at once (``crashed_in_window``, possible); the node's next request at N
+confirms it (other contents: the node lost N) or resolves it (the same contents).
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ class Expectation:
     """What a run of the scenario must show. Kinds and tags must be present; others may be too."""
 
     outcome: str
-    divergence_kinds: tuple[str, ...] = ()
+    divergence_kinds: tuple[str, ...] = ()  # flagged and not refuted, prevented or resolved
     signer_rejections: tuple[str, ...] = ()
     funds_lost: bool = False
-    absent_divergences: bool = False  # True: no divergence at all may be reported
+    absent_divergences: bool = False  # True: no divergence may be reported, except resolved ones
+    resolved_kinds: tuple[str, ...] = ()  # flagged, then resolved (a crash the node recovered from)
 
 
 @dataclass(frozen=True)
@@ -66,14 +69,15 @@ PRETEND_CRASH_WARN = Expectation(FUNDS_LOST, divergence_kinds=("double_signed",)
 
 HONEST_CRASH = Scenario(
     name="honest-crash",
-    story="The node (sign, then save) is killed after the signer signed commitment N and before it saved; "
-    "after the restart the peer re-sends H1 and adds H2, and the node asks to sign N again with (H1, H2).",
+    story="The node (sign, then save) is killed after the signer signed commitment N and before it saved "
+    "(the proxy flags the crash in the window at once); after the restart the peer re-sends H1 and adds H2, "
+    "and the node asks to sign N again with (H1, H2), which confirms it.",
     discipline=NAIVE,
     attacker=False,
     faults=(CRASH_WINDOW,),
     expected_validating=Expectation(
-        STUCK, divergence_kinds=("retry_changed",), signer_rejections=(RETRY_SAME,)),
-    expected_stock=Expectation(CONVERGED, divergence_kinds=("double_signed",)),
+        STUCK, divergence_kinds=("crashed_in_window", "retry_changed"), signer_rejections=(RETRY_SAME,)),
+    expected_stock=Expectation(CONVERGED, divergence_kinds=("crashed_in_window", "double_signed")),
 )
 
 PRETEND_CRASH = Scenario(
@@ -89,12 +93,13 @@ PRETEND_CRASH = Scenario(
 
 WAL_FIX = Scenario(
     name="wal-fix",
-    story="The same crash with the node's write-ahead discipline: it re-signs the same N from its intent "
-    "record, the signer accepts the identical retry, and the channel converges.",
+    story="The same crash with the node's write-ahead discipline: the proxy flags the crash in the window, "
+    "the node re-signs the same N from its intent record (which resolves the flag), the signer accepts the "
+    "identical retry, and the channel converges.",
     discipline=WAL,
     attacker=False,
     faults=(CRASH_WINDOW,),
-    expected_validating=Expectation(CONVERGED, absent_divergences=True),
+    expected_validating=Expectation(CONVERGED, absent_divergences=True, resolved_kinds=("crashed_in_window",)),
 )
 
 BUILTIN = {s.name: s for s in (HONEST_CRASH, PRETEND_CRASH, WAL_FIX)}

@@ -14,7 +14,7 @@ from chaos.campaign import run_jobs
 from chaos.judge import INVARIANT_NAMES
 from chaos.report import LiveProgress, final_view, replay_lines
 from chaos.result import RunResult
-from chaos.runner import RunSpec, run_spec
+from chaos.runner import RunSpec, UnfinishedRun, run_spec
 from chaos.scenarios import OUTCOMES
 from proxy.addons.metrics import Metrics
 from proxy.addons.metrics_hook import add_metrics_route
@@ -35,8 +35,12 @@ class Session:
         self.progress = LiveProgress(len(specs))
         self.metrics = None
         self.console = console if console is not None else Console()
+        self.interrupted: str | None = None  # the signal that stopped the session ("SIGINT", "SIGTERM")
+        self.finished: list[RunResult] = []  # in the order they finished
+        self.unfinished: list[UnfinishedRun] = []  # runs the interruption stopped midway
 
     def _record(self, result: RunResult) -> None:
+        self.finished.append(result)
         self.progress.on_result(result)
         if self.metrics is not None:
             self.metrics.chaos_runs.labels(scenario=result.scenario, outcome=result.outcome).inc()
@@ -49,14 +53,34 @@ class Session:
                   f"reproduce: {result.reproduce}", file=sys.stderr)
 
     async def run(self) -> list[RunResult]:
+        """Every run's result, in spec order. Ctrl-C (SIGINT) or SIGTERM (a test's timeout,
+        systemd, kill) stops the session instead: each run kills its own process group on the
+        way out, so nothing is left behind; then ``interrupted`` names the signal, ``finished``
+        holds the runs that ended and ``unfinished`` the ones that were stopped, and the
+        results returned are the finished ones."""
         started = trio.current_time()
-        async def one(spec: RunSpec) -> RunResult:
-            return await run_spec(spec, self.workdir, self.keep)
-
+        runs = trio.CancelScope()
         results: list[RunResult] = []
-        self.interrupted = False
+        # The receiver stays installed until the runs have cleaned up: a second Ctrl-C while
+        # they do must not turn into a KeyboardInterrupt in the middle of that.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as watcher:
+                watcher.start_soon(self._stop_on_signal, signals, runs)
+                try:
+                    with runs:
+                        results = await self._run_all()
+                finally:
+                    watcher.cancel_scope.cancel()
+        self.wall_s = trio.current_time() - started
+        if self.interrupted:
+            return list(self.finished)
+        return results
+
+    async def _run_all(self) -> list[RunResult]:
+        async def one(spec: RunSpec) -> RunResult:
+            return await run_spec(spec, self.workdir, self.keep, unfinished=self.unfinished)
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._stop_on_sigterm, nursery.cancel_scope)
             if self.metrics_address:
                 address = await nursery.start(self._serve_metrics)
                 print(f"hsmproxy chaos: metrics on {address}", file=sys.stderr)
@@ -64,19 +88,13 @@ class Session:
                 nursery.start_soon(self._live)
             results = await run_jobs(self.specs, one, self.jobs, on_result=self._record, on_start=self.progress.on_start)
             nursery.cancel_scope.cancel()
-        self.wall_s = trio.current_time() - started
-        if self.interrupted:
-            raise KeyboardInterrupt  # the runs were cancelled and their process groups killed
         return results
 
-    async def _stop_on_sigterm(self, cancel_scope: trio.CancelScope) -> None:
-        """SIGTERM (a test's timeout, systemd, kill) cancels the runs; each run kills its own
-        process group on the way out, so nothing is left behind."""
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async for _ in signals:
-                self.interrupted = True
-                cancel_scope.cancel()
-                return
+    async def _stop_on_signal(self, signals, runs: trio.CancelScope) -> None:
+        async for signum in signals:
+            if self.interrupted is None:
+                self.interrupted = signal.Signals(signum).name
+                runs.cancel()
 
     async def _live(self) -> None:
         with Live(self.progress, console=self.console, refresh_per_second=4, transient=True):

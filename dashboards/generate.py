@@ -62,9 +62,12 @@ OPERATOR = {
         ]),
         ("Split-brain", [
             ("Divergence events by kind", "timeseries", "short",
-             [q(f"sum by (kind) (increase(hsmproxy_divergences_total[{RATE}]))", "{{kind}}")]),
+             [q(f"sum by (kind) (increase(hsmproxy_divergences_total[{RATE}]))", "{{kind}}"),
+              q(f"sum by (kind) (increase(hsmproxy_divergences_in_doubt_total[{RATE}]))", "{{kind}} (in doubt)")]),
             ("Guard refusals", "timeseries", "short",
              [q(f"sum by (kind) (increase(hsmproxy_guard_refusals_total[{RATE}]))", "{{kind}}")]),
+            ("Nodes possibly behind their signer (crashed in the window, unresolved)", "timeseries", "short",
+             [q("sum by (instance) (hsmproxy_crashed_in_window_open)", "{{instance}}")]),
             ("Channels tracked / diverged", "timeseries", "short",
              [q("sum(hsmproxy_channels_tracked)", "tracked"), q("sum(hsmproxy_channels_diverged)", "diverged")]),
             ("Fault injection enabled", "stat", "short", [q("max(hsmproxy_faults_enabled)", "enabled")]),

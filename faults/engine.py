@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import wire
+from wire.conversation import REPLY_BEFORE, REPLY_POINTS, REQUEST_POINTS, ROLE_CLIENT, ROLE_MASTER
 
 from faults.corrupt import wrong_signatures
 from faults.plan import PlanError, Rule, VERDICT_ACTIONS
@@ -173,7 +174,7 @@ class FaultEngine:
         identity = (role, dbid, peer)
         n = self._identities.get(identity, 0)
         self._identities[identity] = n + 1
-        if role == "client":
+        if role == ROLE_CLIENT:
             key = f"client:{dbid}:{peer.hex()[:16] if peer else '-'}"
         else:
             key = role
@@ -202,7 +203,7 @@ class FaultEngine:
                 verdict_taken = verdict_taken or rule.action in VERDICT_ACTIONS
                 self._record(decision.event)
                 decisions.append(decision)
-        if obs.point == "reply.before_forward" and obs.reply is not None and self.keeps_replies:
+        if obs.point == REPLY_BEFORE and obs.reply is not None and self.keeps_replies:
             self._remember_reply(obs)
         return decisions
 
@@ -226,7 +227,7 @@ class FaultEngine:
             return False
         if rule.role is not None and rule.role != obs.role:
             return False
-        if rule.action == "reject" and obs.role == "master":
+        if rule.action == "reject" and obs.role == ROLE_MASTER:
             return False  # the relay forwards instead (hsmd exits rather than refuse the master)
         if rule.connection is not None and rule.connection != obs.conn_key:
             return False
@@ -239,7 +240,7 @@ class FaultEngine:
             by_reply = obs.reply is not None and obs.reply.type in rule.reply_types
             if not (by_request or by_reply):
                 return False
-        elif obs.request is None and obs.point.startswith("request."):
+        elif obs.request is None and obs.point in REQUEST_POINTS:
             return False  # undecodable bytes only match rules that ask for nothing in particular
         for predicate in rule.where:
             value = _field(obs.request, predicate.field)
@@ -250,7 +251,7 @@ class FaultEngine:
         return True
 
     def _decision(self, rule: Rule, obs: Observation) -> Decision | None:
-        msg = obs.reply if obs.point.startswith("reply.") and obs.reply is not None else obs.request
+        msg = obs.reply if obs.point in REPLY_POINTS and obs.reply is not None else obs.request
         name = msg.name if msg is not None else "undecodable"
         delay_ms = 0
         replacement = None
@@ -281,7 +282,7 @@ class FaultEngine:
             out[position] ^= 1 << bit
             return bytes(out)
         if rule.mode == "wrong-sig":
-            msg = obs.reply if obs.point.startswith("reply.") else obs.request
+            msg = obs.reply if obs.point in REPLY_POINTS else obs.request
             if msg is None:
                 return None
             return wrong_signatures(msg, f"{self.seed}|{rule.name}|{obs.conn_key}|{obs.seq}|{obs.point}".encode())

@@ -15,20 +15,26 @@ import tomllib
 from dataclasses import dataclass, field
 
 import wire
+from wire.conversation import (
+    BEFORE_FORWARD_POINTS,
+    POINTS,
+    REPLY_AFTER,
+    REPLY_BEFORE,
+    REQUEST_AFTER,
+    REQUEST_BEFORE,
+    REQUEST_POINTS,
+    ROLE_CLIENT,
+    ROLE_MASTER,
+    ROLE_SOCKET,
+)
 from wire.families import FAMILY_OF_REQUEST
 
-POINTS = (
-    "request.before_forward",  # the node sent it, the signer has not seen it
-    "request.after_forward",  # the signer has it, the node waits
-    "reply.before_forward",  # the signer has acted, the node does not know: the split-brain window
-    "reply.after_forward",  # the node has the reply
-)
 POINT_ALIASES = {
-    "req": "request.before_forward",
-    "request": "request.before_forward",
-    "sent": "request.after_forward",
-    "reply": "reply.before_forward",
-    "replied": "reply.after_forward",
+    "req": REQUEST_BEFORE,
+    "request": REQUEST_BEFORE,
+    "sent": REQUEST_AFTER,
+    "reply": REPLY_BEFORE,
+    "replied": REPLY_AFTER,
 }
 
 # Actions that change what is forwarded (or close the connection) are verdicts for the relay,
@@ -37,21 +43,21 @@ VERDICT_ACTIONS = frozenset({"drop", "duplicate", "corrupt", "hold", "reject", "
 SIDE_EFFECT_ACTIONS = frozenset({"delay", "kill-node", "kill-signer", "crash-proxy"})
 ACTIONS = tuple(sorted(VERDICT_ACTIONS | SIDE_EFFECT_ACTIONS))
 CORRUPT_MODES = ("bitflip", "wrong-sig", "stale", "other-channel")
-ROLES = ("master", "client", "socket")  # socket: a connection accepted by `hsmproxy serve`
+ROLES = (ROLE_MASTER, ROLE_CLIENT, ROLE_SOCKET)  # the connections that carry requests (not fd 0)
 
 # One-line prefixes, mirroring Core Lightning's dev-disconnect (see docs/faults.md for the table).
 PREFIXES: dict[str, tuple[str, str]] = {
-    "-": ("disconnect", "request.before_forward"),
-    "+": ("disconnect", "reply.before_forward"),  # the signer got it and acted; the node never hears
-    "$": ("drop", "request.before_forward"),
-    "0": ("hold", "request.before_forward"),
-    "~": ("delay", "request.before_forward"),
-    "&": ("duplicate", "request.before_forward"),
-    "%": ("corrupt", "reply.before_forward"),
-    "?": ("reject", "request.before_forward"),
-    "!": ("kill-node", "reply.before_forward"),
-    "^": ("kill-signer", "request.after_forward"),
-    "#": ("crash-proxy", "reply.before_forward"),
+    "-": ("disconnect", REQUEST_BEFORE),
+    "+": ("disconnect", REPLY_BEFORE),  # the signer got it and acted; the node never hears
+    "$": ("drop", REQUEST_BEFORE),
+    "0": ("hold", REQUEST_BEFORE),
+    "~": ("delay", REQUEST_BEFORE),
+    "&": ("duplicate", REQUEST_BEFORE),
+    "%": ("corrupt", REPLY_BEFORE),
+    "?": ("reject", REQUEST_BEFORE),
+    "!": ("kill-node", REPLY_BEFORE),
+    "^": ("kill-signer", REQUEST_AFTER),
+    "#": ("crash-proxy", REPLY_BEFORE),
 }
 
 class PlanError(ValueError):
@@ -332,21 +338,21 @@ def rule_from_mapping(data: dict, default_name: str, source: str = "") -> Rule:
 
     point = data.get("point")
     if point is None:
-        point = "reply.before_forward" if reply_types and not request_types else "request.before_forward"
+        point = REPLY_BEFORE if reply_types and not request_types else REQUEST_BEFORE
     point = POINT_ALIASES.get(point, point)
     if point not in POINTS:
         raise PlanError(f"{where}: point {point!r} is not one of {', '.join(POINTS)}{_suggest(point, POINTS)}")
-    if reply_types and point.startswith("request."):
+    if reply_types and point in REQUEST_POINTS:
         raise PlanError(f"{where}: a reply message can only be matched at reply.* points, not {point}")
-    if action in VERDICT_ACTIONS and not point.endswith("before_forward"):
+    if action in VERDICT_ACTIONS and point not in BEFORE_FORWARD_POINTS:
         raise PlanError(f"{where}: {action} changes what is forwarded, so it needs a *.before_forward point, not {point}")
-    if action == "reject" and point != "request.before_forward":
+    if action == "reject" and point != REQUEST_BEFORE:
         raise PlanError(f"{where}: reject answers a request as a refusing signer would, so its point is request.before_forward")
 
     role = data.get("role")
     if role is not None and role not in ROLES:
         raise PlanError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}{_suggest(role, ROLES)}")
-    if action == "reject" and role == "master":
+    if action == "reject" and role == ROLE_MASTER:
         raise PlanError(f"{where}: the proxy never refuses the master connection (hsmd would exit instead); use drop, disconnect or kill-signer")
     dbid = _int(data["dbid"], "dbid", where) if data.get("dbid") is not None else None
     connection = data.get("connection")

@@ -1,7 +1,8 @@
 """The hooks of one `wrap` or `serve` run, built from its parsed options (``hsmproxy.options``).
 
 This is the one place that checks what the options mean together (``--faults`` needs
-``--enable-faults``, ``--guard`` needs the parser, a remote ``--control`` needs a token) and
+``--enable-faults``, ``--guard`` needs the parser, a remote ``--control`` needs a token, which
+comes from the command line, a private file or the environment: ``hsmproxy.control_token``) and
 wires the hooks to each other (the trace hears of divergences and injected faults, the control
 API serves the shadow state and ``/metrics``). The shells never import hooks.
 
@@ -19,6 +20,7 @@ import sys
 
 from faults.engine import FaultEngine
 from faults.plan import PlanError, load_plan
+from hsmproxy.control_token import ENV_VAR as CONTROL_TOKEN_ENV, TokenError, resolve_token
 from proxy.addons.control_api import ControlApi, HttpServerHook
 from proxy.addons.fault_hook import FaultHook
 from proxy.addons.fault_runtime import REFUSAL, FaultRuntime
@@ -53,7 +55,7 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
     if metrics is not None:
         hooks += _metrics_hooks(args, metrics, runtime, control)
     if getattr(args, "trace", None):
-        trace = TraceHook(args.trace, secrets=args.trace_secrets)
+        trace = TraceHook(args.trace, secrets=args.trace_secrets, parsed=getattr(args, "parse", True))
         hooks.append(trace)
         if shadow is not None:  # divergence events and injected faults go into the trace too
             shadow.listeners.append(trace.divergence)
@@ -126,12 +128,19 @@ def build_runtime(args: argparse.Namespace) -> FaultRuntime | None:
 
 
 def _control_api(args: argparse.Namespace, runtime: FaultRuntime | None, shadow: ShadowHook | None) -> ControlApi | None:
+    try:
+        token = resolve_token(getattr(args, "control_token", None), getattr(args, "control_token_file", None))
+    except TokenError as exc:
+        raise _fail(str(exc)) from None
+    # The token is the proxy's: the signer that `wrap` starts next must not inherit it.
+    os.environ.pop(CONTROL_TOKEN_ENV, None)
     if not getattr(args, "control", None):
         return None
     address = _address("--control", args.control)
-    if not address.is_loopback and not (args.control_allow_remote and args.control_token):
-        raise _fail(f"--control {args.control}: not a loopback address; add --control-allow-remote and --control-token TOKEN")
-    return ControlApi(address, runtime, shadow=shadow, token=args.control_token, allow_remote=args.control_allow_remote)
+    if not address.is_loopback and not (args.control_allow_remote and token):
+        raise _fail(f"--control {args.control}: not a loopback address; add --control-allow-remote and a token "
+                    f"(--control-token-file FILE or ${CONTROL_TOKEN_ENV})")
+    return ControlApi(address, runtime, shadow=shadow, token=token, allow_remote=args.control_allow_remote)
 
 
 def _metrics(args: argparse.Namespace) -> Metrics | None:

@@ -17,16 +17,18 @@ def add_relay_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("relay")
     group.add_argument(
         "--trace", metavar="FILE", help="record every frame and event to FILE (msgpack, mode 0600; "
-        "read it with `hsmproxy decode FILE`)"
+        "read it with `hsmproxy decode FILE`); a frame is kept whole only when it decoded and holds "
+        "no secret, else redacted, or its type and length when it did not decode"
     )
     group.add_argument(
         "--trace-secrets", action="store_true",
-        help="keep secrets (revocation/per-commitment secrets, ECDH results, derived secrets, "
-        "passphrases) in the trace instead of redacting them",
+        help="keep every frame whole in the trace, secrets included (revocation/per-commitment "
+        "secrets, ECDH results, derived secrets, passphrases) instead of redacting them",
     )
     group.add_argument(
         "--no-parse", dest="parse", action="store_false",
-        help="relay without decoding messages (hooks then see msg=None); for comparison benchmarks",
+        help="relay without decoding messages (hooks then see msg=None); for comparison benchmarks. "
+        "A --trace then keeps only each frame's type and length (unless --trace-secrets)",
     )
     group.add_argument(
         "--wal-dir", metavar="DIR",
@@ -71,9 +73,15 @@ def add_fault_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--control", metavar="ADDR",
                        help="serve the control API (and /health, /metrics) on HOST:PORT (loopback) or unix:/path (0600)")
     group.add_argument("--control-token", metavar="TOKEN",
-                       help="require 'Authorization: Bearer TOKEN' on every control request")
+                       help="require 'Authorization: Bearer TOKEN' on every control request. Every user can "
+                       "read a command line (ps, /proc/PID/cmdline): prefer --control-token-file or "
+                       "$HSMPROXY_CONTROL_TOKEN")
+    group.add_argument("--control-token-file", metavar="FILE",
+                       help="read the control token from FILE (its only content; the file must not be "
+                       "readable by group or others: chmod 600). Without either option, the token is "
+                       "$HSMPROXY_CONTROL_TOKEN if set")
     group.add_argument("--control-allow-remote", action="store_true",
-                       help="allow a non-loopback --control address (needs --control-token)")
+                       help="allow a non-loopback --control address (needs a control token)")
     group.add_argument("--node-pid", type=int, metavar="PID",
                        help="the process kill-node signals (wrapper mode: lightningd, the parent, by default)")
     group.add_argument("--signer-pid", type=int, metavar="PID",

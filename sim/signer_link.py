@@ -18,8 +18,6 @@ from pathlib import Path
 
 import wire
 
-HEADER = 4
-
 
 class SignerGone(Exception):
     """The signer closed a connection or exited: lightningd treats this as fatal."""
@@ -46,7 +44,7 @@ class Connection:
     def request(self, msg: wire.Message) -> wire.Message:
         try:
             self.sock.sendall(wire.frame(wire.encode(msg)))
-            length = int.from_bytes(read_exact(self.sock, HEADER), "big")
+            length = int.from_bytes(read_exact(self.sock, wire.HEADER_LEN), "big")
             if length > wire.MAX_BODY_LEN:
                 raise SignerGone(f"reply length {length} exceeds the protocol limit {wire.MAX_BODY_LEN}")
             body = read_exact(self.sock, length)
@@ -92,7 +90,7 @@ class StatusReader(threading.Thread):
             if not data:
                 return
             try:
-                bodies = reader.feed(data)
+                bodies = reader.bodies(data)
             except wire.FramingError:
                 return
             for body in bodies:

@@ -72,7 +72,7 @@ class SignerServer:
             if not data:
                 return
             try:
-                bodies = reader.feed(data)
+                bodies = reader.bodies(data)
             except wire.FramingError:
                 return  # hsmd drops the connection (exit 2 on the master)
             for body in bodies:

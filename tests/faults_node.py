@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
+import wire
 from tests import ld_harness as h  # noqa: E402
 from tests.paths import CHANNELD_EXCHANGES  # noqa: E402
 
@@ -39,8 +41,10 @@ def say(**fields) -> None:
 
 
 def request(sock: socket.socket, body: bytes) -> tuple[str, str]:
+    """(result, reply hex); the step's ``sent``/``answered`` times are this process's monotonic
+    clock, so a test can bound a delay by cause and effect instead of by when lines reached it."""
     try:
-        sock.sendall(h.frame(body))
+        sock.sendall(wire.frame(body))
     except OSError:
         return "send_failed", ""
     try:
@@ -64,8 +68,9 @@ def main(argv: list[str]) -> int:
         client = ld.client_hsmfd("channeld", channeld_hsmfd_request())
         client.settimeout(timeout)
         for i, ex in enumerate(EXCHANGES):
+            sent = time.monotonic()
             result, reply = request(client, bytes.fromhex(ex["request"]))
-            say(step=i, name=ex["name"], result=result, hex=reply)
+            say(step=i, name=ex["name"], result=result, hex=reply, sent=sent, answered=time.monotonic())
         # A duplicated reply may still be in flight: collect what else arrives.
         extra = []
         client.settimeout(min(timeout, 0.15))

@@ -16,6 +16,11 @@ hsmd's documented behaviour (reference hsmd-protocol.md Part B) for the rest:
 One extension for tests, off unless ``--nested-clients``: a client holding HSM_PERM_MASTER may
 ask for clients of its own, so fd passing can be tested two levels deep.
 Single-threaded and serving every connection concurrently, like hsmd.
+
+It deliberately imports nothing of hsmproxy (not even ``wire``'s framer): it is the other side
+of the conversation, written from hsmd's behaviour, so the proxy's code is tested against an
+independent implementation rather than against itself. (Run as a script from tests/, it could
+not import ``wire`` anyway: ``tests/wire/`` would shadow it.)
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import wire
 from proxy.trio.subdaemon import exit_status, spawn_subdaemon
 
 CAPTURE = Path(__file__).parent / "vectors" / "hsmd-capture.jsonl"
@@ -83,16 +84,8 @@ def read_frame(sock: socket.socket) -> bytes | None:
 
 
 def split_frames(buf: bytes) -> list[bytes]:
-    out, pos = [], 0
-    while pos + 4 <= len(buf):
-        (length,) = struct.unpack_from(">I", buf, pos)
-        out.append(buf[pos + 4 : pos + 4 + length])
-        pos += 4 + length
-    return out
-
-
-def frame(body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + body
+    """The complete frame bodies in ``buf`` (a partial last frame is left out)."""
+    return wire.FrameReader().bodies(buf)
 
 
 class Lightningd:
@@ -123,7 +116,7 @@ class Lightningd:
         """Send one request and block for its reply, as hsm_sync_req does; None at EOF."""
         sock = self.conn(name)
         try:
-            sock.sendall(frame(body))
+            sock.sendall(wire.frame(body))
         except (BrokenPipeError, ConnectionResetError):
             self.transcript.append((name, "send_failed", body.hex()))
             return None
@@ -134,7 +127,7 @@ class Lightningd:
     def client_hsmfd(self, name: str, body: bytes, via: str = "master") -> socket.socket | None:
         """``hsm_get_client_fd``: request 9, read the 109 frame, then ``fdpass_recv``."""
         sock = self.conn(via)
-        sock.sendall(frame(body))
+        sock.sendall(wire.frame(body))
         reply = read_frame(sock)
         self.transcript.append((via, "reply", (reply or b"").hex()))
         if reply is None:

@@ -6,17 +6,34 @@ Public API::
     msg.type, msg.name, msg.fields, msg.trailing
     wire.encode(msg) -> bytes        # the exact original body for decoded messages
     wire.build("hsmd_init", ...)     # a new Message from field values
-    wire.FrameReader, wire.frame     # framing
+    wire.frame(body)                 # a frame: 4-byte length + body
+    wire.FrameReader(fd_carriers=...).feed(data, fds) -> [Frame | FdCarrier | Unframed | FramingLost]
+    wire.FrameReader().bodies(data)  # complete bodies; lost framing raises FramingError
+    wire.conversation                # message facts (no reply, fd carrier), roles, points
     wire.to_jsonable(msg, show_secrets=False)
+    wire.holds_no_secret(msg)        # True only when the bytes provably carry no secret
 """
 
+from . import conversation
 from .codec import ALL_SPECS, SPECS_BY_NAME, SPECS_BY_TYPE, Message, build, decode, encode, lookup, unknown_name
 from .errors import DecodeError, EncodeError
-from .framing import HEADER_LEN, MAX_BODY_LEN, FrameReader, FramingError, frame
-from .render import REDACTED, redacted_fields, to_jsonable
+from .framing import (
+    HEADER_LEN,
+    MAX_BODY_LEN,
+    FdCarrier,
+    Frame,
+    FrameReader,
+    FramingError,
+    FramingLost,
+    Segment,
+    Unframed,
+    frame,
+)
+from .render import REDACTED, holds_no_secret, is_redacted, redacted_fields, to_jsonable
 from .schema import FieldSpec, MessageSpec
 
 __all__ = [
+    "conversation",
     "ALL_SPECS",
     "SPECS_BY_NAME",
     "SPECS_BY_TYPE",
@@ -30,10 +47,17 @@ __all__ = [
     "EncodeError",
     "HEADER_LEN",
     "MAX_BODY_LEN",
+    "FdCarrier",
+    "Frame",
     "FrameReader",
     "FramingError",
+    "FramingLost",
+    "Segment",
+    "Unframed",
     "frame",
     "REDACTED",
+    "holds_no_secret",
+    "is_redacted",
     "redacted_fields",
     "to_jsonable",
     "FieldSpec",

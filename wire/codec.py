@@ -23,6 +23,19 @@ SPECS_BY_TYPE: dict[int, MessageSpec] = {s.type: s for s in ALL_SPECS}
 assert len(SPECS_BY_NAME) == len(SPECS_BY_TYPE) == len(ALL_SPECS), "duplicate message name or number"
 
 
+# Fields that carry another hsmd message whole, by message: hsmd reports a refused client request
+# on its status socket with the request itself. Whatever renders or records such a message must
+# treat the embedded one like a message of its own (wire.render redacts its secrets).
+EMBEDDED_MESSAGE_FIELDS: dict[str, str] = {"hsmstatus_client_bad_request": "msg"}
+# Text fields in which a daemon quotes bytes as hex, a refused message among them: Core Lightning's
+# master_badmsg fails with "Error parsing 11: <the whole hsmd_init, passphrase included, as hex>".
+QUOTING_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    "status_fail": ("desc",),
+    "status_log": ("entry",),
+    "hsmstatus_client_bad_request": ("description",),
+}
+
+
 def unknown_name(number: int) -> str:
     return f"unknown_{number}"
 
@@ -50,6 +63,22 @@ class Message:
     @property
     def secret_fields(self) -> tuple[str, ...]:
         return self.spec.secret_fields if self.spec else ()
+
+    @property
+    def embedded_field(self) -> str | None:
+        """The field that carries another hsmd message whole, if this message has one."""
+        return EMBEDDED_MESSAGE_FIELDS.get(self.name) if self.spec is not None else None
+
+    @property
+    def quoting_text_fields(self) -> tuple[str, ...]:
+        """Text fields that may quote bytes (another message, a key) as hex."""
+        return QUOTING_TEXT_FIELDS.get(self.name, ()) if self.spec is not None else ()
+
+    def embedded_message(self) -> "Message | None":
+        """The message carried in ``embedded_field``, decoded; None when this message carries
+        none. Raises DecodeError when those bytes are not a well-formed message."""
+        name = self.embedded_field
+        return None if name is None else decode(bytes(self.fields[name]))
 
     def __getitem__(self, name: str):
         return self.fields[name]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def _where(message: str | None, field: str | None) -> str:
+    """``hsmd_init.dev_privkey``: the message and the field path, for error texts."""
+    return f"{message or 'message'}.{field}" if field else f"{message or 'message'}"
+
+
 class DecodeError(ValueError):
     """A body that is not a well-formed hsmd message.
 
@@ -16,10 +21,7 @@ class DecodeError(ValueError):
         self.message = message
         self.field = field
         self.offset = offset
-        where = f"{message or 'message'}"
-        if field:
-            where += f".{field}"
-        super().__init__(f"{where} at byte {offset}: {reason}")
+        super().__init__(f"{_where(message, field)} at byte {offset}: {reason}")
 
 
 class EncodeError(ValueError):
@@ -29,10 +31,7 @@ class EncodeError(ValueError):
         self.reason = reason
         self.message = message
         self.field = field
-        where = f"{message or 'message'}"
-        if field:
-            where += f".{field}"
-        super().__init__(f"{where}: {reason}")
+        super().__init__(f"{_where(message, field)}: {reason}")
 
 
 class WireValueError(Exception):

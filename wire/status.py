@@ -20,7 +20,7 @@ status_io = message(
     field("iodir", "enum log_level"),
     field("peer", "?node_id"),
     field("who", "wirestring"),
-    field("data", "u8", count="len"),
+    field("data", "u8", count="len", secret=True),  # logged traffic: it may be anything
 )
 
 status_fail = message(
@@ -44,6 +44,3 @@ status_version = message(
     0xFFF6,
     field("version", "wirestring"),
 )
-
-LOG_LEVELS = ("io_out", "io_in", "trace", "debug", "info", "unusual", "broken")
-FAIL_REASONS = ("master_io", "hsm_io", "gossip_io", "internal_error")

@@ -22,6 +22,7 @@ from chaos.specs import CAMPAIGN_UPDATES, STORY_SEED, STORY_UPDATES, campaign_sp
 from sim.node import NAIVE, WAL
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE (one testcase per run)")
     parser.add_argument("--workdir", metavar="DIR", help="keep each run's data, WAL, traces and logs under DIR")
     parser.add_argument("--keep", choices=("failed", "all", "none"), default="failed",
-                        help="which runs' directories to keep (default failed: their path is in the report)")
+                        help="which runs' directories to keep (default failed: their path is in the report). "
+                             "On Ctrl-C the runs still going are stopped and their directories removed, "
+                             "unless --keep all (then their paths are printed); exit status 130")
     parser.add_argument("--metrics", metavar="ADDR",
                         help="serve /metrics (hsmproxy_chaos_* counters) on HOST:PORT (loopback) or unix:/path while running")
     parser.add_argument("--no-live", action="store_true", help="no live view (it is off anyway when stdout is not a terminal)")
@@ -118,9 +121,30 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad --metrics address
         print(f"hsmproxy chaos: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if session.interrupted:
+        return _interrupted(session, args)
     session.print_final(results)
     if args.json_path:
         write_json(args.json_path, results, session.meta)
     if args.junit:
         write_junit(args.junit, results)
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _interrupted(session: Session, args: argparse.Namespace) -> int:
+    """What a stopped session leaves: the runs that finished (as usual), and where the runs it
+    stopped are, if anywhere. No report is written: it would look complete."""
+    if session.finished:
+        session.print_final(session.finished)
+    print(f"hsmproxy chaos: interrupted ({session.interrupted}): {len(session.finished)} of "
+          f"{len(session.specs)} run(s) finished", file=sys.stderr)
+    for run in session.unfinished:
+        if run.kept:
+            print(f"hsmproxy chaos: {run.scenario} seed {run.seed} was stopped midway; its directory is kept "
+                  f"(--keep all): {run.directory}", file=sys.stderr)
+        else:
+            print(f"hsmproxy chaos: {run.scenario} seed {run.seed} was stopped midway; its directory was removed "
+                  f"(--keep all keeps it)", file=sys.stderr)
+    if args.json_path or args.junit:
+        print("hsmproxy chaos: no report written: the session did not finish", file=sys.stderr)
+    return EXIT_INTERRUPTED

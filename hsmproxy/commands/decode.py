@@ -1,7 +1,10 @@
 """``hsmproxy decode``: a dissector for people (rich tree) and machines (``--json``).
 
 Inputs: hex bodies or frames on the command line, hex lines on stdin (``-`` or a pipe), or a
-file: a JSON-lines capture (the format of tests/vectors/) or an hsmproxy trace.
+file: a JSON-lines capture (the format of tests/vectors/) or an hsmproxy trace. A trace keeps a
+frame in one of three forms (``proxy.addons.trace``): its body, its redacted decoding, or its
+type and length only; each is shown for what it is, and no form shows a secret unless
+``--show-secrets`` is given and the trace holds it.
 A malformed message is reported where it stands and decoding goes on; the exit status is 1
 if anything was malformed, 2 for unusable input (bad hex, unreadable file).
 """
@@ -27,9 +30,10 @@ class BadInput(Exception):
 class Item:
     """One message to show: its body and where it came from.
 
-    A trace recorded without --trace-secrets keeps no body for frames that hold secrets, only
-    their redacted decoding: then ``body`` is None and ``shown`` is that decoding. ``event`` is
-    a line about something that is not a message (a connection opened, the signer exited).
+    A trace recorded without --trace-secrets keeps no body for frames that may hold secrets,
+    only their redacted decoding or their type and length: then ``body`` is None and ``shown``
+    is what was kept (``recorded`` says which). ``event`` is a line about something that is not
+    a message (a connection opened, the signer exited).
     """
 
     body: bytes | None
@@ -144,7 +148,7 @@ def _split(raw: bytes, framed: str, origin: str) -> list[bytes]:
         return [raw]
     reader = wire.FrameReader()
     try:
-        bodies = reader.feed(raw)
+        bodies = reader.bodies(raw)
     except wire.FramingError as exc:
         if framed == "yes":
             raise BadInput(f"{origin}: {exc}") from None
@@ -211,10 +215,13 @@ def _trace_records(path: Path):
             context["dir"] = record.get("dir")
             if record.get("verdict", "Forward") != "Forward":
                 context["verdict"] = record["verdict"]
-            if record.get("raw") is None:
-                yield Item(None, origin, context, shown=record.get("msg") or {"name": "redacted", "fields": {}})
-            else:
+            if record.get("raw") is not None:
                 yield Item(record["raw"], origin, context)
+            elif isinstance(record.get("msg"), dict):
+                shown = {**record["msg"], "len": record.get("len"), "recorded": RECORDED_REDACTED}
+                yield Item(None, origin, context, shown=shown)
+            else:
+                yield Item(None, origin, context, shown=_type_and_length(record))
         elif kind == "conn":
             yield Item(None, origin, context, event=f"connection {record.get('event')}")
         elif kind == "fault":
@@ -233,6 +240,22 @@ def _trace_records(path: Path):
         elif kind == "raw":
             size = len(record["raw"]) if record.get("raw") is not None else record.get("len", 0)
             yield Item(None, origin, context, event=f"{size} unframed byte(s) {record.get('dir')} (fd carrier or raw relay)")
+
+
+RECORDED_REDACTED = "redacted"  # decoded, secrets left out
+RECORDED_TYPE_AND_LENGTH = "type-and-length"  # not decoded: nothing else could be kept
+
+
+def _type_name(number: int | None) -> str:
+    if number is None:
+        return "too_short_for_a_type"
+    spec = wire.SPECS_BY_TYPE.get(number)
+    return spec.name if spec is not None else wire.unknown_name(number)
+
+
+def _type_and_length(record: dict) -> dict:
+    number = record.get("type")
+    return {"type": number, "name": _type_name(number), "len": record.get("len"), "recorded": RECORDED_TYPE_AND_LENGTH}
 
 
 def _describe_conn(conn: dict) -> str:
@@ -264,8 +287,10 @@ class _JsonOut:
             "message": exc.message,
             "field": exc.field,
             "offset": exc.offset,
-            "hex": item.body.hex(),
+            "len": len(item.body),
         }
+        if self.show_secrets:  # a body that does not decode may be anything
+            record["hex"] = item.body.hex()
         print(json.dumps(record))
 
     def close(self, total: int, malformed: int) -> None:
@@ -292,7 +317,12 @@ class _TreeOut:
         self._tree(item, f"[{style}]{message.name}[/{style}] [dim]({message.type}, {len(item.body)} bytes)[/dim]", shown)
 
     def shown(self, item: Item, rendered: dict) -> None:
-        self._tree(item, f"[bold]{rendered.get('name')}[/bold] [dim](body not recorded: it holds secrets)[/dim]", rendered)
+        head = f"[bold]{rendered.get('name')}[/bold] [dim]({rendered.get('type')}, {rendered.get('len')} bytes)[/dim]"
+        if rendered.get("recorded") == RECORDED_TYPE_AND_LENGTH:
+            why = "type and length only: not decoded, so it could hold secrets"
+            self.console.print(self._title(item, f"{head} [dim]({why})[/dim]"))
+            return
+        self._tree(item, f"{head} [dim](body not recorded: it may hold secrets)[/dim]", rendered)
 
     def _tree(self, item: Item, title: str, rendered: dict) -> None:
         from rich.markup import escape
@@ -303,7 +333,7 @@ class _TreeOut:
         tree = Tree(self._title(item, title))
         _add_fields(tree, rendered.get("fields", {}), escape)
         if rendered.get("trailing"):
-            tree.add(f"[yellow]trailing bytes (kept, as hsmd ignores them): {rendered['trailing']}[/yellow]")
+            tree.add(f"[yellow]trailing bytes (kept, as hsmd ignores them):[/yellow] {_scalar(rendered['trailing'], escape)}")
         self.console.print(tree)
 
     def event(self, item: Item) -> None:
@@ -319,12 +349,35 @@ class _TreeOut:
             self.err.print(f"[red]{malformed} of {total} messages malformed[/red]")
 
 
+def _is_embedded_view(value) -> bool:
+    """A message carried whole in a field, as ``wire.to_jsonable`` shows it."""
+    return isinstance(value, dict) and "type" in value and "len" in value and (
+        "fields" in value or value.get("undecodable") or value.get("too_deep"))
+
+
+def _add_embedded(tree, key: str, view: dict, escape) -> None:
+    label = f"[cyan]{escape(key)}[/cyan]: "
+    if "fields" in view:
+        branch = tree.add(label + f"[bold]{escape(str(view.get('name')))}[/bold] "
+                                  f"[dim]({view.get('type')}, {view.get('len')} bytes)[/dim]")
+        _add_fields(branch, view["fields"], escape)
+        if view.get("trailing"):
+            branch.add(f"[yellow]trailing bytes:[/yellow] {_scalar(view['trailing'], escape)}")
+        return
+    why = "does not decode" if view.get("undecodable") else "nested too deep to decode"
+    shown = f": {escape(view['hex'])}" if view.get("hex") else "; not shown, it could hold secrets"
+    tree.add(label + f"{escape(_type_name(view.get('type')))} [dim]({view.get('type')}, {view.get('len')} bytes; "
+                     f"{why}{shown})[/dim]")
+
+
 def _add_fields(tree, value, escape) -> None:
     if isinstance(value, dict):
         if not value:
             tree.add("[dim](no fields)[/dim]")
         for key, item in value.items():
-            if isinstance(item, (dict, list)) and item:
+            if _is_embedded_view(item):
+                _add_embedded(tree, str(key), item, escape)
+            elif isinstance(item, (dict, list)) and item:
                 _add_fields(tree.add(f"[cyan]{escape(str(key))}[/cyan]"), item, escape)
             else:
                 tree.add(f"[cyan]{escape(str(key))}[/cyan]: {_scalar(item, escape)}")
@@ -342,8 +395,8 @@ def _add_fields(tree, value, escape) -> None:
 def _scalar(value, escape) -> str:
     if value is None:
         return "[dim]absent[/dim]"
-    if value == wire.REDACTED:
-        return "[magenta]<redacted>[/magenta]"
+    if wire.is_redacted(value):
+        return f"[magenta]{escape(value)}[/magenta]"
     if isinstance(value, str):
         return escape(value) if value else '[dim]""[/dim]'
     return escape(str(value))

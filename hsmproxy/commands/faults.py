@@ -12,6 +12,7 @@ import sys
 
 from faults.plan import PlanError, load_plan
 from hsmproxy.control_client import ControlClient, ControlError
+from hsmproxy.control_token import TokenError, resolve_token
 from proxy.trio.addresses import AddressError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -25,7 +26,10 @@ def configure(parser) -> None:
         default=os.environ.get("HSMPROXY_CONTROL", DEFAULT_CONTROL),
         help=f"the proxy's control address: HOST:PORT, unix:PATH or any form --control takes (default: $HSMPROXY_CONTROL or {DEFAULT_CONTROL})",
     )
-    parser.add_argument("--token", default=os.environ.get("HSMPROXY_CONTROL_TOKEN"), help="bearer token ($HSMPROXY_CONTROL_TOKEN)")
+    parser.add_argument("--token", help="bearer token; every user can read a command line, so prefer "
+                        "--token-file or $HSMPROXY_CONTROL_TOKEN (used when neither option is given)")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="read the bearer token from FILE (not readable by group or others: chmod 600)")
     parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -64,8 +68,9 @@ def run(args) -> int:
               "see docs/faults.md for every prefix and option.")
         return EXIT_OK
     try:
-        client = ControlClient(args.control, token=args.token, timeout=args.timeout)
-    except AddressError as exc:
+        token = resolve_token(args.token, args.token_file, token_option="--token", file_option="--token-file")
+        client = ControlClient(args.control, token=token, timeout=args.timeout)
+    except (AddressError, TokenError) as exc:
         print(f"hsmproxy faults: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -15,7 +15,7 @@ from hsmproxy.options import add_relay_options
 from proxy.addons.control_api import HttpServerHook
 from proxy.core.hooks import HookChain
 from proxy.trio.addresses import AddressError, open_listener, parse_address
-from proxy.trio.socket_mode import serve
+from proxy.trio.socket_mode import check_listen_address, serve
 
 EXIT_USAGE = 2
 
@@ -27,7 +27,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "tcp:HOST:PORT (HOST:PORT and [IPv6]:PORT work too)."
     )
     parser.add_argument("--listen", required=True, metavar="ADDR",
-                        help="where the node connects (unix:PATH or tcp:HOST:PORT)")
+                        help="where the node connects (unix:PATH or tcp:HOST:PORT on loopback: whoever "
+                             "connects can have the signer sign anything)")
+    parser.add_argument("--listen-allow-remote", action="store_true",
+                        help="allow a --listen address other machines can reach (logged as a warning)")
     parser.add_argument("--connect", required=True, metavar="ADDR",
                         help="where the signer listens (unix:PATH or tcp:HOST:PORT)")
     add_relay_options(parser)
@@ -37,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="hsmproxy: %(message)s", stream=sys.stderr)
     try:
         listen_addr = parse_address(args.listen)
+        check_listen_address(listen_addr, allow_remote=args.listen_allow_remote)
         upstream = parse_address(args.connect)
         listener = open_listener(listen_addr)
     except (AddressError, OSError) as exc:

@@ -11,9 +11,9 @@ import json
 import sys
 import time
 
-from proxy.addons.shadow_hook import recover
 from proxy.core.shadow import shadow_jsonable
 from proxy.core.wal_format import NO_SNAPSHOT, Damage, WalError
+from proxy.trio.shadow_recovery import recover
 
 EXIT_DAMAGED = 1  # the state was shown, but records that verify could not be replayed
 EXIT_UNUSABLE = 2

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 
 from hsmproxy.control_client import ControlClient, ControlError
+from hsmproxy.control_token import TokenError, resolve_token
 from proxy.trio.addresses import AddressError
 
 Series = dict[tuple[str, frozenset], float]
@@ -25,7 +26,11 @@ def configure(parser) -> None:
         "--control", "--metrics", dest="address", default="127.0.0.1:8475", metavar="ADDR",
         help="the proxy's control/metrics address: HOST:PORT or unix:PATH (default 127.0.0.1:8475)",
     )
-    parser.add_argument("--token", help="bearer token, if the proxy's control API requires one")
+    parser.add_argument("--token", help="bearer token, if the proxy's control API requires one; every user can "
+                        "read a command line, so prefer --token-file or $HSMPROXY_CONTROL_TOKEN (used when "
+                        "neither option is given)")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="read the bearer token from FILE (not readable by group or others: chmod 600)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
 
@@ -210,7 +215,12 @@ def run(args) -> int:
 
     console = Console()
     try:
-        client = ControlClient(args.address, token=args.token, timeout=max(2.0, args.interval * 2))
+        token = resolve_token(args.token, args.token_file, token_option="--token", file_option="--token-file")
+    except TokenError as exc:
+        print(f"hsmproxy top: {exc}", file=sys.stderr)
+        return 2
+    try:
+        client = ControlClient(args.address, token=token, timeout=max(2.0, args.interval * 2))
     except AddressError as exc:
         print(f"hsmproxy top: --control: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ from typing import Callable
 import trio
 
 from proxy.core.hooks import (
+    CONN_CLOSED,
+    CONN_OPENED,
     ConnContext,
     Disconnect,
     Drop,
@@ -51,9 +53,9 @@ class FaultHook:
 
     # --- hook methods ------------------------------------------------------------------------
     async def on_connection(self, conn: ConnContext, event: str) -> None:
-        if event == "opened":
+        if event == CONN_OPENED:
             self._key(conn)
-        elif event == "closed":
+        elif event == CONN_CLOSED:
             self._keys.pop(conn.conn_id, None)
 
     async def on_request(self, ex: Exchange, point: str):

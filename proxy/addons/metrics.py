@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import wire
+from wire.conversation import BEFORE_FORWARD_POINTS
 from wire.families import family_of
 
 # The *_created series double every counter's cardinality and no dashboard uses them.
@@ -33,7 +34,6 @@ WAL_SYNC_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 
 NODE_TO_SIGNER = "node_to_signer"
 SIGNER_TO_NODE = "signer_to_node"
-DEFAULT_CHANNEL_DETAIL_CAP = 50
 
 
 def message_label(message: "wire.Message | None", raw: bytes = b"") -> str:
@@ -105,10 +105,36 @@ class Metrics:
             "Exit status of the signer's last exit (128+N for signal N); -1 while it has not exited", registry=r,
         )
         self.signer_exit_status.set(-1)
+        # the proxy's own hooks
+        self.hook_failures = Counter(
+            "hsmproxy_hook_failures_total",
+            "Exceptions raised by relay hooks, by hook; an observer (metrics, trace) is switched off at its first",
+            ["hook"], registry=r,
+        )
+        self.failed_closed = Counter(
+            "hsmproxy_failed_closed_total",
+            "Messages not forwarded because a deciding hook failed on them (e.g. the WAL could not make a "
+            "request durable), by point",
+            ["point"], registry=r,
+        )
+        for point in BEFORE_FORWARD_POINTS:  # series from the start, so the first failure is an increase
+            self.failed_closed.labels(point=point)
         # shadow state
         self.divergences = Counter(
             "hsmproxy_divergences_total", "Divergence events detected by the shadow state, by kind",
             ["kind"], registry=r,
+        )
+        self.divergences_in_doubt = Counter(
+            "hsmproxy_divergences_in_doubt_total",
+            "Divergences against a request in doubt after a proxy restart (the signer may never have seen it): "
+            "at most possible, so counted here instead of hsmproxy_divergences_total, by kind",
+            ["kind"], registry=r,
+        )
+        self.crashed_in_window_open = Gauge(
+            "hsmproxy_crashed_in_window_open",
+            "Channels whose node ended inside the crash window (counterparty commitment N signed, N-1 not "
+            "revoked) and has not shown yet whether it kept N (crashed_in_window events still possible)",
+            registry=r,
         )
         self.guard_refusals = Counter(
             "hsmproxy_guard_refusals_total", "Requests refused by --guard before they reached the signer",

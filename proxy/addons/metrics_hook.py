@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wire.conversation import NO_REPLY_TYPES
+
 from proxy.core.hooks import (
     CONN_CLOSED,
     CONN_FRAMING_LOST,
@@ -14,12 +16,12 @@ from proxy.core.hooks import (
     ROLE_SOCKET,
     ConnContext,
     Exchange,
+    HookFailure,
 )
 from proxy.addons.metrics import NODE_TO_SIGNER, SIGNER_TO_NODE, Metrics
 from proxy.trio.http_server import Request, Response, RouteTable
 
 _NS = 1e-9
-NO_REPLY_TYPE = 99  # hsmd_dev_preinit: the only request hsmd never answers
 
 
 class MetricsHook:
@@ -28,6 +30,8 @@ class MetricsHook:
     Register it last, so that the time it measures includes the hooks before it (the WAL sync is
     part of what the proxy adds).
     """
+
+    observer = True  # it only counts: if it fails, the relay goes on without it
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
@@ -43,7 +47,7 @@ class MetricsHook:
         if point == REQUEST_BEFORE:
             m.frame(NODE_TO_SIGNER, ex.request, ex.request_raw)
         elif point == REQUEST_AFTER:
-            if ex.request is None or ex.request.type != NO_REPLY_TYPE:
+            if ex.request is None or ex.request.type not in NO_REPLY_TYPES:
                 self._set_in_flight(ex.conn.conn_id, +1)
             if ex.request_received_ns is not None and ex.request_forwarded_ns is not None:
                 m.proxy_overhead.labels(direction=NODE_TO_SIGNER).observe(
@@ -86,6 +90,11 @@ class MetricsHook:
         self.metrics.signer_up.set(0)
         self.metrics.signer_exits.inc()
         self.metrics.signer_exit_status.set(status)
+
+    async def on_hook_failed(self, failure: HookFailure) -> None:
+        self.metrics.hook_failures.labels(hook=failure.hook).inc()
+        if failure.failed_closed:
+            self.metrics.failed_closed.labels(point=failure.where).inc()
 
 
 def add_metrics_route(routes: RouteTable, metrics: Metrics) -> None:

@@ -3,6 +3,7 @@
 Order of operations (the point of the whole project, applied to the proxy itself):
     request.before_forward: intent -> shadow.begin -> WAL append (durable) -> maybe Refuse (guard)
     reply.before_forward:   outcome -> shadow.finish -> WAL append (durable) -> the reply moves on
+    connection closed:      (a channel inside the crash window) -> shadow.connection_ended -> WAL append
 So the signer never sees a state-changing request the WAL does not hold, and the node never
 sees an answer the WAL does not hold. Register this hook first.
 """
@@ -10,14 +11,23 @@ sees an answer the WAL does not hold. Register this hook first.
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
 import logging
 import os
 import time
 
-from proxy.core.hooks import CONN_CLOSED, REPLY_BEFORE, REQUEST_BEFORE, ROLE_MASTER, ConnContext, Exchange, Refuse
+from proxy.core.hooks import (
+    CONN_CLOSED,
+    REPLY_AFTER,
+    REPLY_BEFORE,
+    REQUEST_BEFORE,
+    ROLE_MASTER,
+    ConnContext,
+    Exchange,
+    Refuse,
+)
 from proxy.core.shadow import (
+    CRASHED_IN_WINDOW,
     DIVERGENCE_KINDS,
     DOUBLE_SIGNED,
     GET_POINT,
@@ -25,6 +35,9 @@ from proxy.core.shadow import (
     PREVENTED,
     REFUTED,
     REJECTED,
+    RESOLVED,
+    RETRY_CHANGED,
+    SIGN_REMOTE,
     SIGNED,
     SIGNER_REJECTED,
     SUCCESS_REPLY,
@@ -32,54 +45,24 @@ from proxy.core.shadow import (
     Divergence,
     IntentError,
     Shadow,
-    apply_record,
+    connection_end_record,
     divergences_jsonable,
     intent_from_request,
     intent_record,
     outcome_record,
     restart_record,
-    shadow_from_snapshot,
     shadow_jsonable,
     shadow_to_snapshot,
 )
-from proxy.core.wal_format import Recovery, WalError, epochs_of, snapshot_name
+from proxy.core.wal_format import Recovery
 from proxy.trio.group_commit import GroupCommitWal
-from proxy.trio.wal_store import WalStore, read_state
+from proxy.trio.shadow_recovery import recover
+from proxy.trio.wal_store import WalStore
 
 log = logging.getLogger("hsmproxy.shadow")
 
 BAD_REQUEST = "hsmstatus_client_bad_request"
-
-
-def recover(directory: str, *, repair: bool, set_aside_damage: bool = False) -> tuple[Shadow, Recovery]:
-    """Load the snapshot and replay the log (``proxy.trio.wal_store.read_state`` says what
-    ``repair`` and ``set_aside_damage`` change on disk). A record the shadow cannot replay is
-    damage, reported like a damaged log, never an exception of its own.
-
-    The cyclic garbage collector is paused meanwhile: replay allocates millions of small acyclic
-    objects, and the collector's passes over them would double the recovery time without ever
-    finding garbage."""
-    replayed: list[Shadow] = []
-
-    def replay_into(snapshot):
-        try:
-            shadow = shadow_from_snapshot(snapshot) if snapshot is not None else Shadow()
-        except Exception as exc:  # a valid checksum over content this version does not know
-            name = snapshot_name(epochs_of(os.listdir(directory))[1][-1])
-            raise WalError(f"{name} has a valid checksum but unexpected content ({type(exc).__name__}: {exc}); "
-                           "read it with the hsmproxy version that wrote it, or move the WAL directory aside "
-                           "and start with an empty one") from None
-        replayed.append(shadow)
-        return functools.partial(apply_record, shadow)
-
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        recovery = read_state(directory, repair=repair, set_aside_damage=set_aside_damage, make_sink=replay_into)
-        return replayed[-1], recovery
-    finally:
-        if enabled:
-            gc.enable()
+FORWARDED_KEPT = 4096  # signatures remembered as forwarded to the node (only the latest per channel matter)
 
 
 def _request_key(raw: bytes) -> bytes:
@@ -88,6 +71,10 @@ def _request_key(raw: bytes) -> bytes:
 
 class ShadowHook:
     """Feeds the relay's exchanges to a ``Shadow``; with a WAL, makes each step durable first."""
+
+    # Where it acts; request.after_forward costs nothing then. reply.after_forward says that a
+    # signature reached the node's socket (what a crash in the window reports).
+    points = (REQUEST_BEFORE, REPLY_BEFORE, REPLY_AFTER)
 
     def __init__(self, shadow: Shadow, wal: GroupCommitWal | None = None, *, guard: bool = False,
                  run_id: int = 0, metrics=None, clock=time.time_ns):
@@ -100,6 +87,10 @@ class ShadowHook:
         self._clock = clock
         self._ops: dict[tuple[int, int], tuple[int, str]] = {}  # (conn_id, seq) -> (op_id, kind)
         self._by_request: dict[bytes, int] = {}  # request hash -> op_id, to match bad-request status
+        # Signatures answered and on their way to the node: (conn_id, seq) -> op_id; and the
+        # op_ids whose signature reached the node's socket (reply.after_forward), oldest first.
+        self._signed_replies: dict[tuple[int, int], int] = {}
+        self._forwarded: dict[int, None] = {}
         self.recovery: Recovery | None = None
 
     @classmethod
@@ -140,7 +131,11 @@ class ShadowHook:
         self.metrics = metrics
         for kind in DIVERGENCE_KINDS:  # every kind is a series from the start, at 0
             metrics.divergences.labels(kind=kind)
+        for kind in (RETRY_CHANGED, DOUBLE_SIGNED):
+            metrics.divergences_in_doubt.labels(kind=kind)
         metrics.guard_refusals.labels(kind=DOUBLE_SIGNED)
+        # From the recovered shadow: the crash of the node that took the last proxy with it.
+        metrics.crashed_in_window_open.set(self.shadow.crashes_open())
         if self.recovery is not None:
             metrics.wal_recovered.inc(self.recovery.record_count)
             if self.recovery.problem:
@@ -190,13 +185,20 @@ class ShadowHook:
         return None
 
     async def on_reply(self, ex: Exchange, point: str):
-        if point != REPLY_BEFORE or ex.duplicate:
+        if ex.duplicate:
+            return None
+        if point == REPLY_AFTER:
+            self._reply_forwarded(ex)
+            return None
+        if point != REPLY_BEFORE:
             return None
         op = self._ops.pop((ex.conn.conn_id, ex.seq), None)
         if op is None:
             return None
         op_id, kind = op
         ok = ex.reply is not None and ex.reply.name == SUCCESS_REPLY[kind]
+        if ok and kind == SIGN_REMOTE:
+            self._signed_replies[(ex.conn.conn_id, ex.seq)] = op_id
         detail = "" if ok else f"the signer answered {ex.reply.name if ex.reply is not None else 'undecodable bytes'}"
         outcome = SIGNED if ok else REJECTED
         events, now = self._finish(op_id, outcome, detail)
@@ -205,6 +207,14 @@ class ShadowHook:
         if self.metrics is not None:
             self._channel_metrics(ex.conn)
         return None
+
+    def _reply_forwarded(self, ex: Exchange) -> None:
+        """A signature reached the node's socket: a crash from now on may find it saved."""
+        op_id = self._signed_replies.pop((ex.conn.conn_id, ex.seq), None)
+        if op_id is not None:
+            self._forwarded[op_id] = None
+            if len(self._forwarded) > FORWARDED_KEPT:
+                del self._forwarded[next(iter(self._forwarded))]
 
     def _channel_metrics(self, conn: ConnContext) -> None:
         m = self.metrics
@@ -223,6 +233,28 @@ class ShadowHook:
             events, now = self._finish(op_id, UNANSWERED, detail)
             await self._append(outcome_record(op_id, UNANSWERED, now, detail))
             self._report(events, counted=False)
+        for key in [k for k in self._signed_replies if k[0] == conn.conn_id]:
+            del self._signed_replies[key]  # answered, never forwarded
+        await self._node_side_ended(conn)
+
+    async def _node_side_ended(self, conn: ConnContext) -> None:
+        """The node's end of a channel's client connection, or of the master (the node itself),
+        is gone: a channel it leaves inside the crash window gets a crashed_in_window event,
+        recorded in the WAL like every input of the shadow. Nothing is written otherwise."""
+        if conn.role == ROLE_MASTER:
+            where: tuple = (None, None, None)
+        elif conn.peer_id is not None and conn.dbid is not None:  # a channel's client connection
+            where = (self._conn_key(conn), conn.peer_id, conn.dbid)
+        else:
+            return
+        channels = self.shadow.windows_open(*where)
+        if not channels:
+            return
+        forwarded = [ch.current_counterparty_op_id for ch in channels if ch.current_counterparty_op_id in self._forwarded]
+        now = self._clock()
+        events = self.shadow.connection_ended(now, forwarded, *where)
+        await self._append(connection_end_record(now, forwarded, *where))
+        self._report(events, counted=True)
 
     async def on_status(self, conn: ConnContext, raw: bytes, msg) -> None:
         if msg is None or msg.name != BAD_REQUEST:
@@ -264,16 +296,21 @@ class ShadowHook:
 
     def _report(self, events: list[Divergence], *, counted: bool) -> None:
         for ev in events:
-            level = logging.INFO if ev.status in (REFUTED, PREVENTED) else logging.WARNING
+            level = logging.INFO if ev.status in (REFUTED, PREVENTED, RESOLVED) else logging.WARNING
             log.log(level, "divergence %s (%s) peer %s dbid %d index %d: %s", ev.kind, ev.status,
                     ev.peer_id.hex(), ev.dbid, ev.index, ev.detail)
             if self.metrics is not None and (counted or ev.kind == SIGNER_REJECTED):
-                self.metrics.divergences.labels(kind=ev.kind).inc()
+                # A comparison with a request in doubt is at most possible: it has a series of
+                # its own, so that only what can be confirmed pages as double_signed.
+                counter = self.metrics.divergences_in_doubt if ev.in_doubt else self.metrics.divergences
+                counter.labels(kind=ev.kind).inc()
             for listener in self.listeners:
                 listener(ev)
         if self.metrics is not None and events:
             self.metrics.channels_tracked.set(len(self.shadow.channels))
             self.metrics.channels_diverged.set(len({(e.peer_id, e.dbid) for e in self.shadow.events}))
+            if any(ev.kind == CRASHED_IN_WINDOW for ev in events):
+                self.metrics.crashed_in_window_open.set(self.shadow.crashes_open())
 
     # --- read-outs (control API, `hsmproxy state`) -----------------------------------------
 

@@ -1,14 +1,25 @@
 """Trace recording: a msgpack stream of every frame and event the relay sees.
 
-Each record is a map. The first is ``{"kind": "header", "format": "hsmproxy-trace", "version": 1,
-"secrets": bool, "t": ns}``; then one of:
+Each record is a map. The first is ``{"kind": "header", "format": "hsmproxy-trace", "version": 2,
+"secrets": bool, "frames": str, "t": ns}``; ``frames`` says how frame bodies were recorded:
+
+* ``raw``: every body as it came (``--trace-secrets``: the trace holds secrets);
+* ``redacted``: a body is kept only when it decoded and provably holds no secret
+  (``wire.holds_no_secret``); any other is its decoded view with the secrets left out, or, when
+  it did not decode, its type and length only;
+* ``types-and-lengths``: the relay did not decode (``--no-parse``), so nothing can be told apart
+  from a secret: every body is its type and length only.
+
+Then one of:
 
 * ``frame``: ``t`` (wall-clock ns), ``mono`` (monotonic ns), ``conn`` (context map), ``dir``
   (``request`` node->signer, ``reply`` signer->node, ``status`` fd 0), ``seq`` (request number on
-  the connection; -1 for a reply nobody asked for), ``raw`` (the frame body), ``verdict`` (what
-  the hooks decided at ``before_forward``). A body holding secrets (revocation secrets, ECDH
-  results, derived secrets, passphrases) is recorded as ``raw: None, redacted: True`` plus its
-  decoded fields with the secrets replaced, unless the trace was opened with secrets on.
+  the connection; -1 for a reply nobody asked for), ``verdict`` (what the hooks decided at
+  ``before_forward``), ``len`` (body bytes), ``digest`` (see below), and the body in one of three
+  forms: ``raw`` (the body); ``raw: None, redacted: True, msg`` (``wire.to_jsonable``: a message
+  embedded whole, hsmd's refused request in ``hsmstatus_client_bad_request``, is decoded and
+  redacted the same way, and its own digest is ``embedded_digest``); or ``raw: None, redacted:
+  True, type`` (the u16 type, None for a body too short for one) with no ``msg``.
 * ``raw``: bytes that are not frames (``dir``, ``raw``): fd carriers and everything after a
   connection lost its framing. Unframed bytes cannot be checked for secrets, so without
   ``--trace-secrets`` only their length is kept (1-byte fd carriers are kept).
@@ -17,11 +28,17 @@ Each record is a map. The first is ``{"kind": "header", "format": "hsmproxy-trac
 * ``exit``: the signer's exit ``status``.
 * ``fault`` / ``divergence``: an injected fault or a shadow-state divergence event (``event``).
 
+``digest`` is a keyed hash (BLAKE2b, 16 bytes) of the body under a key drawn at random for each
+trace and never written: equal bodies in one trace have equal digests (chaos matches a refused
+request to the request this way), but a digest cannot be checked against a guess, so it says
+nothing about a secret, even a weak passphrase.
+
 The file is created 0600. ``read_trace(path)`` yields the records back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from typing import Iterator
@@ -33,7 +50,12 @@ import wire
 from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ConnContext, Exchange
 
 FORMAT = "hsmproxy-trace"
-VERSION = 1
+VERSION = 2  # 2: frames recorded raw only when provably secret-free; "frames", "len", "digest"
+
+FRAMES_RAW = "raw"
+FRAMES_REDACTED = "redacted"
+FRAMES_TYPES_AND_LENGTHS = "types-and-lengths"
+DIGEST_SIZE = 16
 
 
 class TraceFormatError(ValueError):
@@ -55,14 +77,23 @@ class TraceHook:
     """A relay hook that appends every frame and event to a trace file. Register it last, so
     the verdict it records is the one the other hooks decided."""
 
-    def __init__(self, path: str, *, secrets: bool = False):
+    observer = True  # a trace that cannot be written (a full disk) must not take the node's signer away
+    points = (REQUEST_BEFORE, REPLY_BEFORE)  # it records each frame once, with its verdict
+
+    def __init__(self, path: str, *, secrets: bool = False, parsed: bool = True):
+        """``parsed``: whether the relay decodes messages (not with ``--no-parse``). Without
+        decoding a body cannot be told apart from a secret, so only its type and length are
+        recorded, unless ``secrets`` asks for everything."""
         self.path = path
         self.secrets = secrets
+        self.frames = FRAMES_RAW if secrets else FRAMES_REDACTED if parsed else FRAMES_TYPES_AND_LENGTHS
+        self._digest_key = os.urandom(32)  # never written: digests only compare within this trace
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_TRUNC
         self._file = os.fdopen(fd, "wb")
         self._packer = msgpack.Packer(use_bin_type=True)
-        self._write({"kind": "header", "format": FORMAT, "version": VERSION, "secrets": secrets, "t": time.time_ns()})
+        self._write({"kind": "header", "format": FORMAT, "version": VERSION, "secrets": secrets,
+                     "frames": self.frames, "t": time.time_ns()})
 
     def _write(self, record: dict) -> None:
         # One write per record, flushed: a trace must survive the proxy being killed.
@@ -71,6 +102,9 @@ class TraceHook:
 
     def close(self) -> None:
         self._file.close()
+
+    def _digest(self, body: bytes) -> bytes:
+        return hashlib.blake2b(body, key=self._digest_key, digest_size=DIGEST_SIZE).digest()
 
     def _frame(self, ctx: ConnContext, direction: str, seq: int | None, raw: bytes, msg, verdict) -> None:
         record = {
@@ -82,13 +116,23 @@ class TraceHook:
             "seq": seq,
             "raw": raw,
             "verdict": type(verdict).__name__ if verdict is not None else "Forward",
+            "len": len(raw),
+            "digest": self._digest(raw),
         }
-        if msg is not None and not self.secrets:
-            shown = wire.redacted_fields(msg)
-            if shown != msg.fields:
+        if msg is not None and msg.embedded_field is not None:
+            # whatever form each one takes, a refused request matches its request by digest
+            record["embedded_digest"] = self._digest(bytes(msg.fields[msg.embedded_field]))
+        if self.frames == FRAMES_RAW:
+            pass
+        elif self.frames == FRAMES_REDACTED and msg is not None:
+            if not wire.holds_no_secret(msg):
                 record["raw"] = None
                 record["redacted"] = True
                 record["msg"] = wire.to_jsonable(msg)
+        else:  # not decoded (--no-parse), or it did not decode: nothing may be kept but its size
+            record["raw"] = None
+            record["redacted"] = True
+            record["type"] = int.from_bytes(raw[:2], "big") if len(raw) >= 2 else None
         self._write(record)
 
     async def on_request(self, ex: Exchange, point: str) -> None:

@@ -1,192 +1,121 @@
-"""The relay core, sans-IO: bytes (and passed fds) in, segments to forward out.
+"""The relay core, sans-IO: frames in, exchanges for the hooks out; verdicts in, actions out.
 
-One ``StreamSplitter`` per direction of a connection cuts the byte stream into what must be
-forwarded as units: whole frames, the 1-byte fd carrier that follows a ``hsmd_client_hsmfd_reply``
-(109), and, once framing is lost (a length of 2^27 or more), raw bytes. Every segment keeps the
-exact bytes received, so the shell forwards the original, garbage included.
+One ``ConnectionRelay`` per node<->signer connection:
 
-One ``ConnectionRelay`` per connection pairs requests with replies by order (never by reply type:
-19, 20, 21, ... all answer 112, and 51 answers 138) and builds the ``Exchange`` objects hooks see.
-``hsmd_dev_preinit`` (99) has no reply, so it takes no pairing slot.
-
-File descriptors: the kernel attaches SCM_RIGHTS to a byte, and a ``recvmsg`` that receives fds
-stops right after that byte. So the shell passes the fds of one ``recvmsg`` with the data they
-arrived with, and they belong to its last byte; the splitter hands them on with the segment that
-holds that byte.
+* one ``wire.FrameReader`` per direction cuts the byte stream into what travels as units: whole
+  frames, the fd carrier after a ``hsmd_client_hsmfd_reply`` (109), and unframed bytes once
+  framing is lost. Segments keep the exact bytes received, so the shell forwards originals;
+* requests pair with replies by order (never by reply type: 19, 20, 21, ... all answer 112, and
+  51 answers 138) into the ``Exchange`` objects hooks see. A request hsmd never answers
+  (``hsmd_dev_preinit``) takes no pairing slot;
+* a verdict on a frame becomes a ``Plan``: the actions the shell carries out, in order, and
+  whether the message went on (then the ``*.after_forward`` point follows). This is the one
+  place where verdicts mean something, and the pairing follows from them: a request that is not
+  forwarded leaves no slot, a duplicated one expects two replies.
 """
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import wire
+from wire.conversation import NO_REPLY_PREFIXES, TYPE_CLIENT_HSMFD, expects_reply
+from wire.framing import FdCarrier, Frame, FrameReader, FramingLost
 
-from proxy.core.hooks import ROLE_STATUS, ConnContext, Exchange
-
-MAX_BODY_LEN = wire.MAX_BODY_LEN
-HEADER_LEN = 4
-_HEADER = struct.Struct(">I")
-
-TYPE_DEV_PREINIT = 99
-TYPE_CLIENT_HSMFD = 9
-TYPE_CLIENT_HSMFD_REPLY = 109
-_CLIENT_HSMFD_REPLY_PREFIX = struct.pack(">H", TYPE_CLIENT_HSMFD_REPLY)
+from proxy.core.hooks import (
+    ROLE_CLIENT,
+    ROLE_MASTER,
+    ROLE_STATUS,
+    ConnContext,
+    Disconnect,
+    Drop,
+    Duplicate,
+    Exchange,
+    FailClosed,
+    Forward,
+    Hold,
+    Refuse,
+    Replace,
+)
 
 REQUEST = "request"  # node -> signer
 REPLY = "reply"  # signer -> node
 
-
-# ---- segments -----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Frame:
-    raw: bytes  # header + body, as received
-    body: bytes
-    fds: list = field(default_factory=list)
+BAD_REQUEST = "hsmstatus_client_bad_request"
 
 
-@dataclass(slots=True)
-class Carrier:
-    """The 1-byte fd carrier after a 109 reply (CLN sends 0x00, VLS 0xff; nobody checks it)."""
-
-    raw: bytes
-    fds: list = field(default_factory=list)
+# ---- actions for the shell ----------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class RawBytes:
-    """Bytes that are not (or no longer) framed: forwarded as they are."""
-
-    raw: bytes
-    fds: list = field(default_factory=list)
+@dataclass(frozen=True, slots=True)
+class SendReceived:
+    """Send the segment on to the other side as it was received: its bytes and its fds."""
 
 
-@dataclass(slots=True)
-class FramingLost:
-    """Framing broke at stream ``offset``; everything after is relayed as raw bytes."""
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send these bytes (and fds) to the other side."""
 
-    offset: int
-    length: int
-    reason: str
-
-
-def _is_client_hsmfd_reply(body: bytes) -> bool:
-    return body[:2] == _CLIENT_HSMFD_REPLY_PREFIX
+    data: bytes
+    fds: tuple = ()
 
 
-class StreamSplitter:
-    """Cuts one direction of one connection into segments.
+@dataclass(frozen=True, slots=True)
+class WriteStatus:
+    """Write this frame on the node's status socket (fd 0); where there is none (socket mode),
+    nothing is written."""
 
-    ``carrier_follows(body)`` says whether a frame is followed by a 1-byte fd carrier.
-    """
+    data: bytes
 
-    __slots__ = ("_buf", "_offset", "_pending_fds", "_expect_carrier", "_carrier_follows", "broken")
 
-    def __init__(self, carrier_follows=None):
-        self._buf = bytearray()
-        self._offset = 0  # stream offset of _buf[0]
-        self._pending_fds: list[tuple[int, list]] = []  # (stream offset of the byte, fds)
-        self._expect_carrier = False
-        self._carrier_follows = carrier_follows
-        self.broken = False
+@dataclass(frozen=True, slots=True)
+class WaitRelease:
+    """Wait until ``release.wait()`` returns."""
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
+    release: Any = field(compare=False)
 
-    def feed(self, data: bytes, fds: list | tuple = ()) -> list:
-        """Add ``data`` (``fds`` arrived with its last byte); return the segments now complete."""
-        if fds:
-            if not data:
-                raise ValueError("file descriptors arrived without a data byte to carry them")
-            self._pending_fds.append((self._offset + len(self._buf) + len(data) - 1, list(fds)))
-        if self.broken:
-            return self._emit_raw(data) if data else []
-        if not self._buf and not self._pending_fds and not self._expect_carrier:
-            fast = self._whole_frame(data)
-            if fast is not None:
-                return fast
-        buf = self._buf
-        buf += data
-        out: list = []
-        pos = 0
-        end = len(buf)
-        carrier_follows = self._carrier_follows
-        while pos < end:
-            if self._expect_carrier:
-                self._expect_carrier = False
-                out.append(Carrier(bytes(buf[pos : pos + 1]), self._take_fds(pos, pos + 1)))
-                pos += 1
-                continue
-            if end - pos < HEADER_LEN:
-                break
-            (length,) = _HEADER.unpack_from(buf, pos)
-            if length > MAX_BODY_LEN:
-                self.broken = True
-                offset = self._offset + pos
-                out.append(
-                    FramingLost(offset, length, f"frame length {length} at stream offset {offset} is >= 2^27")
-                )
-                rest = bytes(buf[pos:])
-                fds_rest = self._take_fds(pos, end)
-                del buf[:]
-                self._offset += end
-                out.append(RawBytes(rest, fds_rest))
-                return out
-            stop = pos + HEADER_LEN + length
-            if stop > end:
-                break
-            raw = bytes(buf[pos:stop])
-            body = raw[HEADER_LEN:]
-            out.append(Frame(raw, body, self._take_fds(pos, stop) if self._pending_fds else []))
-            if carrier_follows is not None and carrier_follows(body):
-                self._expect_carrier = True
-            pos = stop
-        if pos:
-            del buf[:pos]
-            self._offset += pos
-        return out
 
-    def _whole_frame(self, data: bytes) -> list | None:
-        """The common case, one read holding exactly one frame: no buffering, no copy."""
-        if len(data) < HEADER_LEN:
-            return None
-        (length,) = _HEADER.unpack_from(data)
-        if length > MAX_BODY_LEN or len(data) != HEADER_LEN + length:
-            return None
-        body = data[HEADER_LEN:]
-        self._offset += len(data)
-        if self._carrier_follows is not None and self._carrier_follows(body):
-            self._expect_carrier = True
-        return [Frame(data, body, [])]
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """Close this connection both ways, now; nothing more is relayed on it."""
 
-    def flush(self) -> list:
-        """At end of stream: whatever is left (a partial frame) as raw bytes, so it is not lost."""
-        if not self._buf:
-            return []
-        rest = bytes(self._buf)
-        fds = self._take_fds(0, len(rest))
-        self._offset += len(rest)
-        self._buf.clear()
-        return [RawBytes(rest, fds)]
 
-    def _emit_raw(self, data: bytes) -> list:
-        fds = self._take_fds(0, len(data))  # the buffer is empty once broken: offsets start here
-        self._offset += len(data)
-        return [RawBytes(data, fds)]
+@dataclass(frozen=True, slots=True)
+class PassClient:
+    """Hand the node the client connection whose fd ``carrier`` brings (the shell relays it as a
+    connection of its own, in the context of ``request``, the ``hsmd_client_hsmfd`` that asked
+    for it). ``frame``, the 109 reply, goes first in the same write when it is not sent yet."""
 
-    def _take_fds(self, start: int, stop: int) -> list:
-        """The fds attached to bytes before buffer position ``stop`` (segments leave in order,
-        so no earlier byte can still be waiting)."""
-        if not self._pending_fds:
-            return []
-        hi = self._offset + stop
-        taken = [fd for off, group in self._pending_fds if off < hi for fd in group]
-        self._pending_fds = [(off, group) for off, group in self._pending_fds if off >= hi]
-        return taken
+    carrier: FdCarrier
+    request: Any = None
+    frame: Frame | None = None
+
+
+Action = SendReceived | Send | WriteStatus | WaitRelease | CloseConnection | PassClient
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    actions: tuple
+    forwarded: bool  # the message went on: its after_forward point follows
+
+
+SEND_RECEIVED = SendReceived()
+CLOSE_CONNECTION = CloseConnection()
+FORWARD_AS_RECEIVED = Plan((SEND_RECEIVED,), forwarded=True)
+NOTHING = Plan((), forwarded=False)
+CLOSE = Plan((CLOSE_CONNECTION,), forwarded=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusMessage:
+    """A frame on the status socket (signer -> node): hooks see it, none decides on it."""
+
+    conn: ConnContext
+    raw: bytes  # the frame body
+    msg: Any  # wire.Message, or None when it does not decode
 
 
 # ---- one connection -----------------------------------------------------------------------------
@@ -198,24 +127,27 @@ class RelayStats:
     replies: int = 0
     undecodable: int = 0
     unpaired_replies: int = 0
-    fds_passed: int = 0
     framing_lost: int = 0
 
 
 class ConnectionRelay:
-    """Both directions of one node<->signer connection: splitting, decoding, pairing."""
+    """Both directions of one node<->signer connection: framing, decoding, pairing, verdicts."""
 
     def __init__(self, ctx: ConnContext, *, decode: bool = True):
         self.ctx = ctx
         self.decode = decode
         self.stats = RelayStats()
-        status = ctx.role == ROLE_STATUS
-        self.requests = StreamSplitter()
-        # Only a reply stream can carry the fd after 109; the status socket carries none.
-        self.replies = StreamSplitter(None if status else _is_client_hsmfd_reply)
+        self._on_master = ctx.role == ROLE_MASTER
+        if ctx.role == ROLE_STATUS:
+            # The node writes nothing on fd 0 in hsmd; whatever it writes is relayed as it is.
+            self.requests = FrameReader(framed=False)
+            self.replies = FrameReader()
+        else:
+            self.requests = FrameReader()
+            self.replies = FrameReader(fd_carriers=True)  # fds come only with a signer's 109 replies
         self._pending: deque[Exchange] = deque()
         self._next_seq = 0
-        self.last_reply: Exchange | None = None  # the exchange a following Carrier belongs to
+        self._last_reply: Exchange | None = None  # the exchange a later carrier belongs to
 
     def parse(self, body: bytes):
         """The decoded message, or None (counted) when the body does not decode."""
@@ -227,13 +159,20 @@ class ConnectionRelay:
             self.stats.undecodable += 1
             return None
 
+    def framing_lost(self, direction: str, lost: FramingLost) -> str:
+        """Count it; what to log."""
+        self.stats.framing_lost += 1
+        return f"{self.ctx.describe()} {direction}: {lost.reason}; relaying raw bytes from here on"
+
+    # ---- frames in ------------------------------------------------------------------------------
+
     def request_frame(self, frame: Frame) -> Exchange:
-        """A node->signer frame: a new exchange, waiting for its reply unless it is dev_preinit."""
-        msg = self.parse(frame.body)
-        ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=frame.body, request=msg)
+        """A node->signer frame: a new exchange, waiting for its reply unless hsmd never answers it."""
+        body = frame.body
+        ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=body, request=self.parse(body))
         self._next_seq += 1
         self.stats.requests += 1
-        if frame.body[:2] != b"\x00\x63":  # 99 hsmd_dev_preinit: no reply
+        if body[:2] not in NO_REPLY_PREFIXES:  # expects_reply(body), inline: every request passes here
             self._pending.append(ex)
         return ex
 
@@ -249,18 +188,85 @@ class ConnectionRelay:
             ex = Exchange(conn=self.ctx, seq=-1, request_raw=b"", request=None)
         ex.reply_raw = frame.body
         ex.reply = msg
-        self.last_reply = ex
+        self._last_reply = ex
         return ex
 
-    def forget(self, ex: Exchange) -> None:
-        """A request that was not forwarded (dropped, refused): it will get no reply."""
+    def status_frame(self, frame: Frame) -> StatusMessage:
+        return StatusMessage(self.ctx, frame.body, self.parse(frame.body))
+
+    @property
+    def waiting(self) -> int:
+        """Requests forwarded and not answered yet (pairing slots)."""
+        return len(self._pending)
+
+    # ---- verdicts into actions ------------------------------------------------------------------
+
+    def apply_to_request(self, ex: Exchange, frame: Frame, verdict) -> Plan:
+        kind = type(verdict)
+        if kind is Forward or (kind is Refuse and self._on_master):
+            return FORWARD_AS_RECEIVED  # the proxy never refuses the master: hsmd would exit
+        if kind is Hold:
+            return Plan((WaitRelease(verdict.release), SEND_RECEIVED), forwarded=True)
+        if kind is Replace:
+            return Plan((Send(wire.frame(verdict.raw), frame.fds),), forwarded=True)
+        if kind is Duplicate:
+            self._expect_extra_reply(ex)
+            return Plan((SEND_RECEIVED, Send(frame.raw)), forwarded=True)
+        self._forget(ex)  # not forwarded: no reply will come for it
+        if kind is Drop:
+            return NOTHING
+        if kind is Disconnect or (kind is FailClosed and self._on_master):
+            return CLOSE  # on the master, lightningd sees its signer go, as when hsmd exits
+        if kind is Refuse or kind is FailClosed:
+            return Plan((WriteStatus(self._bad_request(verdict.description, ex.request_raw)), CLOSE_CONNECTION),
+                        forwarded=False)
+        raise TypeError(f"not a verdict: {verdict!r}")
+
+    def apply_to_reply(self, ex: Exchange, frame: Frame, verdict) -> Plan:
+        """Replies do not change pairing. A 109's carrier follows unless the connection closes."""
+        kind = type(verdict)
+        carrier = frame.carrier
+        if kind is Forward or (kind is Refuse and self._on_master):
+            if carrier is None:
+                return FORWARD_AS_RECEIVED
+            return Plan((PassClient(carrier, ex.request, frame),), forwarded=True)
+        if kind is Hold:
+            actions: tuple = (WaitRelease(verdict.release), SEND_RECEIVED)
+        elif kind is Replace:
+            actions = (Send(wire.frame(verdict.raw), frame.fds),)
+        elif kind is Duplicate:
+            actions = (SEND_RECEIVED, Send(frame.raw))
+        elif kind is Drop:
+            actions = ()
+        elif kind is Refuse or kind is Disconnect or kind is FailClosed:
+            return CLOSE  # a refused or unrecordable answer never reaches the node
+        else:
+            raise TypeError(f"not a verdict: {verdict!r}")
+        if carrier is not None:
+            actions += (PassClient(carrier, ex.request),)
+        return Plan(actions, forwarded=kind is not Drop)
+
+    def apply_to_status(self, message: StatusMessage, frame: Frame, verdict) -> Plan:
+        """Hooks watch the status socket and never decide on it: every frame goes on."""
+        return FORWARD_AS_RECEIVED
+
+    def carrier_arrived(self, carrier: FdCarrier) -> Plan:
+        """A carrier read after its 109 reply had gone."""
+        request = self._last_reply.request if self._last_reply is not None else None
+        return Plan((PassClient(carrier, request),), forwarded=True)
+
+    # ---- pairing --------------------------------------------------------------------------------
+
+    def _forget(self, ex: Exchange) -> None:
         for i, waiting in enumerate(self._pending):
             if waiting is ex:
                 del self._pending[i]
                 return
 
-    def expect_extra_reply(self, ex: Exchange) -> None:
+    def _expect_extra_reply(self, ex: Exchange) -> None:
         """A request forwarded twice gets two replies; keep the order of the slots."""
+        if not expects_reply(ex.request_raw):
+            return
         extra = Exchange(conn=ex.conn, seq=ex.seq, request_raw=ex.request_raw, request=ex.request, duplicate=True)
         for i, waiting in enumerate(self._pending):
             if waiting is ex:
@@ -268,16 +274,15 @@ class ConnectionRelay:
                 return
         self._pending.append(extra)
 
-    @property
-    def waiting(self) -> int:
-        return len(self._pending)
+    def _bad_request(self, description: str, request_raw: bytes) -> bytes:
+        """What hsmd writes on the status socket when it refuses a client's request."""
+        msg = wire.build(BAD_REQUEST, id=self.ctx.peer_id or bytes(33), description=description, msg=request_raw)
+        return wire.frame(wire.encode(msg))
 
 
 def client_context(conn_id: int, parent: ConnContext, request) -> ConnContext:
     """The context of a client connection created by ``hsmd_client_hsmfd`` (``request`` may be
     None when it did not decode: the connection is still relayed, just without a context)."""
-    from proxy.core.hooks import ROLE_CLIENT
-
     fields = request.fields if request is not None and request.type == TYPE_CLIENT_HSMFD else {}
     return ConnContext(
         conn_id=conn_id,

@@ -19,8 +19,9 @@ _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_READ * array.array("i").itemsize)
 _FD_ITEMSIZE = array.array("i").itemsize
 
 
-class Endpoint:
-    """One socket of a relay, with fd-aware reads and complete writes.
+class SocketEnd:
+    """One socket of a relayed connection (the node's end or the signer's), with fd-aware reads
+    and complete writes.
 
     The socket calls are tried directly and only wait (``wait_readable``/``wait_writable``)
     when the kernel says EAGAIN: on the hot path this skips the two scheduler checkpoints
@@ -41,13 +42,8 @@ class Endpoint:
         self._drained = False
 
     @classmethod
-    def from_stdlib(cls, sock: socket.socket) -> "Endpoint":
+    def from_stdlib(cls, sock: socket.socket) -> "SocketEnd":
         return cls(trio.socket.from_stdlib_socket(sock))
-
-    @classmethod
-    def from_fd(cls, fd: int) -> "Endpoint":
-        """Take ownership of an inherited or received fd (it must be a stream socket)."""
-        return cls.from_stdlib(socket.socket(fileno=fd))
 
     async def _fair(self) -> None:
         self._budget -= 1

@@ -9,12 +9,29 @@ import socket
 
 import trio
 
-from proxy.core import hooks as H
-from proxy.trio.addresses import Address
-from proxy.trio.fdpass import Endpoint
+from proxy.core.hooks import ROLE_SOCKET, ConnContext, HookChain
+from proxy.trio.addresses import Address, AddressError
+from proxy.trio.fdpass import SocketEnd
 from proxy.trio.shell import RelayShell
 
 log = logging.getLogger("hsmproxy.serve")
+
+
+def check_listen_address(address: Address, *, allow_remote: bool) -> None:
+    """`serve --listen` hands whoever connects a signer that authenticates nobody: anything they
+    ask is signed. So an address other machines can reach (any TCP address but loopback: a typo
+    such as 0.0.0.0 is enough) is refused with :class:`AddressError`, unless ``allow_remote``
+    (``--listen-allow-remote``) says it is meant; then it is allowed, and logged loudly."""
+    if address.is_loopback:
+        return
+    if not allow_remote:
+        raise AddressError(
+            f"--listen {address}: not a loopback address, so other machines could connect and have the "
+            "signer sign anything (nothing authenticates them); listen on 127.0.0.1, [::1] or unix:PATH, "
+            "or add --listen-allow-remote if the network in front of it is yours to trust"
+        )
+    log.warning("LISTENING ON %s, REACHABLE FROM OTHER MACHINES (--listen-allow-remote): whoever connects "
+                "can have the signer sign anything; nothing authenticates them", address)
 
 
 async def connect(addr: Address) -> trio.socket.SocketType:
@@ -39,7 +56,7 @@ def _tune(sock: trio.socket.SocketType) -> None:
 async def serve(
     listen: socket.socket,
     upstream: Address,
-    hooks: H.HookChain,
+    hooks: HookChain,
     *,
     decode: bool = True,
     task_status=trio.TASK_STATUS_IGNORED,
@@ -70,5 +87,5 @@ async def _relay_one(shell: RelayShell, down: trio.socket.SocketType, upstream: 
         log.error("cannot reach the signer at %s (%s); closing the incoming connection", upstream, exc)
         down.close()
         return
-    ctx = H.ConnContext(conn_id=shell.new_conn_id(), role=H.ROLE_SOCKET)
-    await shell.run_connection(Endpoint(down), Endpoint(up), ctx)
+    ctx = ConnContext(conn_id=shell.new_conn_id(), role=ROLE_SOCKET)
+    await shell.run_connection(SocketEnd(down), SocketEnd(up), ctx)

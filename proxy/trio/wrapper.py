@@ -16,9 +16,9 @@ import subprocess
 
 import trio
 
-from proxy.core import hooks as H
-from proxy.trio.fdpass import Endpoint
-from proxy.trio.shell import RelayShell, StatusOut
+from proxy.core.hooks import ROLE_MASTER, ROLE_STATUS, ConnContext, HookChain
+from proxy.trio.fdpass import SocketEnd
+from proxy.trio.shell import RelayShell, StatusWriter
 from proxy.trio.subdaemon import REQUEST_FD, exit_status, spawn_subdaemon
 
 STATUS_FD = 0
@@ -77,7 +77,7 @@ async def _forward_signals(proc: subprocess.Popen) -> None:
 
 async def run_wrapper(
     signer_argv: list[str],
-    hooks: H.HookChain,
+    hooks: HookChain,
     node_status: socket.socket,
     node_master: socket.socket,
     *,
@@ -94,21 +94,21 @@ async def run_wrapper(
     finally:
         status_theirs.close()
         master_theirs.close()
-    shell = RelayShell(hooks, status_out=StatusOut(None), decode=decode)
+    shell = RelayShell(hooks, status=StatusWriter(None), decode=decode)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_forward_signals, proc)
             nursery.start_soon(
                 shell.run_status,
-                Endpoint.from_stdlib(node_status),
-                Endpoint.from_stdlib(status_ours),
-                H.ConnContext(conn_id=shell.new_conn_id(), role=H.ROLE_STATUS),
+                SocketEnd.from_stdlib(node_status),
+                SocketEnd.from_stdlib(status_ours),
+                ConnContext(conn_id=shell.new_conn_id(), role=ROLE_STATUS),
             )
             nursery.start_soon(
                 shell.run_connection,
-                Endpoint.from_stdlib(node_master),
-                Endpoint.from_stdlib(master_ours),
-                H.ConnContext(conn_id=shell.new_conn_id(), role=H.ROLE_MASTER, permissions=1027),
+                SocketEnd.from_stdlib(node_master),
+                SocketEnd.from_stdlib(master_ours),
+                ConnContext(conn_id=shell.new_conn_id(), role=ROLE_MASTER, permissions=1027),
             )
             status = await _wait_process(proc)
             # The signer is gone: forward what it wrote (its sockets now read to EOF), then stop

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from tests.chaos.test_stories import chaos
+from tests.chaos.helpers import chaos
 
 SEEDS = "1..50"
 
@@ -22,13 +22,17 @@ async def test_fifty_seed_campaign_keeps_every_invariant_and_replays(tmp_path):
     assert code == 0 and failed == [], (failed, err[-3000:])
     assert [r["seed"] for r in runs] == list(range(1, 51))
     assert {r["outcome"] for r in runs} == {"converged"}  # the WAL node never gets stuck, never diverges
-    assert all(r["divergences"] == [] for r in runs)
+    # The only events: crashes inside the window, each resolved when the WAL node came back with
+    # the same commitment (or the peer's revocation arrived).
+    assert {(d["kind"], d["status"]) for r in runs for d in r["divergences"]} <= {("crashed_in_window", "resolved")}
     actions = {f["action"] for r in runs for f in r["faults"]}
     assert {"kill-node", "kill-signer", "crash-proxy"} <= actions
     assert sum(r["restarts"] for r in runs) >= 50
     window = [r["seed"] for r in runs for f in r["faults"] if f["action"] == "kill-node"
               and f["point"] == "reply.before_forward" and f["message"] == "hsmd_sign_tx_reply"]
     assert len(window) >= 8  # the split-brain window was hit, and each time the WAL node converged
+    hit = {r["seed"]: r for r in runs if r["seed"] in window}
+    assert all(any(d["kind"] == "crashed_in_window" for d in r["divergences"]) for r in hit.values())
 
     # Re-running a seed reproduces its fault trace and outcome: replay the two with the most faults.
     busiest = sorted(runs, key=lambda r: (-len(r["faults"]), r["seed"]))[:2]

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
-import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
 import trio
 
-CLI = [sys.executable, "-m", "hsmproxy.cli"]
-
-
-async def chaos(*args: str, timeout: float = 240) -> tuple[int, str, str]:
-    with trio.fail_after(timeout):
-        done = await trio.run_process([*CLI, "chaos", "--no-live", *args], capture_stdout=True,
-                                      capture_stderr=True, check=False)
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
-
+from tests.chaos.helpers import CLI, chaos
 
 def permissive_signer(tmp_path: Path) -> Path:
     """Our signer with every VLS rule turned into a warning: it signs whatever it is asked, as stock
@@ -47,6 +39,11 @@ async def test_the_three_stories_show_what_the_write_up_claims(tmp_path):
     assert honest["faults"][0]["point"] == "reply.before_forward"  # the signer signed, the node never saw it
     assert {"retry_changed", "signer_rejected"} <= kinds(honest) and "double_signed" not in kinds(honest)
     assert honest["signer_rejections"] == ["policy-commitment-retry-same"]
+    # The crash in the window was flagged when the node died, and the changed retry confirmed it.
+    (crash,) = [d for d in honest["divergences"] if d["kind"] == "crashed_in_window"]
+    assert (crash["status"], crash["index"]) == ("confirmed", 1)
+    assert honest["divergences"][0] == crash  # flagged first: at the crash, before the node came back
+    assert "it had lost 1" in crash["detail"] and "retry_changed" in crash["detail"]
 
     refused = runs[("pretend-crash", "enforce")]
     assert (refused["outcome"], refused["funds_lost_msat"]) == ("refused", 0)
@@ -57,7 +54,10 @@ async def test_the_three_stories_show_what_the_write_up_claims(tmp_path):
     assert {"retry_changed", "double_signed"} <= kinds(stolen) and stolen["signer_rejections"] == []
 
     fixed = runs[("wal-fix", "enforce")]
-    assert (fixed["outcome"], fixed["divergences"], fixed["restarts"]) == ("converged", [], 1)
+    assert (fixed["outcome"], fixed["restarts"]) == ("converged", 1)
+    # The only event: the crash in the window, resolved by the identical retry of the WAL node.
+    assert [(d["kind"], d["status"], d["index"]) for d in fixed["divergences"]] == [("crashed_in_window", "resolved", 1)]
+    assert "the same contents" in fixed["divergences"][0]["detail"]
 
     for run in runs.values():
         assert run["ok"] and run["invariant_violations"] == [] and run["reproduce"].startswith("hsmproxy chaos ")
@@ -137,3 +137,42 @@ async def test_sigterm_stops_the_session_and_leaves_no_process(tmp_path):
                 proc.kill()
                 await proc.wait()
     assert _processes_mentioning(str(workdir)) == []
+
+
+async def _interrupt_once_running(tmp_path: Path, *args: str) -> tuple[int, str, Path]:
+    """Start a session with its temporary directories under tmp_path, wait until its first run's
+    proxy is up, press Ctrl-C (SIGINT), and return the exit status, stderr and the temp dir."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    with trio.fail_after(60):
+        proc = await trio.lowlevel.open_process([*CLI, "chaos", "--no-live", "--scenario", "wal-fix", *args],
+                                                env=dict(os.environ, TMPDIR=str(temp)), stderr=-1)
+        try:
+            while not any("--wal-dir" in _cmdline(pid) for pid in _processes_mentioning(str(temp))):
+                await trio.sleep(0.05)  # until the node has started the proxy in front of its signer
+            proc.send_signal(signal.SIGINT)
+            err = await proc.stderr.receive_some(1 << 20) or b""
+            while chunk := await proc.stderr.receive_some(1 << 20):
+                err += chunk
+            code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert _processes_mentioning(str(temp)) == []
+    return code, err.decode(), temp
+
+
+async def test_ctrl_c_exits_130_and_removes_the_run_it_stopped(tmp_path):
+    code, err, temp = await _interrupt_once_running(tmp_path)
+    assert code == 130 and "Traceback" not in err, err
+    assert "interrupted (SIGINT): 0 of 1 run(s) finished" in err and "its directory was removed" in err
+    assert list(temp.iterdir()) == []  # no hsm_secret, WAL or trace left behind
+
+
+async def test_ctrl_c_with_keep_all_says_where_the_stopped_run_is(tmp_path):
+    code, err, temp = await _interrupt_once_running(tmp_path, "--keep", "all")
+    assert code == 130 and "Traceback" not in err, err
+    (kept,) = temp.iterdir()
+    assert f"its directory is kept (--keep all): {kept}" in " ".join(err.split())
+    assert (kept / "logs").is_dir() and (kept / "node").is_dir()

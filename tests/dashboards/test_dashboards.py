@@ -7,14 +7,12 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 from proxy.addons.metrics import Metrics
+from tests.dashboards.helpers import DASHBOARDS, RULES, dashboard_exprs, rule_exprs
 from tests.paths import ROOT
 
 ROOT = ROOT
-DASHBOARDS = ROOT / "dashboards"
-RULES = DASHBOARDS / "rules" / "hsmproxy-alerts.yml"
 PROMTOOL = shutil.which("promtool") or "promtool"  # ./scripts/test installs Debian's prometheus
 
 METRIC_NAME = re.compile(r"\b(hsmproxy_[a-z0-9_]+)")
@@ -26,28 +24,6 @@ def _generator():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def dashboard_exprs() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title, expr) for every query of every committed dashboard."""
-    out = []
-    for path in sorted(DASHBOARDS.glob("hsmproxy-*.json")):
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                out.append((path.name, panel["title"], target["expr"]))
-    return out
-
-
-def rule_exprs() -> list[tuple[str, str]]:
-    exprs = []
-    alert = None
-    for line in RULES.read_text().splitlines():
-        stripped = line.strip()
-        if stripped.startswith("- alert:"):
-            alert = stripped.split(":", 1)[1].strip()
-        elif stripped.startswith("expr:"):
-            exprs.append((alert, stripped.split(":", 1)[1].strip()))
-    return exprs
 
 
 def test_committed_dashboards_are_generated():

@@ -1,7 +1,6 @@
 """The sans-IO fault engine, driven with real hsmd exchanges from the capture (plain calls)."""
 
 import json
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st

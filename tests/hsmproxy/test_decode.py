@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
+
+import trio
+
+import wire
+from faults.engine import FaultEvent
+from proxy.addons.trace import TraceHook
+from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ConnContext, Exchange
 from tests.paths import CAPTURE
 
 VECTORS = CAPTURE
@@ -66,7 +72,10 @@ def test_forcing_body_mode_keeps_frame_like_bytes_as_trailing():
     result = decode("00840002ff", "--framed", "no", "--json")
     assert result.returncode == 0
     (line,) = [json.loads(x) for x in result.stdout.splitlines()]
-    assert line["name"] == "hsmd_check_outpoint_reply" and line["trailing"] == "02ff"
+    # bytes the codec cannot read may be anything: their length only, unless asked
+    assert line["name"] == "hsmd_check_outpoint_reply" and line["trailing"] == "<redacted: 2 bytes>"
+    shown = decode("00840002ff", "--framed", "no", "--json", "--show-secrets")
+    assert json.loads(shown.stdout)["trailing"] == "02ff"
 
 
 def test_unreadable_input_names_it():
@@ -81,13 +90,6 @@ def test_help_lists_decode():
 
 
 def test_trace_file_decodes_with_secrets_still_redacted(tmp_path):
-    import trio
-
-    import wire
-    from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ConnContext, Exchange
-    from faults.engine import FaultEvent
-    from proxy.addons.trace import TraceHook
-
     path = tmp_path / "run.trace"
     hook = TraceHook(str(path))
     conn = ConnContext(3, "client", peer_id=bytes(33), dbid=7, permissions=1)
@@ -117,3 +119,72 @@ def test_trace_file_decodes_with_secrets_still_redacted(tmp_path):
     assert "42424242" not in result.stdout
     tree = decode(str(path))
     assert "body not recorded" in tree.stdout and "signer exited" in tree.stdout
+
+
+SECRET = bytes(range(0x40, 0x60))
+NODE = bytes.fromhex("02" + "ab" * 32)
+
+
+def _bad_request(embedded: bytes) -> str:
+    return wire.encode(wire.build("hsmstatus_client_bad_request", id=NODE, description="refused", msg=embedded)).hex()
+
+
+def test_a_refused_request_is_decoded_and_redacted_in_the_tree_and_json():
+    request = wire.encode(wire.build("hsmd_check_future_secret", n=5, commitment_secret=SECRET))
+    whole, cut = _bad_request(request), _bad_request(request[:-1])
+    tree = decode(whole, cut)
+    assert tree.returncode == 0, tree.stderr
+    assert "msg: hsmd_check_future_secret (22, 42 bytes)" in tree.stdout
+    assert "commitment_secret: <redacted>" in tree.stdout
+    assert "does not decode" in tree.stdout and SECRET[:8].hex() not in tree.stdout
+    whole_json, cut_json = [json.loads(x) for x in decode(whole, cut, "--json").stdout.splitlines()]
+    assert whole_json["fields"]["msg"] == {"type": 22, "name": "hsmd_check_future_secret", "len": 42,
+                                           "fields": {"n": 5, "commitment_secret": "<redacted>"}}
+    assert cut_json["fields"]["msg"] == {"type": 22, "len": 41, "undecodable": True}
+    shown = decode(whole, "--json", "--show-secrets").stdout
+    assert SECRET.hex() in shown
+
+
+def test_a_malformed_body_is_not_echoed_unless_asked():
+    result = decode("0016" + "00" * 8 + SECRET[:20].hex(), "--json")  # check_future_secret, cut short
+    assert result.returncode == 1
+    (line,) = [json.loads(x) for x in result.stdout.splitlines()]
+    assert line["len"] == 30 and "hex" not in line and SECRET[:8].hex() not in result.stdout
+
+
+def test_a_trace_shows_all_three_record_forms_and_no_secret(tmp_path):
+    """A body kept whole, a redacted decoding, and a type and length only (a frame that did not
+    decode, and every frame of a --no-parse trace)."""
+    conn = ConnContext(3, "client", peer_id=NODE, dbid=7, permissions=8)
+    request = wire.encode(wire.build("hsmd_get_per_commitment_point", n=3))
+    reply = wire.encode(wire.build("hsmd_get_per_commitment_point_reply", per_commitment_point=bytes.fromhex(
+        "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"), old_commitment_secret=SECRET))
+    cut = wire.encode(wire.build("hsmd_check_future_secret", n=5, commitment_secret=SECRET))[:-1]
+
+    async def record(hook, parsed):
+        ex = Exchange(conn=conn, seq=0, request_raw=request, request=wire.decode(request) if parsed else None)
+        await hook.on_request(ex, REQUEST_BEFORE)
+        ex.reply_raw, ex.reply = reply, wire.decode(reply) if parsed else None
+        await hook.on_reply(ex, REPLY_BEFORE)
+        await hook.on_request(Exchange(conn=conn, seq=1, request_raw=cut, request=None), REQUEST_BEFORE)
+        hook.close()
+
+    for parsed in (True, False):
+        path = tmp_path / f"parsed-{parsed}.trace"
+        trio.run(record, TraceHook(str(path), parsed=parsed), parsed)
+        tree, as_json = decode(str(path)), decode(str(path), "--json")
+        assert tree.returncode == as_json.returncode == 0, tree.stderr + as_json.stderr
+        for out in (tree.stdout, as_json.stdout, path.read_bytes().hex()):
+            assert SECRET[:8].hex() not in out
+        lines = [json.loads(x) for x in as_json.stdout.splitlines()]
+        assert [line["name"] for line in lines] == [
+            "hsmd_get_per_commitment_point", "hsmd_get_per_commitment_point_reply", "hsmd_check_future_secret"]
+        assert lines[2] == {"seq": 4, "conn": "client#3(dbid=7)", "dir": "request", "type": 22,
+                            "name": "hsmd_check_future_secret", "len": 41, "recorded": "type-and-length"}
+        assert "(22, 41 bytes) (type and length only: not decoded" in " ".join(tree.stdout.split())
+        if parsed:
+            assert lines[0]["fields"] == {"n": 3} and "recorded" not in lines[0]  # kept whole
+            assert lines[1]["recorded"] == "redacted" and lines[1]["fields"]["old_commitment_secret"] == "<redacted>"
+            assert "old_commitment_secret: <redacted>" in tree.stdout
+        else:
+            assert all(line["recorded"] == "type-and-length" for line in lines)

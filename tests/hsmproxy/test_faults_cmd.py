@@ -1,7 +1,6 @@
 """``hsmproxy faults`` as a real process against a real control server."""
 
 import json
-import subprocess
 import sys
 
 import trio

@@ -5,7 +5,6 @@ signed in tests/vectors/hsmd-capture.jsonl (whose signatures we verify with our 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings

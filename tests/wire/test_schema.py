@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-from pathlib import Path
 
 import wire
 from tests.paths import ROOT

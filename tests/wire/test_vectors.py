@@ -4,7 +4,6 @@ byte for byte; the malformed ones raise DecodeError."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -109,7 +108,7 @@ HAND_VECTORS = [
 @pytest.mark.parametrize("framed_hex,name,expected", HAND_VECTORS, ids=[v[1] for v in HAND_VECTORS])
 def test_hand_constructed_vectors(framed_hex, name, expected):
     reader = wire.FrameReader()
-    (body,) = reader.feed(bytes.fromhex(framed_hex))
+    (body,) = reader.bodies(bytes.fromhex(framed_hex))
     message = wire.decode(body)
     assert message.name == name
     for key, value in expected.items():

@@ -3,14 +3,15 @@
 Sans-IO: no sockets, no clocks, no randomness. The shell turns a request into an ``Intent``
 (``intent_from_request``), calls ``Shadow.begin(intent)`` before forwarding it (which predicts
 divergences), and ``Shadow.finish(op_id, outcome)`` when the signer's answer is known (which
-advances the state only on success, and confirms or refutes the prediction). Everything the
-shadow does is a function of those two calls, so replaying the WAL's intents and outcomes
-rebuilds exactly the same shadow and the same divergence events.
+advances the state only on success, and confirms or refutes the prediction); also
+``Shadow.restart()`` when the proxy starts again and ``Shadow.connection_ended(...)`` when the
+node's side of a connection went away. Everything the shadow does is a function of those calls,
+so replaying the WAL's records of them rebuilds exactly the same shadow and divergence events.
 
     model        the vocabulary (intent kinds, divergence kinds, outcomes, statuses) and the
                  values: Intent, Divergence, ChannelShadow
     transitions  what each intent kind reads, predicts and applies: one table row per kind
-    machine      Shadow: begin, finish, restart
+    machine      Shadow: begin, finish, restart, connection_ended
     snapshot     the shadow as a snapshot for a checkpoint, and back
     records      the WAL's records of the shadow's inputs, and replay
     views        JSON for `hsmproxy state`, the control API and the trace
@@ -21,6 +22,7 @@ This package's names are importable from here (``from proxy.core.shadow import S
 from proxy.core.shadow.machine import Shadow
 from proxy.core.shadow.model import (
     CONFIRMED,
+    CRASHED_IN_WINDOW,
     DIVERGENCE_KINDS,
     DOUBLE_SIGNED,
     GET_POINT,
@@ -29,16 +31,19 @@ from proxy.core.shadow.model import (
     INDEX_SKIPPED,
     NODE_BEHIND_AFTER_RESTART,
     OUTCOMES,
+    POSSIBLE,
     PREDICTED,
     PREVENTED,
     REFUTED,
     REJECTED,
+    RESOLVED,
     RETRY_CHANGED,
     REVOCATION_MISMATCH,
     REVOKE_HOLDER,
     SIGN_REMOTE,
     SIGNED,
     SIGNER_REJECTED,
+    STATUSES,
     UNANSWERED,
     UNKNOWN,
     VALIDATE_HOLDER,
@@ -49,10 +54,12 @@ from proxy.core.shadow.model import (
     IntentError,
 )
 from proxy.core.shadow.records import (
+    CONNECTION_END_RECORD,
     INTENT_RECORD,
     OUTCOME_RECORD,
     RESTART_RECORD,
     apply_record,
+    connection_end_record,
     intent_record,
     load_shadow,
     outcome_record,
@@ -64,6 +71,8 @@ from proxy.core.shadow.views import divergences_jsonable, shadow_jsonable
 
 __all__ = [
     "CONFIRMED",
+    "CONNECTION_END_RECORD",
+    "CRASHED_IN_WINDOW",
     "DIVERGENCE_KINDS",
     "DOUBLE_SIGNED",
     "GET_POINT",
@@ -74,10 +83,12 @@ __all__ = [
     "NODE_BEHIND_AFTER_RESTART",
     "OUTCOMES",
     "OUTCOME_RECORD",
+    "POSSIBLE",
     "PREDICTED",
     "PREVENTED",
     "REFUTED",
     "REJECTED",
+    "RESOLVED",
     "RESTART_RECORD",
     "RETRY_CHANGED",
     "REVOCATION_MISMATCH",
@@ -85,6 +96,7 @@ __all__ = [
     "SIGNED",
     "SIGNER_REJECTED",
     "SIGN_REMOTE",
+    "STATUSES",
     "SUCCESS_REPLY",
     "UNANSWERED",
     "UNKNOWN",
@@ -96,6 +108,7 @@ __all__ = [
     "IntentError",
     "Shadow",
     "apply_record",
+    "connection_end_record",
     "divergences_jsonable",
     "intent_from_request",
     "intent_record",

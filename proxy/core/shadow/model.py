@@ -27,6 +27,9 @@ REVOCATION_MISMATCH = "revocation_mismatch"
 DOUBLE_SIGNED = "double_signed"
 SIGNER_REJECTED = "signer_rejected"
 NODE_BEHIND_AFTER_RESTART = "node_behind_after_restart"
+# The node's connection or process ended after the signer signed counterparty commitment N and
+# before the peer's revocation of N-1 was seen: the node may be one commitment behind its signer.
+CRASHED_IN_WINDOW = "crashed_in_window"
 DIVERGENCE_KINDS = (
     RETRY_CHANGED,
     INDEX_REGRESSED,
@@ -35,6 +38,7 @@ DIVERGENCE_KINDS = (
     DOUBLE_SIGNED,
     SIGNER_REJECTED,
     NODE_BEHIND_AFTER_RESTART,
+    CRASHED_IN_WINDOW,
 )
 
 # Outcomes of one intent.
@@ -50,6 +54,11 @@ CONFIRMED = "confirmed"  # the request reached the signer and was answered (deta
 REFUTED = "refuted"  # double_signed that did not happen: the signer refused
 PREVENTED = "prevented"  # the guard refused the request before the signer saw it
 UNKNOWN = "unknown"  # never answered: the signer may or may not have acted
+# The evidence is incomplete: a crash inside the window (until the node shows what it kept), or a
+# signature compared with a request in doubt (the signer may never have seen that one).
+POSSIBLE = "possible"
+RESOLVED = "resolved"  # a crashed_in_window the node's next requests showed to be harmless
+STATUSES = (PREDICTED, CONFIRMED, REFUTED, PREVENTED, UNKNOWN, POSSIBLE, RESOLVED)
 
 
 class IntentError(ValueError):
@@ -92,6 +101,9 @@ class Divergence:
     detail: str = ""
     status: str = PREDICTED
     outcome_time_ns: int | None = None
+    # Added later (snapshots leave them out at their defaults, so older snapshots stay the same):
+    in_doubt: bool = False  # compared with a request in doubt: at most possible, never confirmed
+    reply_forwarded: bool | None = None  # crashed_in_window: had the signature been forwarded to the node?
 
     def to_jsonable(self) -> dict:
         return divergence_jsonable(self)
@@ -110,6 +122,7 @@ class ChannelShadow:
         "next_holder_commit_num", "pending_holder_digest", "current_holder_digest",
         "max_point_handed_out",
         "last_conn", "last_request_kind", "last_request_index", "last_request_time_ns", "requests",
+        "current_counterparty_op_id",
     )
 
     def __init__(self, peer_id: bytes, dbid: int):
@@ -132,6 +145,7 @@ class ChannelShadow:
         self.last_request_index: int | None = None
         self.last_request_time_ns: int | None = None
         self.requests = 0
+        self.current_counterparty_op_id: int | None = None  # the request whose signature is C-1's
 
     def to_jsonable(self) -> dict:
         return channel_jsonable(self)

@@ -4,8 +4,10 @@ A record is a msgpack list whose first item is its tag:
     ["i", *Intent]                              Shadow.begin(intent)
     ["o", op_id, outcome, time_ns, detail]      Shadow.finish(op_id, outcome, time_ns, detail)
     ["r", time_ns]                              Shadow.restart()
+    ["c", time_ns, forwarded, conn, peer_id, dbid]
+                                                Shadow.connection_ended(time_ns, forwarded, conn, peer_id, dbid)
 Replaying them in order makes the same calls the live proxy made, so it rebuilds the same
-shadow and the same divergence events.
+shadow and the same divergence events. Logs written before a tag existed simply hold none.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from proxy.core.shadow.machine import Shadow
 from proxy.core.shadow.model import Intent
 from proxy.core.shadow.snapshot import shadow_from_snapshot
 
-INTENT_RECORD, OUTCOME_RECORD, RESTART_RECORD = "i", "o", "r"
+INTENT_RECORD, OUTCOME_RECORD, RESTART_RECORD, CONNECTION_END_RECORD = "i", "o", "r", "c"
 _make_intent = Intent._make  # a local name: replay calls it for every intent of the log
 
 
@@ -30,6 +32,11 @@ def restart_record(time_ns: int) -> list:
     return [RESTART_RECORD, time_ns]
 
 
+def connection_end_record(time_ns: int, forwarded: list[int], conn: int | None = None,
+                          peer_id: bytes | None = None, dbid: int | None = None) -> list:
+    return [CONNECTION_END_RECORD, time_ns, list(forwarded), conn, peer_id, dbid]
+
+
 def apply_record(shadow: Shadow, rec: list) -> None:
     """Replay one WAL record: the same call the live proxy made when it wrote it."""
     tag = rec[0]
@@ -39,6 +46,8 @@ def apply_record(shadow: Shadow, rec: list) -> None:
         shadow.finish(rec[1], rec[2], rec[3], rec[4])
     elif tag == RESTART_RECORD:
         shadow.restart()
+    elif tag == CONNECTION_END_RECORD:
+        shadow.connection_ended(rec[1], rec[2], rec[3], rec[4], rec[5])
     else:
         raise ValueError(f"unknown WAL record tag {tag!r}")
 

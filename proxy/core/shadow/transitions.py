@@ -21,6 +21,7 @@ from proxy.core.shadow.model import (
     INDEX_REGRESSED,
     INDEX_SKIPPED,
     NODE_BEHIND_AFTER_RESTART,
+    POSSIBLE,
     PREVENTED,
     REFUTED,
     REJECTED,
@@ -55,6 +56,9 @@ class KindRule(NamedTuple):
     # another client connection than the channel's last request (a re-created client).
     predict: Callable[[ChannelShadow, Intent, bool], list[Prediction]]
     apply: Callable[[ChannelShadow, Intent], None]  # advance the shadow once the signer succeeded
+    # Whether the channel has moved past an intent of this kind at this index: an intent in
+    # doubt there (sent before the proxy stopped, never answered) no longer matters.
+    moved_past: Callable[[ChannelShadow, Intent], bool]
 
 
 def _read_nothing(fields: dict) -> Reading:
@@ -111,6 +115,7 @@ def _apply_sign_remote(ch: ChannelShadow, it: Intent) -> None:
             ch.previous_counterparty_funding = None
         ch.current_counterparty_point, ch.current_counterparty_digest = it.point, it.digest
         ch.current_counterparty_funding = it.funding
+        ch.current_counterparty_op_id = it.op_id
         ch.next_counterparty_commit_num = n + 1
         if ch.next_counterparty_revoke_num is None:
             ch.next_counterparty_revoke_num = max(n - 1, 0)
@@ -118,10 +123,16 @@ def _apply_sign_remote(ch: ChannelShadow, it: Intent) -> None:
         # A signed retry: the node now holds these contents; the event keeps the old digest.
         ch.current_counterparty_digest = it.digest
         ch.current_counterparty_point = it.point
+        ch.current_counterparty_op_id = it.op_id
     elif n == C - 2:  # what the signer signed there last, even if it was unknown or revoked
         ch.previous_counterparty_digest = it.digest
         ch.previous_counterparty_point = it.point
     # Older indices move nothing: VLS stores nothing for them.
+
+
+def _past_sign_remote(ch: ChannelShadow, it: Intent) -> bool:
+    C = ch.next_counterparty_commit_num
+    return C is not None and C - 1 > it.index  # a later counterparty commitment was signed
 
 
 def _other_funding(ch: ChannelShadow, it: Intent, C: int) -> bool:
@@ -172,6 +183,11 @@ def _apply_validate_holder(ch: ChannelShadow, it: Intent) -> None:
     _hand_out_point(ch, n + 1)
 
 
+def _past_validate_holder(ch: ChannelShadow, it: Intent) -> bool:
+    H = ch.next_holder_commit_num
+    return H is not None and H - 1 > it.index  # a later holder commitment is current
+
+
 # --- revoke_commitment_tx (holder): the validated successor becomes current ------------------
 
 
@@ -197,6 +213,11 @@ def _apply_revoke_holder(ch: ChannelShadow, it: Intent) -> None:
         ch.pending_holder_digest = None
         ch.next_holder_commit_num = n + 2
     _hand_out_point(ch, n + 2)
+
+
+def _past_revoke_holder(ch: ChannelShadow, it: Intent) -> bool:
+    H = ch.next_holder_commit_num
+    return H is not None and H >= it.index + 2  # that revocation (or a later one) was answered
 
 
 # --- validate_revocation (counterparty): R advances; the secret must match the point ---------
@@ -263,6 +284,11 @@ def _apply_validate_revocation(ch: ChannelShadow, it: Intent) -> None:
         ch.previous_counterparty_digest = None
 
 
+def _past_validate_revocation(ch: ChannelShadow, it: Intent) -> bool:
+    R = ch.next_counterparty_revoke_num
+    return R is not None and R > it.index
+
+
 # --- get_per_commitment_point: only the highest point handed out is kept ---------------------
 
 
@@ -278,6 +304,10 @@ def _apply_get_point(ch: ChannelShadow, it: Intent) -> None:
     _hand_out_point(ch, it.index)
 
 
+def _past_get_point(ch: ChannelShadow, it: Intent) -> bool:
+    return ch.max_point_handed_out is not None and ch.max_point_handed_out >= it.index
+
+
 def _hand_out_point(ch: ChannelShadow, n: int) -> None:
     if ch.max_point_handed_out is None or n > ch.max_point_handed_out:
         ch.max_point_handed_out = n
@@ -287,15 +317,17 @@ def _hand_out_point(ch: ChannelShadow, n: int) -> None:
 
 RULES: dict[str, KindRule] = {
     SIGN_REMOTE: KindRule("hsmd_sign_remote_commitment_tx", "commit_num", "hsmd_sign_tx_reply",
-                          _read_sign_remote, _predict_sign_remote, _apply_sign_remote),
+                          _read_sign_remote, _predict_sign_remote, _apply_sign_remote, _past_sign_remote),
     VALIDATE_HOLDER: KindRule("hsmd_validate_commitment_tx", "commit_num", "hsmd_validate_commitment_tx_reply",
-                              _read_validate_holder, _predict_validate_holder, _apply_validate_holder),
+                              _read_validate_holder, _predict_validate_holder, _apply_validate_holder,
+                              _past_validate_holder),
     REVOKE_HOLDER: KindRule("hsmd_revoke_commitment_tx", "commit_num", "hsmd_revoke_commitment_tx_reply",
-                            _read_nothing, _predict_revoke_holder, _apply_revoke_holder),
+                            _read_nothing, _predict_revoke_holder, _apply_revoke_holder, _past_revoke_holder),
     VALIDATE_REVOCATION: KindRule("hsmd_validate_revocation", "revoke_num", "hsmd_validate_revocation_reply",
-                                  _read_validate_revocation, _predict_validate_revocation, _apply_validate_revocation),
+                                  _read_validate_revocation, _predict_validate_revocation, _apply_validate_revocation,
+                                  _past_validate_revocation),
     GET_POINT: KindRule("hsmd_get_per_commitment_point", "n", "hsmd_get_per_commitment_point_reply",
-                        _read_nothing, _predict_get_point, _apply_get_point),
+                        _read_nothing, _predict_get_point, _apply_get_point, _past_get_point),
 }
 KIND_BY_REQUEST = {rule.request: kind for kind, rule in RULES.items()}
 SUCCESS_REPLY = {kind: rule.success_reply for kind, rule in RULES.items()}
@@ -303,12 +335,15 @@ SUCCESS_REPLY = {kind: rule.success_reply for kind, rule in RULES.items()}
 # What an outcome makes of a predicted divergence:
 #     outcome -> (status of a double_signed prediction, status of any other prediction)
 # A refused double signature did not happen; any other prediction was still what the node asked.
+# A prediction that compares with a request in doubt is at most possible (``IN_DOUBT_STATUS``):
+# the signer may never have seen that request, so "signed twice" or "retried" is not proven.
 EVENT_STATUS = {
     SIGNED: (CONFIRMED, CONFIRMED),
     REJECTED: (REFUTED, CONFIRMED),
     GUARD_REFUSED: (PREVENTED, PREVENTED),
     UNANSWERED: (UNKNOWN, UNKNOWN),
 }
+IN_DOUBT_STATUS = {CONFIRMED: POSSIBLE}
 
 
 def intent_from_request(

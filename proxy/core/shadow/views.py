@@ -56,6 +56,8 @@ def divergence_jsonable(ev) -> dict:
         "time_ns": ev.time_ns,
         "outcome_time_ns": ev.outcome_time_ns,
         "detail": ev.detail,
+        "in_doubt": ev.in_doubt,  # compared with a request in doubt after a proxy restart
+        "reply_forwarded": ev.reply_forwarded,  # crashed_in_window: had the node been sent the signature?
     }
 
 

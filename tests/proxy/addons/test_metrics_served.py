@@ -11,7 +11,8 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.trio.addresses import parse_address
-from tests.proxy.trio.test_socket_mode import REPLY, REQUEST, _unix_listen, connect_when_ready, free_port, round_trips, signer_server, start_serve
+from tests.serve_harness import REPLY, REQUEST, connect_when_ready, round_trips, signer_server, start_serve, unix_listen
+from tests.prometheus_server import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,7 +28,7 @@ def scrape(port: int) -> dict[tuple, float]:
 
 
 async def test_serve_exports_traffic_latency_and_connections(tmp_path: Path):
-    up = trio.SocketListener(trio.socket.from_stdlib_socket(_unix_listen(tmp_path / "signer.sock")))
+    up = trio.SocketListener(trio.socket.from_stdlib_socket(unix_listen(tmp_path / "signer.sock")))
     listen = f"unix:{tmp_path / 'proxy.sock'}"
     port = free_port()
     received: list = []

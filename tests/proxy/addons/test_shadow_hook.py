@@ -31,34 +31,27 @@ from proxy.addons.metrics import Metrics
 from proxy.addons.shadow_hook import ShadowHook
 from proxy.addons.trace import read_trace
 from proxy.core.digest import digest_of_request
-from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ROLE_CLIENT, ConnContext, Exchange, Refuse
+from proxy.core.hooks import (
+    CONN_CLOSED,
+    REPLY_AFTER,
+    REPLY_BEFORE,
+    REQUEST_BEFORE,
+    ROLE_CLIENT,
+    ROLE_MASTER,
+    ConnContext,
+    Exchange,
+    Refuse,
+)
 from tests import ld_harness as h
-from tests.proxy.core.shadow_vectors import peer_id, request
+from tests.proxy.addons.wrapped_signer import PERMISSIVE, finish, open_channel, start
+from tests.proxy.core.shadow_vectors import channel_messages, peer_id, request
+from sim.node import EXIT_OK, EXIT_REFUSED
+from tests.sim.helpers import sim_node, summary
 
 pytestmark = pytest.mark.timeout(90)
 
 CHANNELD = "client:1/channeld"
-# The capture's channel life up to the first revocation, without the messages the simulated
-# signer does not implement (check_pubkey, ecdh, gossip clients).
-CHANNEL_LIFE = {1, 3, 33, 36, 39, 41, 43, 47, 51, 55, 59, 63, 65, 67, 68, 72, 83, 87, 91, 95, 99, 103}
-PERMISSIVE = "policy-*:warn"  # signs whatever it is asked, as stock hsmd does
 VALIDATING = "policy-commitment-retry-same:error,policy-*:warn"  # VLS's retry-same, nothing else
-
-
-def start(tmp_path: Path, policy: str, *options: str) -> h.Lightningd:
-    cwd = tmp_path / "hsmd"
-    cwd.mkdir(exist_ok=True)
-    records = h.capture_session("main")
-    (cwd / "hsm_secret").write_bytes(bytes.fromhex(records[0]["hsm_secret_hex"]))
-    signer = h.write_script(tmp_path / "sim-signer", [
-        f'HSMPROXY_SIM_POLICY_FILTER="{policy}" exec "{sys.executable}" -m hsmproxy.cli sim-signer "$@"'])
-    wrapper = h.wrapper_script(tmp_path, signer, *options)
-    return h.Lightningd([str(wrapper)], cwd)
-
-
-def open_channel(ld: h.Lightningd) -> None:
-    h.replay(ld, [r for r in h.capture_session("main") if r["seq"] in CHANNEL_LIFE])
-    assert all(what != "eof" for _, what, _ in ld.transcript), ld.transcript
 
 
 def sign(ld, conn=CHANNELD, index=1, **changes) -> str | None:
@@ -75,12 +68,6 @@ def state(wal: Path) -> dict:
 
 def events(st: dict, kind: str) -> list[dict]:
     return [e for e in st["divergences"] if e["kind"] == kind]
-
-
-def finish(ld: h.Lightningd) -> None:
-    ld.close_master()
-    ld.read_status_until_eof()
-    assert ld.wait() == 2  # the signer's exit code for a closed master, passed through
 
 
 def test_every_divergence_kind_shows_up_in_state(tmp_path):
@@ -269,3 +256,167 @@ async def test_metrics_count_divergences_guard_refusals_and_wal_work(tmp_path):
     assert 'hsmproxy_guard_refusals_total{kind="double_signed"} 1.0' in text
     assert "hsmproxy_wal_appends_total 4.0" in text  # intent, outcome, intent, guard outcome
     assert "hsmproxy_channels_tracked 1.0" in text
+
+
+# --- issue 13 §3: a warning at the moment of the crash --------------------------------------------
+
+SIGN_2 = request("hsmd_sign_remote_commitment_tx", 1, commit_num=2)  # after the capture's revocation of 0
+
+
+def rehsmfd(ld: h.Lightningd, name: str) -> None:
+    """channeld comes back: a new client connection for dbid 1."""
+    ld.client_hsmfd(name, wire.encode(wire.build("hsmd_client_hsmfd", id=peer_id(), dbid=1, permissions=447)))
+
+
+def test_a_crash_in_the_window_is_flagged_at_once_and_resolved_by_the_identical_retry(tmp_path):
+    """The signer signs commitment 2; the proxy cuts the client before the node hears of it (the
+    signer acted, the node never did): flagged at once, with the channel, 2, and "not sent";
+    channeld comes back and signs 2 again with the same contents: resolved."""
+    wal, trace = tmp_path / "wal", tmp_path / "trace"
+    ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal), "--trace", str(trace), "--enable-faults",
+               "--faults=+hsmd_sign_remote_commitment_tx connection=client:1:02a8a0e038d28608#1 commit_num==2")
+    try:
+        open_channel(ld)
+        assert ld.request(CHANNELD, wire.encode(SIGN_2)) is None  # the node never gets the signature
+        assert ld.expect_eof(CHANNELD)
+        (crash,) = events(state(wal), "crashed_in_window")  # while the proxy runs: recorded at once
+        assert (crash["status"], crash["index"], crash["dbid"], crash["peer_id"]) == ("possible", 2, 1, peer_id().hex())
+        assert crash["reply_forwarded"] is False and "had not been sent" in crash["detail"]
+        assert crash["shadow_digest"] == digest_of_request(SIGN_2.fields, with_point=True).hex()
+        rehsmfd(ld, "client:1/again")
+        assert ld.request("client:1/again", wire.encode(SIGN_2)) is not None
+        # One more exchange on that connection: the proxy has seen the signature leave by then.
+        assert ld.request("client:1/again", wire.encode(request("hsmd_get_per_commitment_point", 2))) is not None
+        st = state(wal)
+        assert [(e["kind"], e["status"]) for e in st["divergences"]] == [("crashed_in_window", "resolved")]
+        assert "the same contents" in st["divergences"][0]["detail"]
+        finish(ld)  # the node goes away before the peer revoked 1: a crash in the window again
+    finally:
+        ld.close()
+    st = state(wal)
+    assert [(e["kind"], e["status"], e["reply_forwarded"]) for e in st["divergences"]] == [
+        ("crashed_in_window", "resolved", False), ("crashed_in_window", "possible", True)]
+    traced = [(r["event"]["kind"], r["event"]["status"]) for r in read_trace(str(trace)) if r["kind"] == "divergence"]
+    assert traced == [("crashed_in_window", "possible"), ("crashed_in_window", "resolved"),
+                      ("crashed_in_window", "possible")]
+    table = subprocess.run([sys.executable, "-m", "hsmproxy.cli", "state", "--wal-dir", str(wal)],
+                           capture_output=True, text=True, env={**h.child_env(), "COLUMNS": "250"}, timeout=30)
+    assert table.returncode == 0 and "crashed_in_window" in table.stdout and "resolved" in table.stdout
+
+
+def test_the_node_dying_in_the_window_after_it_got_the_signature_is_flagged(tmp_path):
+    """lightningd's master connection closes right after commitment 2's signature was sent to it,
+    before the peer's revocation of 1: "sent", and a node that comes back changed confirms it."""
+    wal = tmp_path / "wal"
+    ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal))
+    try:
+        open_channel(ld)
+        assert ld.request(CHANNELD, wire.encode(SIGN_2)) is not None
+        # One more exchange on that connection: the proxy has seen the signature leave by then.
+        assert ld.request(CHANNELD, wire.encode(request("hsmd_get_per_commitment_point", 2))) is not None
+        finish(ld)  # the node goes away (the signer exits with it)
+    finally:
+        ld.close()
+    (crash,) = events(state(wal), "crashed_in_window")
+    assert (crash["status"], crash["index"], crash["reply_forwarded"]) == ("possible", 2, True)
+    assert "process ended" in crash["detail"] or "connection for this channel closed" in crash["detail"]
+
+    # The node restarts with the same WAL, behind by one: it replays the channel up to 1 (the same
+    # requests again) and signs 2 with other contents.
+    ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal))
+    try:
+        open_channel(ld)
+        assert sign(ld, index=1, commit_num=2, feerate=999) == "hsmd_sign_tx_reply"
+        finish(ld)
+    finally:
+        ld.close()
+    st = state(wal)
+    crash, again = events(st, "crashed_in_window")  # and the node left once more, after its new signature
+    assert crash["status"] == "confirmed" and "retry_changed, double_signed" in crash["detail"]
+    assert [e["status"] for e in events(st, "double_signed")] == ["confirmed"]
+    assert again["status"] == "possible" and again["op_id"] != crash["op_id"]
+
+
+def test_sim_node_killed_in_its_own_window_through_the_proxy(tmp_path):
+    """The real processes: sim-node (which kills itself right after it received the signature of
+    commitment 2 and before it saved it), `hsmproxy wrap`, sim-signer. The naive node comes back
+    behind and re-signs 2 differently (confirmed; the validating signer refuses); the WAL node
+    re-signs the same 2 (resolved)."""
+    signer = h.write_script(tmp_path / "sim-signer", [f'exec "{sys.executable}" -m hsmproxy.cli sim-signer "$@"'])
+    for discipline, status, exit_code in (("naive", "confirmed", EXIT_REFUSED), ("wal", "resolved", EXIT_OK)):
+        data, wal = tmp_path / discipline, tmp_path / f"{discipline}-wal"
+        data.mkdir()
+        wrapper = h.write_script(tmp_path / f"wrap-{discipline}", [
+            f'exec "{sys.executable}" -m hsmproxy.cli wrap --signer "{signer}" --wal-dir "{wal}" -- "$@"'])
+        args = ("--updates", "3", "--discipline", discipline, "--signer", str(wrapper))
+        crashed = sim_node(data, *args, "--crash-at", "after_sign_remote_before_persist:2")
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+        (crash,) = events(state(wal), "crashed_in_window")
+        # (reply_forwarded is not asserted here: the node dies a moment after reading the
+        # signature, and the proxy may see that before it has noted the send as done.)
+        assert (crash["status"], crash["index"]) == ("possible", 2), crash
+        resumed = sim_node(data, *args)
+        assert resumed.returncode == exit_code, resumed.stderr[-2000:]
+        (crash,) = events(state(wal), "crashed_in_window")
+        assert crash["status"] == status, crash
+        if discipline == "wal":
+            assert summary(resumed)["updates_completed"] == 3
+
+
+async def test_metrics_and_listeners_see_the_crash_and_a_restarted_proxy_still_warns(tmp_path):
+    """In the hook: the crash counts in hsmproxy_divergences_total{kind="crashed_in_window"} at
+    once, the open-crash gauge is 1 until the node shows what it kept, and a proxy started on the
+    same WAL (lightningd took the last one with it) reports the open crash from the start."""
+    metrics, seen = Metrics(), []
+    hook = ShadowHook.open(str(tmp_path / "wal"))
+    hook.attach_metrics(metrics)
+    hook.listeners.append(seen.append)
+    ctx = ConnContext(conn_id=1, role=ROLE_CLIENT, peer_id=peer_id(), dbid=1, permissions=447)
+    master = ConnContext(conn_id=0, role=ROLE_MASTER)
+    signed = wire.encode(wire.build("hsmd_sign_tx_reply", sig=bytes(64) + b"\x01"))
+    with trio.fail_after(10):
+        for seq, index in enumerate((0, 1)):
+            body = wire.encode(request("hsmd_sign_remote_commitment_tx", index))
+            ex = Exchange(ctx, seq, body, wire.decode(body))
+            assert await hook.on_request(ex, REQUEST_BEFORE) is None
+            ex.reply_raw, ex.reply = signed, wire.decode(signed)
+            await hook.on_reply(ex, REPLY_BEFORE)
+            if index == 0:
+                await hook.on_reply(ex, REPLY_AFTER)  # 1's signature never reaches the node
+        await hook.on_connection(ctx, CONN_CLOSED)
+        await hook.on_connection(master, CONN_CLOSED)  # the same crash: not flagged twice
+    hook.close()
+    assert [(e.kind, e.status, e.index, e.reply_forwarded) for e in seen] == [("crashed_in_window", "possible", 1, False)]
+    text = generate_latest(metrics.registry).decode()
+    assert 'hsmproxy_divergences_total{kind="crashed_in_window"} 1.0' in text
+    assert "hsmproxy_crashed_in_window_open 1.0" in text
+    assert 'hsmproxy_divergences_total{kind="double_signed"} 0.0' in text  # every kind is a series from the start
+    assert "hsmproxy_wal_appends_total 5.0" in text  # two intents, two outcomes, the connection's end
+
+    metrics = Metrics()
+    hook = ShadowHook.open(str(tmp_path / "wal"), metrics=metrics)
+    assert "hsmproxy_crashed_in_window_open 1.0" in generate_latest(metrics.registry).decode()
+    again = ConnContext(conn_id=5, role=ROLE_CLIENT, peer_id=peer_id(), dbid=1, permissions=447)
+    with trio.fail_after(10):
+        body = wire.encode(request("hsmd_validate_revocation", 0))
+        ex = Exchange(again, 0, body, wire.decode(body))
+        await hook.on_request(ex, REQUEST_BEFORE)
+        ex.reply_raw = wire.encode(wire.build("hsmd_validate_revocation_reply"))
+        ex.reply = wire.decode(ex.reply_raw)
+        await hook.on_reply(ex, REPLY_BEFORE)
+    hook.close()
+    text = generate_latest(metrics.registry).decode()
+    assert "hsmproxy_crashed_in_window_open 0.0" in text
+    assert [(e["kind"], e["status"]) for e in hook.divergences_jsonable()] == [("crashed_in_window", "resolved")]
+
+
+async def test_a_connection_closing_outside_the_window_writes_nothing(tmp_path):
+    hook = ShadowHook.open(str(tmp_path / "wal"))
+    ctx = ConnContext(conn_id=1, role=ROLE_CLIENT, peer_id=peer_id(), dbid=1, permissions=447)
+    written = hook.wal.store.index
+    with trio.fail_after(10):
+        await hook.on_connection(ctx, CONN_CLOSED)
+        await hook.on_connection(ConnContext(conn_id=0, role=ROLE_MASTER), CONN_CLOSED)
+    assert hook.wal.store.index == written  # no record, no sync: a connection's end costs nothing
+    hook.close()
+    assert state(tmp_path / "wal")["divergences"] == []

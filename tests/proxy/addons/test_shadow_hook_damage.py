@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.addons.shadow_hook import ShadowHook, recover
+from proxy.addons.shadow_hook import ShadowHook
 from proxy.core.shadow import (
     SIGNED,
     SIGN_REMOTE,
@@ -31,9 +31,10 @@ from proxy.core.shadow import (
     shadow_to_snapshot,
 )
 from proxy.core.wal_format import FILE_HEADER, RECORD_HEADER, WalDamaged
+from proxy.trio.shadow_recovery import recover
 from proxy.trio.wal_store import WalStore
 from tests import ld_harness as h
-from tests.proxy.addons.test_shadow_hook import PERMISSIVE, finish, open_channel, start
+from tests.proxy.addons.wrapped_signer import PERMISSIVE, finish, open_channel, start
 
 pytestmark = pytest.mark.timeout(120)
 

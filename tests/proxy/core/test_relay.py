@@ -1,139 +1,218 @@
-"""The sans-IO relay core: splitting, carriers, fds, framing loss, pairing."""
+"""The sans-IO relay core: pairing, and what every verdict means, without a socket.
 
-import struct
+Hypothesis runs sequences of (direction, message, verdict) on a connection of each role against
+a small model of the pairing: the actions the core returns are checked against the hook
+contract (proxy/core/hooks.py), and the pairing slots against the model after every step.
+"""
 
+from __future__ import annotations
+
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import wire
-from proxy.core.hooks import ConnContext
+from wire import FdCarrier, Frame, Unframed
+from wire.conversation import ROLE_CLIENT, ROLE_MASTER, ROLE_STATUS, ROLES, expects_reply
+
+from proxy.core.hooks import (
+    FORWARD,
+    ConnContext,
+    Disconnect,
+    Drop,
+    Duplicate,
+    FailClosed,
+    Hold,
+    Refuse,
+    Replace,
+)
 from proxy.core.relay import (
-    Carrier,
+    CloseConnection,
     ConnectionRelay,
-    Frame,
-    FramingLost,
-    RawBytes,
-    StreamSplitter,
+    PassClient,
+    Send,
+    SendReceived,
+    WaitRelease,
+    WriteStatus,
     client_context,
 )
 
 NODE_ID = bytes.fromhex("03653e90") + bytes(29)
 
 
-def framed(body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + body
+def frame_of(body: bytes, fds=(), carrier: FdCarrier | None = None) -> Frame:
+    return Frame(wire.frame(body), body, tuple(fds), carrier)
 
 
-def chunk(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:])]
+def relay_for(role: str) -> ConnectionRelay:
+    peer = NODE_ID if role == ROLE_CLIENT else None
+    return ConnectionRelay(ConnContext(conn_id=0, role=role, peer_id=peer, dbid=1 if peer else None))
 
 
-bodies = st.lists(st.binary(min_size=0, max_size=300), max_size=12)
-
-
-@settings(max_examples=60, deadline=None)
-@given(bodies=bodies, cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=20))
-def test_any_chunking_gives_the_same_frames_and_the_same_bytes(bodies, cuts):
-    stream = b"".join(framed(b) for b in bodies)
-    splitter = StreamSplitter()
-    segments = [seg for piece in chunk(stream, cuts) for seg in splitter.feed(piece)]
-    assert [s.body for s in segments] == bodies
-    assert b"".join(s.raw for s in segments) == stream
-    assert splitter.buffered == 0
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    before=bodies,
-    after=bodies,
-    garbage=st.binary(max_size=200),
-    length=st.integers(min_value=1 << 27, max_value=(1 << 32) - 1),
-    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=20),
-)
-def test_framing_loss_degrades_to_raw_bytes_without_losing_any(before, after, garbage, length, cuts):
-    head = b"".join(framed(b) for b in before)
-    stream = head + struct.pack(">I", length) + garbage + b"".join(framed(b) for b in after)
-    splitter = StreamSplitter()
-    segments = [seg for piece in chunk(stream, cuts) for seg in splitter.feed(piece)]
-    segments += splitter.flush()
-    lost = [s for s in segments if isinstance(s, FramingLost)]
-    assert len(lost) == 1 and lost[0].offset == len(head) and lost[0].length == length
-    assert [s.body for s in segments if isinstance(s, Frame)] == before
-    assert b"".join(s.raw for s in segments if not isinstance(s, FramingLost)) == stream
-    assert splitter.broken
-
-
-def test_a_partial_frame_at_end_of_stream_is_flushed_as_raw_bytes():
-    splitter = StreamSplitter()
-    assert splitter.feed(b"\x00\x00\x00\x05\x00\x0b") == []
-    assert splitter.flush() == [RawBytes(b"\x00\x00\x00\x05\x00\x0b", [])]
-
-
-def test_the_byte_after_109_is_a_carrier_with_its_fd_even_in_one_read():
-    relay = ConnectionRelay(ConnContext(conn_id=0, role="master"))
-    reply_109 = framed(b"\x00\x6d")
-    segments = relay.replies.feed(reply_109 + b"\x00", fds=[42])
-    assert segments == [Frame(reply_109, b"\x00\x6d", []), Carrier(b"\x00", [42])]
-    # next frame is framed normally again
-    assert relay.replies.feed(framed(b"\x00\x70")) == [Frame(framed(b"\x00\x70"), b"\x00\x70", [])]
-
-
-def test_carrier_split_across_reads_and_fd_on_a_later_read():
-    splitter = ConnectionRelay(ConnContext(conn_id=0, role="master")).replies
-    assert splitter.feed(b"\x00\x00\x00\x02\x00") == []
-    assert [type(s) for s in splitter.feed(b"\x6d")] == [Frame]
-    assert splitter.feed(b"\xff", fds=[7]) == [Carrier(b"\xff", [7])]
-
-
-def test_status_stream_never_expects_a_carrier():
-    relay = ConnectionRelay(ConnContext(conn_id=0, role="status"))
-    data = framed(b"\x00\x6d") + framed(b"\xff\xf6v1\x00")
-    assert [s.body for s in relay.replies.feed(data)] == [b"\x00\x6d", b"\xff\xf6v1\x00"]
-
-
-def test_fds_on_an_unexpected_byte_travel_with_the_frame_holding_it():
-    splitter = StreamSplitter()
-    body = b"\x00\x0b" + bytes(10)
-    assert splitter.feed(framed(body)[:6], fds=[5]) == []
-    assert splitter.feed(framed(body)[6:]) == [Frame(framed(body), body, [5])]
+# ---- pairing --------------------------------------------------------------------------------------
 
 
 def test_requests_pair_with_replies_by_order_and_preinit_takes_no_slot():
-    relay = ConnectionRelay(ConnContext(conn_id=0, role="master"))
-    preinit = relay.request_frame(Frame(b"", b"\x00\x63\x00\x00"))
-    first = relay.request_frame(Frame(b"", bytes.fromhex("001b") + b"\x00\x05hello"))
-    second = relay.request_frame(Frame(b"", b"\x27\x0f garbage"))
+    relay = relay_for(ROLE_MASTER)
+    preinit = relay.request_frame(frame_of(b"\x00\x63\x00\x00"))
+    first = relay.request_frame(frame_of(bytes.fromhex("001b") + b"\x00\x05hello"))
+    second = relay.request_frame(frame_of(b"\x27\x0f garbage"))
     assert (preinit.seq, first.seq, second.seq) == (0, 1, 2)
     assert second.request.name == "unknown_9999"
     assert relay.waiting == 2
-    r1 = relay.reply_frame(Frame(b"", b"\x00\x7b" + bytes(32)))
-    r2 = relay.reply_frame(Frame(b"", b"\x00\x7b" + bytes(32)))
+    r1 = relay.reply_frame(frame_of(b"\x00\x7b" + bytes(32)))
+    r2 = relay.reply_frame(frame_of(b"\x00\x7b" + bytes(32)))
     assert r1 is first and r2 is second and r2.reply_raw == b"\x00\x7b" + bytes(32)
-    stray = relay.reply_frame(Frame(b"", b"\x00\x7b"))
+    stray = relay.reply_frame(frame_of(b"\x00\x7b"))
     assert stray.seq == -1 and relay.stats.unpaired_replies == 1
 
 
 def test_undecodable_bodies_are_counted_not_fatal():
-    relay = ConnectionRelay(ConnContext(conn_id=0, role="master"))
-    ex = relay.request_frame(Frame(b"", b"\x00"))
+    relay = relay_for(ROLE_MASTER)
+    ex = relay.request_frame(frame_of(b"\x00"))
     assert ex.request is None and relay.stats.undecodable == 1
 
 
 def test_dropped_and_duplicated_requests_keep_pairing_aligned():
-    relay = ConnectionRelay(ConnContext(conn_id=0, role="client"))
-    a = relay.request_frame(Frame(b"", b"\x00\x12" + bytes(8)))
-    b = relay.request_frame(Frame(b"", b"\x00\x12" + bytes(8)))
-    c = relay.request_frame(Frame(b"", b"\x00\x12" + bytes(8)))
-    relay.forget(b)
-    relay.expect_extra_reply(a)
-    got = [relay.reply_frame(Frame(b"", b"\x00\x76")) for _ in range(3)]
+    relay = relay_for(ROLE_CLIENT)
+    frames = [frame_of(b"\x00\x12" + bytes(8)) for _ in range(3)]
+    a, b, c = (relay.request_frame(f) for f in frames)
+    relay.apply_to_request(b, frames[1], Drop())
+    relay.apply_to_request(a, frames[0], Duplicate())
+    got = [relay.reply_frame(frame_of(b"\x00\x76")) for _ in range(3)]
     assert got[0] is a and got[1].duplicate and got[1].seq == a.seq and got[2] is c
+
+
+def test_the_status_connection_relays_the_nodes_side_unframed():
+    relay = relay_for(ROLE_STATUS)
+    assert relay.requests.feed(wire.frame(b"\x00\x12"), (4,)) == [Unframed(wire.frame(b"\x00\x12"), (4,))]
+    assert [s.body for s in relay.replies.feed(wire.frame(b"\x00\x6d") + wire.frame(b"\xff\xf6v1\x00"), (5,))] == [
+        b"\x00\x6d", b"\xff\xf6v1\x00"]  # no carriers on fd 0
+
+
+def test_a_carrier_after_its_reply_passes_a_client_in_the_requests_context():
+    relay = relay_for(ROLE_MASTER)
+    request = wire.encode(wire.build("hsmd_client_hsmfd", id=NODE_ID, dbid=5, permissions=447))
+    ex = relay.request_frame(frame_of(request))
+    (reply,) = relay.replies.feed(wire.frame(b"\x00\x6d"))
+    assert relay.reply_frame(reply) is ex
+    assert relay.apply_to_reply(ex, reply, FORWARD).actions == (SendReceived(),)
+    (carrier,) = relay.replies.feed(b"\x00", (8,))
+    (action,) = relay.carrier_arrived(carrier).actions
+    assert action == PassClient(carrier, ex.request) and action.request.fields["dbid"] == 5
 
 
 def test_client_context_comes_from_the_client_hsmfd_request():
     request = wire.build("hsmd_client_hsmfd", id=NODE_ID, dbid=5, permissions=447)
-    ctx = client_context(9, ConnContext(conn_id=1, role="master"), request)
+    ctx = client_context(9, ConnContext(conn_id=1, role=ROLE_MASTER), request)
     assert (ctx.conn_id, ctx.role, ctx.peer_id, ctx.dbid, ctx.permissions, ctx.parent_id) == (
-        9, "client", NODE_ID, 5, 447, 1)
+        9, ROLE_CLIENT, NODE_ID, 5, 447, 1)
     assert client_context(10, ctx, None).dbid is None
+
+
+# ---- verdict semantics: Hypothesis over verdict x message x role x direction ---------------------
+
+RELEASE = trio.Event()
+VERDICTS = [FORWARD, Drop(), Replace(b"\x00\x12" + bytes(7) + b"\x01"), Duplicate(), Refuse("no thanks"),
+            Disconnect(), Hold(RELEASE), FailClosed("the WAL is full")]
+REQUESTS = [
+    bytes.fromhex("00120000000000000000"),  # get_per_commitment_point
+    b"\x00\x63\x00\x00",  # dev_preinit: no reply
+    wire.encode(wire.build("hsmd_client_hsmfd", id=NODE_ID, dbid=5, permissions=8)),
+    b"\x27\x0f garbage",  # an unknown type
+    b"\x00",  # undecodable
+]
+REPLIES = [bytes.fromhex("0076") + bytes(33), b"\x00\x6d", b"\x00"]
+
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["request", "reply"]),
+        st.integers(0, len(REQUESTS) - 1),
+        st.sampled_from(VERDICTS),
+        st.booleans(),  # a 109 reply brings its carrier in the same read
+    ),
+    max_size=25,
+)
+
+
+def sent_bytes(plan, frame: Frame) -> bytes:
+    """What the plan sends to the other side, in order."""
+    out = b""
+    for action in plan.actions:
+        if type(action) is SendReceived:
+            out += frame.raw
+        elif type(action) is Send:
+            out += action.data
+        elif type(action) is PassClient:
+            out += (action.frame.raw if action.frame is not None else b"") + action.carrier.raw
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(role=st.sampled_from(ROLES), steps=steps)
+def test_every_verdict_means_what_the_hook_contract_says(role, steps):
+    relay = relay_for(role)
+    slots: list[tuple[int, bool]] = []  # the model: (seq, duplicate) of requests awaiting a reply
+    seq = 0
+    for direction, which, verdict, with_carrier in steps:
+        kind = type(verdict)
+        if role == ROLE_STATUS:
+            # Status frames (signer -> node) go on whatever happens; nothing pairs on fd 0.
+            frame = frame_of(REPLIES[which % len(REPLIES)])
+            message = relay.status_frame(frame)
+            assert relay.apply_to_status(message, frame, verdict).actions == (SendReceived(),)
+            assert relay.waiting == 0
+            continue
+        if direction == "request":
+            body = REQUESTS[which]
+            frame = frame_of(body)
+            ex = relay.request_frame(frame)
+            assert ex.seq == seq
+            plan = relay.apply_to_request(ex, frame, verdict)
+            actions = plan.actions
+            answered = expects_reply(body)
+            refused_here = role != ROLE_MASTER and kind in (Refuse, FailClosed)
+            if kind in (Drop, Disconnect) or refused_here or (kind is FailClosed and role == ROLE_MASTER):
+                assert not plan.forwarded and sent_bytes(plan, frame) == b""  # never reaches the signer
+            if kind is Drop:
+                assert actions == ()
+            elif refused_here:
+                status, close = actions
+                assert type(status) is WriteStatus and type(close) is CloseConnection
+                bad = wire.decode(status.data[4:])
+                assert bad.name == "hsmstatus_client_bad_request"
+                assert (bad.fields["id"], bad.fields["description"], bad.fields["msg"]) == (
+                    relay.ctx.peer_id or bytes(33), verdict.description, body)
+            elif kind in (Disconnect, FailClosed):  # FailClosed on the master: lightningd sees hsmd go
+                assert actions == (CloseConnection(),)
+            else:
+                assert plan.forwarded
+                copies = 2 if kind is Duplicate else 1
+                expected = wire.frame(verdict.raw) if kind is Replace else frame.raw
+                assert sent_bytes(plan, frame) == expected * copies
+                if kind is Hold:
+                    assert type(actions[0]) is WaitRelease and actions[0].release is RELEASE
+                if answered:
+                    slots += [(seq, False)] + ([(seq, True)] if kind is Duplicate else [])
+            seq += 1
+        else:
+            body = REPLIES[which % len(REPLIES)]
+            carrier = FdCarrier(b"\x00", (11,)) if body == b"\x00\x6d" and with_carrier else None
+            frame = frame_of(body, carrier=carrier)
+            ex = relay.reply_frame(frame)
+            expected_seq, duplicate = slots.pop(0) if slots else (-1, False)
+            assert (ex.seq, ex.duplicate) == (expected_seq, duplicate)
+            plan = relay.apply_to_reply(ex, frame, verdict)
+            closes = kind in (Disconnect, FailClosed) or (kind is Refuse and role != ROLE_MASTER)
+            if closes:
+                assert plan.actions == (CloseConnection(),) and not plan.forwarded
+            else:
+                assert plan.forwarded == (kind is not Drop)
+                copies = 0 if kind is Drop else 2 if kind is Duplicate else 1
+                expected = wire.frame(verdict.raw) if kind is Replace else frame.raw
+                assert sent_bytes(plan, frame) == expected * copies + (b"\x00" if carrier else b"")
+                passes = [a for a in plan.actions if type(a) is PassClient]
+                assert [p.carrier for p in passes] == ([carrier] if carrier else [])
+        assert relay.waiting == len(slots)
+        if any(type(a) is CloseConnection for a in plan.actions):
+            return  # nothing more happens on a closed connection

@@ -1,4 +1,5 @@
-"""HookChain: order, first decisive verdict wins, missing methods are skipped."""
+"""HookChain: order, first decisive verdict wins, missing methods are skipped; observers that fail
+are switched off, deciders that fail fail closed."""
 
 import pytest
 import trio
@@ -10,6 +11,7 @@ from proxy.core.hooks import (
     ConnContext,
     Drop,
     Exchange,
+    FailClosed,
     Forward,
     HookChain,
     Replace,
@@ -75,3 +77,91 @@ async def test_start_is_called_once_per_hook_that_has_it():
         async with trio.open_nursery() as nursery:
             await HookChain([Server(), OnlyConnections([])]).start(nursery)
     assert started == [nursery]
+
+
+# ---- failures: observers are switched off, deciders fail closed ----------------------------------
+
+
+class Raises:
+    def __init__(self, name, log, *, observer=False):
+        self.name, self.log = name, log
+        if observer:
+            self.observer = True
+
+    async def on_request(self, ex, point):
+        self.log.append((self.name, point))
+        raise OSError(28, "No space left on device")
+
+
+class Told:
+    observer = True
+
+    def __init__(self):
+        self.failures = []
+
+    async def on_hook_failed(self, failure):
+        self.failures.append(failure)
+
+
+async def test_an_observer_that_raises_is_switched_off_and_reported_once(caplog):
+    log, told = [], Told()
+    observer = Raises("trace", log, observer=True)
+    chain = HookChain([Recorder("faults", log, Drop()), observer, told])
+    with trio.fail_after(5):
+        assert await chain.request(_exchange(), REQUEST_BEFORE) == Drop()  # the decision stands
+        assert await chain.request(_exchange(), REQUEST_BEFORE) == Drop()
+    assert [entry[0] for entry in log] == ["faults", "trace", "faults"]  # not called again
+    assert chain.switched_off == [observer]
+    assert [(f.hook, f.where, f.switched_off, f.failed_closed) for f in told.failures] == [
+        ("Raises", REQUEST_BEFORE, True, False)]
+    assert len([r for r in caplog.records if "switched off" in r.getMessage()]) == 1
+
+
+async def test_a_decider_that_raises_before_forwarding_fails_closed_and_stays_on():
+    log, told = [], Told()
+    decider = Raises("wal", log)
+    later = Recorder("metrics", log)
+    chain = HookChain([decider, later, told])
+    ex = _exchange()
+    with trio.fail_after(5):
+        verdict = await chain.request(ex, REQUEST_BEFORE)
+        assert type(verdict) is FailClosed and "No space left" in verdict.description
+        assert ex.verdict is verdict and log[-1] == ("metrics", REQUEST_BEFORE, "FailClosed")  # later hooks see it
+        assert await chain.request(ex, REQUEST_AFTER) == Forward()  # elsewhere: logged, the relay goes on
+        assert type(await chain.request(_exchange(), REQUEST_BEFORE)) is FailClosed  # never switched off
+    assert chain.switched_off == []
+    assert [(f.where, f.failed_closed) for f in told.failures] == [
+        (REQUEST_BEFORE, True), (REQUEST_AFTER, False), (REQUEST_BEFORE, True)]
+
+
+async def test_a_decider_failing_overrules_an_earlier_forwarding_verdict():
+    chain = HookChain([Recorder("faults", [], Replace(b"x")), Raises("wal", [])])
+    with trio.fail_after(5):
+        assert type(await chain.request(_exchange(), REQUEST_BEFORE)) is FailClosed
+
+
+async def test_an_observer_failing_to_hear_of_a_failure_is_switched_off_without_going_round():
+    class Deaf(Told):
+        async def on_hook_failed(self, failure):
+            raise RuntimeError("cannot count")
+
+    deaf = Deaf()
+    chain = HookChain([Raises("trace", [], observer=True), deaf])
+    with trio.fail_after(5):
+        await chain.request(_exchange(), REQUEST_BEFORE)
+    assert len(chain.switched_off) == 2 and chain.switched_off[1] is deaf
+
+
+async def test_a_hook_with_points_is_called_only_there():
+    log = []
+
+    class BeforeOnly(Recorder):
+        points = (REQUEST_BEFORE,)
+
+    chain = HookChain([BeforeOnly("shadow", log)])
+    with trio.fail_after(5):
+        await chain.request(_exchange(), REQUEST_BEFORE)
+        await chain.request(_exchange(), REQUEST_AFTER)
+    assert [point for _, point, _ in log] == [REQUEST_BEFORE]
+    assert chain.watches(REQUEST_BEFORE) and not chain.watches(REQUEST_AFTER) and not chain.watches(REPLY_AFTER)
+    assert HookChain([Recorder("all", [])]).watches(REQUEST_AFTER)

@@ -12,86 +12,38 @@ from pathlib import Path
 import pytest
 import trio
 
+import wire
 from proxy.trio.addresses import AddressError, parse_address
+from proxy.trio.socket_mode import check_listen_address
 from proxy.addons.trace import read_trace
 from tests import ld_harness as h
+from tests.prometheus_server import free_port
+from tests.serve_harness import (
+    REPLY,
+    REQUEST,
+    connect_when_ready,
+    receive_exactly,
+    round_trips,
+    signer_server,
+    start_serve,
+    unix_listen,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def captured_pair(request_name: str) -> tuple[bytes, bytes]:
-    records = [r for r in h.capture_session("main") if r["kind"] == "msg" and r["conn"] != "status"]
-    for req, rep in zip(records, records[1:]):
-        if req["name"] == request_name and req["dir"] == "node->signer":
-            return bytes.fromhex(req["framed_hex"]), bytes.fromhex(rep["framed_hex"])
-    raise LookupError(request_name)
-
-
-REQUEST, REPLY = captured_pair("hsmd_sign_remote_commitment_tx")
-
-
-async def signer_server(listener: trio.SocketListener, received: list, task_status=trio.TASK_STATUS_IGNORED):
-    """Answers every complete REQUEST with REPLY; records what each connection sent."""
-
-    async def handle(stream):
-        got = bytearray()
-        async with stream:
-            while data := await stream.receive_some(65536):
-                got += data
-                while got.startswith(REQUEST):
-                    del got[: len(REQUEST)]
-                    await stream.send_all(REPLY)
-                    received.append(REQUEST)
-            received.append(bytes(got))  # leftovers, e.g. garbage
-
-    async with trio.open_nursery() as nursery:
-        task_status.started()
-        await nursery.start(trio.serve_listeners, handle, [listener])
-
-
-def start_serve(listen: str, connect: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hsmproxy.cli", "serve", "--listen", listen, "--connect", connect, *extra],
-        env=h.child_env(), stderr=subprocess.PIPE, text=True,
-    )
-
-
-async def connect_when_ready(addr, proc: subprocess.Popen) -> trio.SocketStream:
-    with trio.fail_after(10):
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                if addr.kind == "unix":
-                    return await trio.open_unix_socket(addr.path)
-                return await trio.open_tcp_stream(addr.host, addr.port)
-            except OSError:
-                await trio.sleep(0.02)
-
-
-async def round_trips(stream: trio.SocketStream, n: int) -> None:
-    for _ in range(n):
-        await stream.send_all(REQUEST)
-        got = b""
-        while len(got) < len(REPLY):
-            got += await stream.receive_some(len(REPLY) - len(got))
-        assert got == REPLY
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+async def signer_listener(tmp_path: Path, kind: str) -> tuple[trio.SocketListener, str, str]:
+    """A listener for the signer, and (--connect, --listen) of the same kind for the proxy."""
+    if kind == "unix":
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(unix_listen(tmp_path / "signer.sock")))
+        return listener, f"unix:{tmp_path / 'signer.sock'}", f"unix:{tmp_path / 'proxy.sock'}"
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    return listener, f"tcp:127.0.0.1:{listener.socket.getsockname()[1]}", f"tcp:127.0.0.1:{free_port()}"
 
 
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
 async def test_concurrent_connections_each_get_their_own_upstream(tmp_path: Path, kind: str):
-    if kind == "unix":
-        up_listener = trio.SocketListener(trio.socket.from_stdlib_socket(_unix_listen(tmp_path / "signer.sock")))
-        connect, listen = f"unix:{tmp_path / 'signer.sock'}", f"unix:{tmp_path / 'proxy.sock'}"
-    else:
-        (up_listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        connect = f"tcp:127.0.0.1:{up_listener.socket.getsockname()[1]}"
-        listen = f"tcp:127.0.0.1:{free_port()}"
+    up_listener, connect, listen = await signer_listener(tmp_path, kind)
     trace = tmp_path / "serve.trace"
     received: list = []
     proc = start_serve(listen, connect, "--trace", str(trace))
@@ -123,11 +75,38 @@ async def test_concurrent_connections_each_get_their_own_upstream(tmp_path: Path
         assert not os.path.exists(tmp_path / "proxy.sock")  # removed on SIGTERM
 
 
-def _unix_listen(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(path))
-    sock.listen(8)
-    return sock
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+async def test_a_109_without_an_fd_carrier_leaves_the_next_replies_intact(tmp_path: Path, kind: str):
+    """A signer on a socket that cannot (TCP) or does not pass fds answers hsmd_client_hsmfd
+    with a bare 109: the byte after it is the next reply's length, not a carrier (issue 12 item 4)."""
+    client_hsmfd = wire.frame(wire.encode(wire.build("hsmd_client_hsmfd", id=bytes.fromhex("02") + bytes(32),
+                                                     dbid=5, permissions=8)))
+    reply_109 = wire.frame(b"\x00\x6d")
+
+    async def handle(stream):
+        reader = wire.FrameReader()
+        async with stream:
+            while data := await stream.receive_some(65536):
+                for body in reader.bodies(data):
+                    await stream.send_all(reply_109 if body[:2] == b"\x00\x09" else REPLY)
+
+    up_listener, connect, listen = await signer_listener(tmp_path, kind)
+    proc = start_serve(listen, connect)
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, handle, [up_listener])
+                stream = await connect_when_ready(parse_address(listen), proc)
+                await stream.send_all(client_hsmfd)
+                assert await receive_exactly(stream, len(reply_109)) == reply_109
+                for _ in range(2):
+                    await stream.send_all(REQUEST)
+                    assert await receive_exactly(stream, len(REPLY)) == REPLY
+                await stream.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
 
 
 def test_addresses_are_checked_with_a_clear_message():
@@ -150,7 +129,7 @@ def _serve_once(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_live_listen_path_is_refused_and_left_alone(tmp_path: Path):
     path = tmp_path / "proxy.sock"
-    with _unix_listen(path) as live:
+    with unix_listen(path) as live:
         inode = os.stat(path).st_ino
         done = _serve_once("--listen", f"unix:{path}", "--connect", "unix:/x")
         assert done.returncode == 2
@@ -177,7 +156,7 @@ def test_an_http_address_that_cannot_be_used_is_a_clear_start_up_error(tmp_path:
 
 def test_a_live_control_socket_path_is_refused(tmp_path: Path):
     control = tmp_path / "control.sock"
-    with _unix_listen(control):
+    with unix_listen(control):
         done = _serve_once("--listen", f"unix:{tmp_path / 'proxy.sock'}", "--connect", "unix:/x",
                            "--control", f"unix:{control}")
         assert control.exists()
@@ -217,3 +196,39 @@ async def test_an_unreachable_signer_closes_the_connection_and_serving_goes_on(t
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     assert "cannot reach the signer at unix:" in proc.stderr.read()
+
+
+# --- issue 12 item 10: a typo must not put signing on the network ---------------------------------
+
+def test_only_loopback_listen_addresses_are_accepted_without_the_flag(caplog):
+    for ok in ["unix:/run/hsmproxy.sock", "tcp:127.0.0.1:7701", "tcp:127.9.9.9:1", "[::1]:7701", "localhost:7701", ":7701"]:
+        check_listen_address(parse_address(ok), allow_remote=False)
+    assert not caplog.records
+    for remote in ["tcp:0.0.0.0:7701", "tcp:[::]:7701", "10.0.0.5:7701", "tcp:signer.example:7701", "tcp:[::ffff:127.0.0.1]:1"]:
+        with pytest.raises(AddressError, match=r"not a loopback address.*--listen-allow-remote"):
+            check_listen_address(parse_address(remote), allow_remote=False)
+    check_listen_address(parse_address("tcp:0.0.0.0:7701"), allow_remote=True)
+    assert "REACHABLE FROM OTHER MACHINES" in caplog.text and "0.0.0.0:7701" in caplog.text
+
+
+def test_serve_refuses_a_remote_listen_address_before_listening():
+    port = free_port()
+    done = _serve_once("--listen", f"tcp:0.0.0.0:{port}", "--connect", "unix:/x")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"--listen 0.0.0.0:{port}: not a loopback address" in done.stderr and "--listen-allow-remote" in done.stderr
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listened there, not even briefly
+
+
+async def test_serve_listens_remotely_only_when_told_and_says_so(tmp_path: Path):
+    port = free_port()
+    proc = start_serve(f"tcp:0.0.0.0:{port}", f"unix:{tmp_path / 'signer.sock'}", "--listen-allow-remote")
+    try:
+        stream = await connect_when_ready(parse_address(f"127.0.0.1:{port}"), proc)
+        with trio.fail_after(10):
+            assert await stream.receive_some(10) == b""  # relayed: no signer there, so it is closed
+        await stream.aclose()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert f"LISTENING ON 0.0.0.0:{port}, REACHABLE FROM OTHER MACHINES" in proc.stderr.read()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import array
 import socket
-import struct
 
 import trio
 import trio.testing
@@ -14,73 +13,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wire
-from proxy.core import hooks as H
-from proxy.trio.fdpass import Endpoint
-from proxy.trio.shell import RelayShell, StatusOut
+from wire.conversation import REPLY_AFTER, REQUEST_BEFORE, ROLE_CLIENT, ROLE_MASTER
 
-NODE_ID = bytes.fromhex("02a8a0e038d28608037487c049729943070050ff19b51810ca5f941dd3bfab2945")
-REPLY_109 = struct.pack(">I", 2) + b"\x00\x6d"
-
-
-def framed(body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + body
-
-
-def tsock(sock: socket.socket) -> trio.socket.SocketType:
-    return trio.socket.from_stdlib_socket(sock)
-
-
-async def recv_exactly(sock, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        data = await sock.recv(n - len(out))
-        assert data, f"EOF after {len(out)} of {n} bytes"
-        out += data
-    return bytes(out)
-
-
-async def recv_fd(sock) -> tuple[bytes, int]:
-    data, ancdata, _, _ = await sock.recvmsg(1, socket.CMSG_SPACE(4))
-    (fd,) = [fd for _, _, payload in ancdata for fd in array.array("i", payload)]
-    return data, fd
-
-
-async def read_to_eof(sock) -> bytes:
-    out = bytearray()
-    while data := await sock.recv(65536):
-        out += data
-    return bytes(out)
-
-
-class Topology:
-    """node <-> proxy <-> signer on a master socket, plus whatever client fds were passed."""
-
-    def __init__(self, shell: RelayShell, nursery: trio.Nursery):
-        self.shell = shell
-        self.nursery = nursery
-        node, proxy_node = socket.socketpair()
-        proxy_signer, signer = socket.socketpair()
-        self.node, self.signer = tsock(node), tsock(signer)
-        nursery.start_soon(
-            shell.run_connection, Endpoint.from_stdlib(proxy_node), Endpoint.from_stdlib(proxy_signer),
-            H.ConnContext(conn_id=shell.new_conn_id(), role=H.ROLE_MASTER),
-        )
-
-    @staticmethod
-    async def pass_client(node_side, signer_side, dbid: int, permissions: int, carrier=b"\x00"):
-        """The node asks for a client fd on a connection; the signer answers 109 and passes one.
-        Returns the (node, signer) ends of the new client connection."""
-        await node_side.send(framed(wire.encode(wire.build("hsmd_client_hsmfd", id=NODE_ID, dbid=dbid,
-                                                            permissions=permissions))))
-        await recv_exactly(signer_side, 4 + 51)
-        ours, theirs = socket.socketpair()
-        await signer_side.send(REPLY_109)
-        await signer_side.sendmsg([carrier], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))])
-        theirs.close()
-        assert await recv_exactly(node_side, 6) == REPLY_109
-        byte, fd = await recv_fd(node_side)
-        assert byte == carrier
-        return tsock(socket.socket(fileno=fd)), tsock(ours)
+from proxy.core.hooks import CONN_CLOSED, CONN_REPLACED, ConnContext, Disconnect, Drop, Duplicate, Hold, Refuse, Replace
+from proxy.trio.fdpass import SocketEnd
+from proxy.trio.shell import RelayShell
+from tests.proxy.trio.conftest import (
+    NODE_ID,
+    PCP,
+    PCP_REPLY,
+    REPLY_109,
+    Topology,
+    read_to_eof,
+    recv_exactly,
+    status_shell,
+    tsock,
+)
 
 
 async def send_chunks(sock, data: bytes, sizes: list[int]) -> None:
@@ -103,10 +51,10 @@ async def _send_all(sock, data: bytes) -> None:
 garbage = st.one_of(
     st.just(b""),
     st.binary(min_size=1, max_size=64),
-    st.binary(max_size=64).map(lambda tail: struct.pack(">I", 1 << 27) + tail),  # framing lost
+    st.binary(max_size=64).map(lambda tail: (1 << 27).to_bytes(4, "big") + tail),  # framing lost
 )
 streams = st.tuples(st.lists(st.binary(max_size=400), max_size=10), garbage).map(
-    lambda t: b"".join(framed(b) for b in t[0]) + t[1]
+    lambda t: b"".join(wire.frame(b) for b in t[0]) + t[1]
 )
 chunkings = st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=8)
 
@@ -121,7 +69,7 @@ def test_streams_are_byte_identical_through_clients_two_levels_deep(down, up, do
                 child_node, child_signer = await topo.pass_client(topo.node, topo.signer, 7, 1024, carrier)
                 grand_node, grand_signer = await topo.pass_client(child_node, child_signer, 9, 447, carrier)
                 await trio.testing.wait_all_tasks_blocked()
-                contexts = {c.ctx.dbid: c.ctx for c in topo.shell.links.values() if c.ctx.role == H.ROLE_CLIENT}
+                contexts = {c.ctx.dbid: c.ctx for c in topo.shell.connections.values() if c.ctx.role == ROLE_CLIENT}
                 assert contexts[9].permissions == 447 and contexts[9].parent_id == contexts[7].conn_id
                 got = {}
 
@@ -151,7 +99,7 @@ class Decide:
 
     async def on_request(self, ex, point):
         self.seen.append((point, ex.name, ex.seq))
-        if point == H.REQUEST_BEFORE and ex.name == self.target and not self.used:
+        if point == REQUEST_BEFORE and ex.name == self.target and not self.used:
             self.used = True
             return self.verdict
 
@@ -159,27 +107,16 @@ class Decide:
         self.seen.append((point, ex.reply.name if ex.reply else "?", ex.seq))
 
 
-PCP = framed(bytes.fromhex("00120000000000000000"))  # get_per_commitment_point(0)
-PCP_REPLY = framed(bytes.fromhex("0076036da7c05008d5c49285ac78f908b70b08056ec5661a0a57467f76ae1f83946c9800"))
-
-
-async def client_pair(hook):
-    """A shell with a status socket, and one client connection with (dbid 5, permissions 8)."""
-    status_node, status_proxy = socket.socketpair()
-    shell = RelayShell([hook], status_out=StatusOut(Endpoint.from_stdlib(status_proxy)))
-    return shell, tsock(status_node)
-
-
 async def test_drop_refuse_replace_duplicate_and_hold():
     with trio.fail_after(10):
         hold = trio.Event()
         for verdict, check in [
-            (H.Drop(), "dropped"), (H.Replace(bytes.fromhex("00120000000000000001")), "replaced"),
-            (H.Duplicate(), "duplicated"), (H.Refuse("no thanks"), "refused"), (H.Hold(hold), "held"),
-            (H.Disconnect(), "disconnected"),
+            (Drop(), "dropped"), (Replace(bytes.fromhex("00120000000000000001")), "replaced"),
+            (Duplicate(), "duplicated"), (Refuse("no thanks"), "refused"), (Hold(hold), "held"),
+            (Disconnect(), "disconnected"),
         ]:
             hook = Decide("hsmd_get_per_commitment_point", verdict)
-            shell, status_node = await client_pair(hook)
+            shell, status_node = status_shell([hook])
             async with trio.open_nursery() as nursery:
                 topo = Topology(shell, nursery)
                 node, signer = await topo.pass_client(topo.node, topo.signer, 5, 8)
@@ -190,15 +127,15 @@ async def test_drop_refuse_replace_duplicate_and_hold():
                     await signer.send(PCP_REPLY)
                     assert await recv_exactly(node, len(PCP_REPLY)) == PCP_REPLY
                     await trio.testing.wait_all_tasks_blocked()
-                    assert hook.seen[-1] == (H.REPLY_AFTER, "hsmd_get_per_commitment_point_reply", 1)
+                    assert hook.seen[-1] == (REPLY_AFTER, "hsmd_get_per_commitment_point_reply", 1)
                 elif check == "replaced":
-                    assert await recv_exactly(signer, len(PCP)) == framed(bytes.fromhex("00120000000000000001"))
+                    assert await recv_exactly(signer, len(PCP)) == wire.frame(bytes.fromhex("00120000000000000001"))
                 elif check == "duplicated":
                     assert await recv_exactly(signer, 2 * len(PCP)) == PCP + PCP
                     await signer.send(PCP_REPLY + PCP_REPLY)
                     assert await recv_exactly(node, 2 * len(PCP_REPLY)) == PCP_REPLY + PCP_REPLY
                     await trio.testing.wait_all_tasks_blocked()
-                    replies = [s for s in hook.seen if s[0] == H.REPLY_AFTER and s[1].startswith("hsmd_get_per")]
+                    replies = [s for s in hook.seen if s[0] == REPLY_AFTER and s[1].startswith("hsmd_get_per")]
                     assert [seq for _, _, seq in replies] == [0, 0]
                 elif check == "refused":
                     bad = wire.decode((await recv_exactly(status_node, 4 + 2 + 33 + 10 + 2 + 10))[4:])
@@ -219,7 +156,7 @@ async def test_drop_refuse_replace_duplicate_and_hold():
 
 async def test_refuse_on_the_master_forwards():
     with trio.fail_after(10):
-        shell, _ = await client_pair(Decide("hsmd_get_per_commitment_point", H.Refuse("no")))
+        shell, _ = status_shell([Decide("hsmd_get_per_commitment_point", Refuse("no"))])
         async with trio.open_nursery() as nursery:
             topo = Topology(shell, nursery)
             await topo.node.send(PCP)
@@ -241,12 +178,12 @@ async def test_connection_events_and_replacement():
             first_node, first_signer = await topo.pass_client(topo.node, topo.signer, 5, 8)
             second = await topo.pass_client(topo.node, topo.signer, 5, 447)  # noqa: F841 (kept open)
             await trio.testing.wait_all_tasks_blocked()
-            assert (H.ROLE_CLIENT, 5, H.CONN_REPLACED) in events
+            assert (ROLE_CLIENT, 5, CONN_REPLACED) in events
             first_signer.close()  # hsmd closes the replaced client: the node sees EOF
             assert await read_to_eof(first_node) == b""
             first_node.close()
             await trio.testing.wait_all_tasks_blocked()
-            assert events.count((H.ROLE_CLIENT, 5, H.CONN_CLOSED)) == 1
+            assert events.count((ROLE_CLIENT, 5, CONN_CLOSED)) == 1
             nursery.cancel_scope.cancel()
 
 
@@ -256,7 +193,7 @@ async def test_a_signer_that_does_not_read_stops_the_node_backpressure():
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             topo = Topology(RelayShell([]), nursery)
-            chunk = framed(b"\x00\x12" + bytes(10_000))
+            chunk = wire.frame(b"\x00\x12" + bytes(10_000))
             accepted = 0
             with trio.move_on_after(1.0):
                 while True:
@@ -288,7 +225,7 @@ async def test_a_client_outlives_its_parent_connection():
             topo.node.close()  # lightningd closes the master; the client fd lives on
             topo.signer.close()
             await trio.testing.wait_all_tasks_blocked()
-            assert (H.ROLE_MASTER, H.CONN_CLOSED) in events and (H.ROLE_CLIENT, H.CONN_CLOSED) not in events
+            assert (ROLE_MASTER, CONN_CLOSED) in events and (ROLE_CLIENT, CONN_CLOSED) not in events
             await node.send(PCP)
             assert await recv_exactly(signer, len(PCP)) == PCP
             nursery.cancel_scope.cancel()
@@ -306,8 +243,8 @@ async def test_a_109_and_its_carrier_read_together_reach_the_node_together():
         theirs.close()
         shell = RelayShell([])
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(shell.run_connection, Endpoint.from_stdlib(proxy_node), Endpoint.from_stdlib(proxy_signer),
-                               H.ConnContext(conn_id=0, role=H.ROLE_MASTER))
+            nursery.start_soon(shell.run_connection, SocketEnd.from_stdlib(proxy_node), SocketEnd.from_stdlib(proxy_signer),
+                               ConnContext(conn_id=0, role=ROLE_MASTER))
             tnode = tsock(node)
             await trio.lowlevel.wait_readable(node)
             data, ancdata, flags, _ = await tnode.recvmsg(4096, socket.CMSG_SPACE(4))

@@ -14,7 +14,6 @@ import hashlib
 import os
 import random
 import struct
-import time
 
 import trio
 
@@ -111,13 +110,11 @@ def test_sigkill_at_random_points_loses_no_answered_state(tmp_path):
     directory = str(tmp_path / "wal")
     os.mkdir(directory, 0o700)
     acked: dict = {}
-    started = time.monotonic()
     for _ in range(ITERATIONS):
         run_once(directory, rng, acked)
         check_recovered(directory, acked)
     # The workload made progress across kills (how much depends on the disk and the load).
     assert sum(n for n, _ in acked.values()) >= 2 * CHANNELS
-    assert time.monotonic() - started < 120
 
 
 def test_corrupted_tail_after_a_kill_is_cut_and_reported(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import array
 import socket
-import struct
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 import wire
 from tests import ld_harness as h
 from tests.paths import TESTS
+from tests.proxy.trio.conftest import recv_exactly
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,17 +58,6 @@ def both(tmp_path_factory):
     pair.close()
 
 
-def framed(body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + body
-
-
-async def recv_exactly(sock, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        data = await sock.recv(n - len(out))
-        assert data, f"EOF after {len(out)} of {n} bytes"
-        out += data
-    return bytes(out)
 
 
 async def read_to_eof(sock) -> bytes:
@@ -94,13 +83,13 @@ async def send_in_chunks(sock, data: bytes, sizes: list[int]) -> None:
 async def pass_client(node_side, signer_side, dbid: int):
     """lightningd asks for a client fd; the signer (the test) answers 109 and passes a socket."""
     request = wire.encode(wire.build("hsmd_client_hsmfd", id=NODE_ID, dbid=dbid, permissions=1024 | 447))
-    await node_side.send(framed(request))
-    assert await recv_exactly(signer_side, 4 + len(request)) == framed(request)
+    await node_side.send(wire.frame(request))
+    assert await recv_exactly(signer_side, 4 + len(request)) == wire.frame(request)
     ours, theirs = socket.socketpair()
-    await signer_side.send(framed(b"\x00\x6d"))
+    await signer_side.send(wire.frame(b"\x00\x6d"))
     await signer_side.sendmsg([b"\x00"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))])
     theirs.close()
-    assert await recv_exactly(node_side, 6) == framed(b"\x00\x6d")
+    assert await recv_exactly(node_side, 6) == wire.frame(b"\x00\x6d")
     byte, ancdata, _, _ = await node_side.recvmsg(1, socket.CMSG_SPACE(4))
     (fd,) = array.array("i", ancdata[0][2])
     assert byte == b"\x00"
@@ -108,9 +97,9 @@ async def pass_client(node_side, signer_side, dbid: int):
 
 
 garbage = st.one_of(st.just(b""), st.binary(min_size=1, max_size=40),
-                    st.binary(max_size=40).map(lambda t: struct.pack(">I", 0xFFFFFFFF) + t))
+                    st.binary(max_size=40).map(lambda t: (0xFFFFFFFF).to_bytes(4, "big") + t))
 streams = st.tuples(st.lists(st.binary(max_size=600), max_size=8), garbage).map(
-    lambda t: b"".join(framed(b) for b in t[0]) + t[1])
+    lambda t: b"".join(wire.frame(b) for b in t[0]) + t[1])
 chunkings = st.lists(st.integers(min_value=1, max_value=900), min_size=1, max_size=6)
 
 
@@ -145,7 +134,7 @@ def test_random_streams_through_a_real_wrapper_two_levels_deep(both, down, up, d
 def test_status_bytes_and_the_chosen_exit_status_pass_through(tmp_path):
     both = Both(tmp_path)
     try:
-        frames = framed(b"\xff\xf6v-test\x00") + framed(b"\xff\xf0\x00\x00hello\x00")
+        frames = wire.frame(b"\xff\xf6v-test\x00") + wire.frame(b"\xff\xf0\x00\x00hello\x00")
         tail = b"\x00\x00\x01"  # a partial frame: relayed when the signer closes the socket
         both.signer_status.sendall(frames + tail)
         both.signer_status.close()
