@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from xml.etree import ElementTree
@@ -307,11 +308,25 @@ def test_without_pyln_testing_the_error_says_how_to_install_it(monkeypatch):
         cln_network.load_pyln()
 
 
-def _hsmproxy(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def _hsmproxy(*args: str, env: dict | None = None, timeout: float = 60, left: list | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI in its own process group; whatever it leaves behind (on a timeout too) is killed,
+    after being listed in ``left`` (processes whose command line mentions ``left[0]``)."""
     run_env = dict(os.environ if env is None else env)
     run_env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "hsmproxy.cli", *args], capture_output=True, text=True,
-                          env=run_env, timeout=timeout)
+    argv = [sys.executable, "-m", "hsmproxy.cli", *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        if left:
+            left[1:] = _processes_mentioning(left[0])
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def test_a_missing_lightningd_is_a_clear_error(tmp_path):
@@ -335,7 +350,11 @@ def test_options_of_simulated_sessions_are_refused_with_a_sweep(tmp_path):
 
 # ---- against real Core Lightning ----------------------------------------------------------------
 
-SHORT_SWEEP = [WINDOW, "hsmd_validate_commitment_tx@request.after_forward:l2", "hsmd_revoke_commitment_tx@reply.before_forward:l1"]
+# The write-up's window; a request channeld never makes (hsmd_sign_invoice is lightningd's own), whose
+# rule must be taken out again; then two more crash points on either node.
+NEVER_SENT = "hsmd_sign_invoice@request.before_forward:l2"
+SHORT_SWEEP = [WINDOW, NEVER_SENT, "hsmd_validate_commitment_tx@request.after_forward:l2",
+               "hsmd_revoke_commitment_tx@reply.before_forward:l1"]
 
 
 @needs_cln
@@ -346,15 +365,20 @@ def test_a_short_sweep_against_real_lightningd_flags_the_write_ups_double_signat
             "--junit", str(junit), "--workdir", str(workdir), "--keep", "all"]
     for spec in SHORT_SWEEP:
         args += ["--cycle", spec]
-    done = _hsmproxy(*args, env=env, timeout=600)
+    left = [str(workdir)]
+    done = _hsmproxy(*args, env=env, timeout=600, left=left)
     assert done.returncode in (0, 1), done.stderr[-4000:]
+    assert left[1:] == []  # both nodes, bitcoind and every proxy are gone when the command returns
     data = json.loads(out.read_text())
     assert data["kind"] == "cln-sweep" and data["lightningd_version"].startswith("v")
     assert set(data["requests"]["l1"]) >= {"hsmd_sign_remote_commitment_tx", "hsmd_validate_commitment_tx",
                                            "hsmd_revoke_commitment_tx", "hsmd_validate_revocation"}
     runs = data["runs"]
     assert [f"{r['message']}@{r['point']}:{r['node']}" for r in runs] == SHORT_SWEEP
-    assert done.returncode == (0 if all(r["ok"] for r in runs) else 1)
+    assert done.returncode == 1  # not_reached is not a pass
+    never = runs.pop(1)
+    assert never["outcome"] == "not_reached" and never["fired"] is None and not never["ok"]
+    assert [p["status"] for p in never["payments"]] == ["complete", "complete", "failed", "failed"]
     for r in runs:
         assert r["fired"] is not None and r["fired"]["action"] == "kill-node", r
         assert r["outcome"] in ("converged", "stuck"), r  # what Core Lightning did; never the sweep's own error
@@ -374,5 +398,43 @@ def test_a_short_sweep_against_real_lightningd_flags_the_write_ups_double_signat
     for other in runs[1:]:
         assert other["divergence_kinds"] == [], other
     suite = ElementTree.parse(junit).getroot()
-    assert suite.get("tests") == "3"
+    assert suite.get("tests") == "4"
     assert (workdir.exists() and any(workdir.rglob("lightning-1/log")))
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+@needs_cln
+def test_sigterm_stops_a_sweep_and_leaves_no_process_behind(tmp_path):
+    workdir = tmp_path / "w"
+    env = cln_env()
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "hsmproxy.cli", "chaos", "--lightningd", str(LIGHTNINGD),
+                             "--bitcoind", str(BITCOIND), "--workdir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        for line in proc.stderr:  # until the first crash cycle is done
+            if "[1/" in line:
+                break
+        proc.terminate()
+        assert proc.wait(timeout=120) == 130
+        assert _processes_mentioning(str(workdir)) == []
+    finally:
+        try:  # whatever the sweep left (its process group) goes, pass or fail
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
