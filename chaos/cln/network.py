@@ -97,7 +97,10 @@ def find_binaries(lightningd: str | None = None, bitcoind: str | None = None, si
             raise SweepSetupError(f"bitcoin-cli not found beside {bd} nor on PATH: lightningd's bcli plugin needs it")
         cli = Path(found).resolve()
     if signer:
-        hsmd = _executable(signer, "HSMPROXY_SIGNER", "signer", "lightning_hsmd or another hsmd-compatible signer", environ)
+        if not (os.path.isfile(signer) and os.access(signer, os.X_OK)):
+            raise SweepSetupError(f"--signer {signer!r} is not an executable file; give the path of lightning_hsmd "
+                                  "or another hsmd-compatible signer")
+        hsmd = Path(signer).resolve()
     else:
         hsmd = find_hsmd(ld)
         if hsmd is None:

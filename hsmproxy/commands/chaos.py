@@ -68,14 +68,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="campaigns: how the node saves channel state (default wal; naive nodes may get stuck)")
     parser.add_argument("--updates", type=int, metavar="N", help="commitment updates per run (default 2 for stories, 3 for campaigns)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                        help="a node that has not finished S seconds after a (re)start is killed and restarted (default 30)")
+                        help="a node that has not finished S seconds after a (re)start is killed and restarted (default 30); "
+                             "in a sweep: how long lightningd may take to die, start again and get its channel back")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the JSON report (a `runs` list) to FILE")
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE (one testcase per run)")
     parser.add_argument("--workdir", metavar="DIR", help="keep each run's data, WAL, traces and logs under DIR")
     parser.add_argument("--keep", choices=("failed", "all", "none"), default="failed",
                         help="which runs' directories to keep (default failed: their path is in the report). "
                              "On Ctrl-C the runs still going are stopped and their directories removed, "
-                             "unless --keep all (then their paths are printed); exit status 130")
+                             "unless --keep all (then their paths are printed); exit status 130. A sweep keeps "
+                             "its one directory (nodes' logs, WALs, traces) by the same rules")
     parser.add_argument("--metrics", metavar="ADDR",
                         help="serve /metrics (hsmproxy_chaos_* counters) on HOST:PORT (loopback) or unix:/path while running")
     parser.add_argument("--no-live", action="store_true", help="no live view (it is off anyway when stdout is not a terminal)")
@@ -90,8 +92,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "hsmd_sign_remote_commitment_tx@reply.before_forward:l1 (the form the report's replay "
                             "commands use); a part left out or * means all")
     sweep.add_argument("--payment-timeout", type=float, default=10.0, metavar="S",
-                       help="a payment still pending S seconds after the channel is normal again is stuck (default 10; "
-                            "--timeout bounds lightningd's death, restart and reconnection)")
+                       help="a payment still pending S seconds after the channel is normal again is stuck (default 10); "
+                            "one pending with no HTLC left in flight on either side is stuck at once")
     sweep.add_argument("--fail-on", metavar="KINDS", default="",
                        help="comma-separated divergence kinds that fail a cycle when a proxy confirms one "
                             "(default: none, they are reported)")

@@ -297,6 +297,10 @@ def test_binaries_come_from_options_then_environment_then_path(tmp_path):
         cln_network.find_binaries(ld, environ={"PATH": str(tmp_path)})
     with pytest.raises(cln_network.SweepSetupError, match="LIGHTNINGD='/nope' is not an executable file"):
         cln_network.find_binaries(environ={"PATH": str(bin_dir), "LIGHTNINGD": "/nope"})
+    other = _fake(tmp_path, "remote_hsmd_socket")
+    assert str(cln_network.find_binaries(signer=other, environ={"PATH": str(bin_dir)}).signer) == other
+    with pytest.raises(cln_network.SweepSetupError, match="--signer '/nope' is not an executable file"):
+        cln_network.find_binaries(signer="/nope", environ={"PATH": str(bin_dir)})
     (bin_dir / "lightning_hsmd").unlink()
     with pytest.raises(cln_network.SweepSetupError, match="no lightning_hsmd beside .* give it with --signer PATH"):
         cln_network.find_binaries(environ={"PATH": str(bin_dir)})
@@ -304,6 +308,8 @@ def test_binaries_come_from_options_then_environment_then_path(tmp_path):
 
 def test_without_pyln_testing_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyln.testing", None)
+    for name in ("TEST_NETWORK", "RUST"):  # load_pyln sets them for pyln-testing: restored afterwards
+        monkeypatch.setenv(name, os.environ.get(name, "0"))
     with pytest.raises(cln_network.SweepSetupError, match=r"pip install 'hsmproxy\[cln\]'"):
         cln_network.load_pyln()
 
