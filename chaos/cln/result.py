@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from chaos.cln.judge import AFTER_RESTART, CONVERGED, ChannelView, Payment
 from chaos.cln.traces import FiredFault
 
-_HARMLESS = ("refuted", "prevented")  # a prediction the signer or the guard made untrue
+# A prediction the signer or the guard made untrue, or a crash in the window that did no harm.
+_HARMLESS = ("refuted", "prevented", "resolved")
 
 
 @dataclass

@@ -95,6 +95,10 @@ class Sweep:
         self.on_cycle = on_cycle or (lambda i, n, r: None)
         self.on_setup = on_setup or (lambda what: None)
         self.aborted: str | None = None  # why the remaining cycles cannot run
+        # What an interrupted sweep leaves (read by the caller when run() raised KeyboardInterrupt).
+        self.results: list[CycleResult] = []
+        self.total = 0
+        self.directory: str | None = None
 
     def _root(self) -> Path:
         if self.config.workdir is not None:
@@ -107,8 +111,8 @@ class Sweep:
         root = self._root()
         network = Network(root / "network", self.config.binaries, all_plugins=self.config.all_plugins,
                           timeout=self.config.timeout)
-        results: list[CycleResult] = []
-        kept: str | None = str(root)
+        results = self.results
+        interrupted = False
         try:
             self.on_setup("starting bitcoind and two lightningd nodes, opening a channel")
             network.start()
@@ -116,6 +120,7 @@ class Sweep:
             requests = self.warm_up(network)
             setup_s = time.monotonic() - started
             points = select_points(requests, self.config.selectors)
+            self.total = len(points)
             cycles_started = time.monotonic()
             for i, cp in enumerate(points):
                 result = self.cycle(network, cp, i) if self.aborted is None else self._not_run(cp)
@@ -124,15 +129,25 @@ class Sweep:
             cycles_s = time.monotonic() - cycles_started
             self.recheck_stuck_payments(network, results, cycles_started)
             version = network.nodes["l1"].pyln.info.get("version", "")
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             network.stop()
-            failed = any(not r.ok for r in results)
-            if self.config.keep == "none" or (self.config.keep == "failed" and not failed and results):
+            self.directory = str(root) if self._keep(results, interrupted) else None
+            if self.directory is None:
                 shutil.rmtree(root, ignore_errors=True)
-                kept = None
-        return SweepReport(results, requests, setup_s, time.monotonic() - started, cycles_s, kept, str(version),
+        return SweepReport(results, requests, setup_s, time.monotonic() - started, cycles_s, self.directory, str(version),
                            {"channel_id": network.channel_id, "short_channel_id": network.scid,
                             "dbid": dict(network.dbid), "funding_msat": network.funding_msat})
+
+    def _keep(self, results: list[CycleResult], interrupted: bool) -> bool:
+        """--keep: all, none, or failed (a cycle that did not converge, or a sweep that could not
+        set up). A stopped sweep has no verdict: its directory goes unless --keep all, as a
+        stopped campaign run's does."""
+        if self.config.keep in ("all", "none") or interrupted:
+            return self.config.keep == "all"
+        return not results or any(not r.ok for r in results)
 
     @staticmethod
     def recheck_stuck_payments(network: Network, results: list[CycleResult], since: float) -> None:

@@ -260,11 +260,19 @@ def run_sweep(args: argparse.Namespace) -> int:
               f"({result.duration_s:.1f} s){why}", file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    sweep = Sweep(config, on_cycle=on_cycle, on_setup=on_setup)
     try:
-        report = Sweep(config, on_cycle=on_cycle, on_setup=on_setup).run()
+        report = sweep.run()
     except SweepSetupError as exc:
         print(f"hsmproxy chaos: the sweep could not start: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM above: the nodes and bitcoind are stopped by now
+        print(f"hsmproxy chaos: interrupted: {len(sweep.results)} of {sweep.total or '?'} crash cycle(s) finished; "
+              + (f"the sweep's directory is kept (--keep all): {sweep.directory}" if sweep.directory
+                 else "the sweep's directory was removed (--keep all keeps it)"), file=sys.stderr)
+        if args.json_path or args.junit:
+            print("hsmproxy chaos: no report written: the sweep did not finish", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
     console.print(sweep_final_view(report))
