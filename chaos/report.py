@@ -12,6 +12,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from chaos.cln.judge import CYCLE_OUTCOMES
+from chaos.cln.result import CycleResult
+from chaos.cln.sweep import SweepReport
 from chaos.result import RunResult
 from chaos.scenarios import BUILTIN, OUTCOMES
 
@@ -205,3 +208,116 @@ class LiveProgress:
         failed = [r for r in self.done if not r.ok][-3:]
         lines = [Text(f"FAILED {r.scenario} seed {r.seed}: {r.reproduce}", style="bold red") for r in failed]
         return Group(head, *lines)
+
+
+# ---- crash sweeps against real Core Lightning (chaos/cln) ---------------------------------------
+
+SWEEP_KIND = "cln-sweep"
+
+
+def sweep_summary(report: SweepReport) -> dict:
+    results = report.results
+    outcomes = Counter(r.outcome for r in results)
+    kinds = Counter(f"{d['kind']}({d['status']})" for r in results for d in r.divergences)
+    return {
+        "cycles": len(results),
+        "failed": sum(1 for r in results if not r.ok),
+        "outcomes": {o: outcomes.get(o, 0) for o in CYCLE_OUTCOMES},
+        "divergences": dict(sorted(kinds.items())),
+        "setup_s": round(report.setup_s, 3),
+        "cycles_s": round(report.cycles_s, 3),
+        "cycles_per_s": round(report.cycles_per_s, 3),
+        "wall_s": round(report.wall_s, 3),
+    }
+
+
+def sweep_report_json(report: SweepReport, meta: dict | None = None) -> dict:
+    """The campaign report's shape (``version``, ``summary``, ``runs``), one run per crash cycle."""
+    return {
+        "version": REPORT_VERSION, "kind": SWEEP_KIND, **(meta or {}),
+        "lightningd_version": report.lightningd_version, "channel": report.channel,
+        "requests": report.requests, "directory": report.directory,
+        "summary": sweep_summary(report), "runs": [r.to_json() for r in report.results],
+    }
+
+
+def write_sweep_json(path: str, report: SweepReport, meta: dict | None = None) -> None:
+    _write_text(path, json.dumps(sweep_report_json(report, meta), indent=2) + "\n")
+
+
+def _cycle_reasons(r: CycleResult) -> list[str]:
+    return r.reasons + [f"confirmed {d['kind']} flagged by {d['node']}'s proxy at commitment {d['index']}"
+                        for d in r.failing_divergences]
+
+
+def sweep_junit_xml(results: list[CycleResult], suite_name: str = "hsmproxy.chaos.cln-sweep") -> str:
+    """One testcase per crash cycle (``chaos.cln-sweep.<node>`` / ``<message>@<point>``); a cycle
+    that did not converge (or flagged a --fail-on kind) fails, with its replay command."""
+    suite = ElementTree.Element("testsuite", name=suite_name, tests=str(len(results)),
+                                failures=str(sum(1 for r in results if not r.ok)), errors="0",
+                                time=f"{sum(r.duration_s for r in results):.3f}")
+    for r in results:
+        case = ElementTree.SubElement(suite, "testcase", classname=f"chaos.{SWEEP_KIND}.{r.node}",
+                                      name=f"{r.message}@{r.point}", time=f"{r.duration_s:.3f}")
+        if not r.ok:
+            reasons = _cycle_reasons(r)
+            failure = ElementTree.SubElement(case, "failure", message=f"{r.outcome}: {'; '.join(reasons)[:500]}",
+                                             type=r.outcome)
+            failure.text = "\n".join([*reasons, f"replay: {r.replay}"])
+        out = ElementTree.SubElement(case, "system-out")
+        out.text = json.dumps({"outcome": r.outcome, "divergence_kinds": r.divergence_kinds, "fault": r.fault,
+                               "replay": r.replay})
+    ElementTree.indent(suite)
+    return ElementTree.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write_sweep_junit(path: str, results: list[CycleResult]) -> None:
+    _write_text(path, sweep_junit_xml(results))
+
+
+_CYCLE_OUTCOME_STYLE = {**_OUTCOME_STYLE, "not_reached": "dim", "error": "bold magenta"}
+
+
+def _interrupted(r: CycleResult) -> str:
+    shown = [f"{p.kind} {p.payer}->{p.payee}: {p.status}" for p in r.payments if p.interrupted]
+    return "; ".join(shown) or ("none in flight" if r.fired else "")
+
+
+def sweep_table(report: SweepReport, title: str = "hsmproxy chaos: crash sweep against Core Lightning") -> Table:
+    """One row per crash cycle: where lightningd was killed, what became of the payment in
+    flight, the outcome, and what the proxies flagged."""
+    table = Table(title=title)
+    for column, justify in (("node", "left"), ("request", "left"), ("point", "left"), ("commit", "right"),
+                            ("interrupted payment", "left"), ("outcome", "left"), ("proxy flagged", "left"),
+                            ("s", "right")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for r in report.results:
+        flagged = ", ".join(f"{d['kind']}({d['status']})" for d in r.divergences) or "-"
+        index = r.fired.index if r.fired is not None and r.fired.index is not None else ""
+        table.add_row(r.node, r.message.removeprefix("hsmd_"), r.point, str(index), _interrupted(r),
+                      Text(r.outcome, style=_CYCLE_OUTCOME_STYLE.get(r.outcome, "")), flagged, f"{r.duration_s:.1f}")
+    return table
+
+
+def sweep_failures_view(results: list[CycleResult]):
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return None
+    table = Table(title="cycles that did not converge", title_style="bold red")
+    for column in ("crash point", "outcome", "why"):
+        table.add_column(column, overflow="fold")
+    for r in failed:
+        table.add_row(r.spec, Text(r.outcome, style=_CYCLE_OUTCOME_STYLE.get(r.outcome, "")), "; ".join(_cycle_reasons(r)))
+    return table
+
+
+def sweep_final_view(report: SweepReport):
+    parts = [sweep_table(report)]
+    failed = sweep_failures_view(report.results)
+    if failed is not None:
+        parts.append(failed)
+    return Group(*parts)
+
+
+def sweep_replay_lines(results: list[CycleResult]) -> list[str]:
+    return [f"replay {r.spec}: {r.replay}" for r in results if not r.ok]

@@ -1,24 +1,35 @@
-"""``hsmproxy chaos``: the write-up's three stories, and randomized campaigns with invariants.
+"""``hsmproxy chaos``: the write-up's three stories, randomized campaigns with invariants, and
+crash sweeps against real Core Lightning (``--lightningd``).
 
 Node, proxy (wrapper mode, with a WAL) and signer run as real processes; faults fire inside the
 proxy at exact points of the conversation; what was killed is restarted; the outcome is judged
 from the WAL, the signer's persisted state and the proxy's traces (the frames it relayed and the
-faults it injected).
+faults it injected). A sweep does the same with real lightningd nodes (chaos/cln).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
 import trio
+from rich.console import Console
 
 from chaos.campaign import parse_seeds, parse_shard, shard_seeds
-from chaos.report import write_json, write_junit
+from chaos.cln.network import SweepSetupError, find_binaries, load_pyln
+from chaos.cln.points import CrashPointError, parse_selector
+from chaos.cln.sweep import Sweep, SweepConfig
+from chaos.report import (
+    sweep_final_view, sweep_replay_lines, write_json, write_junit, write_sweep_json, write_sweep_junit,
+)
 from chaos.scenarios import BUILTIN, ENFORCE, WARN
 from chaos.session import Session
 from chaos.specs import CAMPAIGN_UPDATES, STORY_SEED, STORY_UPDATES, campaign_spec, scenario_spec
+from hsmproxy.control_client import ControlClient
+from proxy.core.shadow import DIVERGENCE_KINDS
 from sim.node import NAIVE, WAL
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -32,8 +43,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "retry-same rule enforced and only warned; wal-fix), each checked against what it must show. "
         "With --seeds A..B: a campaign, one randomized fault schedule per seed (kills of node, signer and proxy "
         "at every point of the commitment dance, drops, delays, duplicates), invariants checked after each run. "
+        "With --lightningd: a crash sweep against real Core Lightning (two nodes and one channel through "
+        "pyln-testing; lightningd killed at every point of every hsmd request of the commitment dance, restarted, "
+        "and checked). "
         "Exit status: 0 every run showed what it must, 1 a run violated an invariant or its scenario's promise "
-        "(each is listed with the command that replays it), 2 usage.")
+        "(each is listed with the command that replays it), 2 usage (or a sweep that cannot start).")
     parser.epilog = "Scenarios: " + "; ".join(f"{s.name}: {s.story}" for s in BUILTIN.values())
     parser.add_argument("--scenario", action="append", choices=sorted(BUILTIN), metavar="NAME",
                         help=f"run this built-in scenario (repeatable): {', '.join(BUILTIN)}")
@@ -50,21 +64,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signer-policy", choices=("enforce", "warn"),
                         help="our simulated signer's policy-commitment-retry-same: enforce (VLS's default) or warn "
                              "(the unsafe fix the write-up refutes). Default: the stories run pretend-crash both ways")
-    parser.add_argument("--discipline", choices=(WAL, NAIVE), default=WAL,
+    parser.add_argument("--discipline", choices=(WAL, NAIVE),
                         help="campaigns: how the node saves channel state (default wal; naive nodes may get stuck)")
     parser.add_argument("--updates", type=int, metavar="N", help="commitment updates per run (default 2 for stories, 3 for campaigns)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                        help="a node that has not finished S seconds after a (re)start is killed and restarted (default 30)")
+                        help="a node that has not finished S seconds after a (re)start is killed and restarted (default 30); "
+                             "in a sweep: how long lightningd may take to die, start again and get its channel back")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the JSON report (a `runs` list) to FILE")
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE (one testcase per run)")
     parser.add_argument("--workdir", metavar="DIR", help="keep each run's data, WAL, traces and logs under DIR")
     parser.add_argument("--keep", choices=("failed", "all", "none"), default="failed",
                         help="which runs' directories to keep (default failed: their path is in the report). "
                              "On Ctrl-C the runs still going are stopped and their directories removed, "
-                             "unless --keep all (then their paths are printed); exit status 130")
+                             "unless --keep all (then their paths are printed); exit status 130. A sweep keeps "
+                             "its one directory (nodes' logs, WALs, traces) by the same rules")
     parser.add_argument("--metrics", metavar="ADDR",
                         help="serve /metrics (hsmproxy_chaos_* counters) on HOST:PORT (loopback) or unix:/path while running")
     parser.add_argument("--no-live", action="store_true", help="no live view (it is off anyway when stdout is not a terminal)")
+    sweep = parser.add_argument_group(
+        "crash sweeps against real Core Lightning (docs/cln.md; needs pyln-testing: pip install 'hsmproxy[cln]')")
+    sweep.add_argument("--lightningd", nargs="?", const="", metavar="PATH",
+                       help="run a crash sweep with this lightningd (v26.06 or newer); without PATH: $LIGHTNINGD or "
+                            "PATH. Its lightning_hsmd goes behind the proxy unless --signer names another hsmd")
+    sweep.add_argument("--bitcoind", metavar="PATH", help="the bitcoind for the sweep (default: $BITCOIND or PATH)")
+    sweep.add_argument("--cycle", action="append", metavar="MESSAGE[@POINT][:NODE]",
+                       help="run only these crash cycles (repeatable), e.g. "
+                            "hsmd_sign_remote_commitment_tx@reply.before_forward:l1 (the form the report's replay "
+                            "commands use); a part left out or * means all")
+    sweep.add_argument("--payment-timeout", type=float, default=10.0, metavar="S",
+                       help="a payment still pending S seconds after the channel is normal again is stuck (default 10); "
+                            "one pending with no HTLC left in flight on either side is stuck at once")
+    sweep.add_argument("--fail-on", metavar="KINDS", default="",
+                       help="comma-separated divergence kinds that fail a cycle when a proxy confirms one "
+                            "(default: none, they are reported)")
+    sweep.add_argument("--all-plugins", action="store_true",
+                       help="start every built-in plugin of lightningd (default: leave out those that neither move "
+                            "channel state nor reach bitcoind, which makes each restart faster)")
 
 
 def build_specs(args: argparse.Namespace) -> list:
@@ -81,6 +116,7 @@ def build_specs(args: argparse.Namespace) -> list:
         args.signer = str(signer.resolve())
     if args.signer is not None and args.signer_policy == WARN and not args.signer_validates:
         raise ValueError("--signer-policy warn sets our simulated signer's rule; an external --signer keeps its own")
+    args.discipline = args.discipline or WAL
     seeds = parse_seeds(args.seeds) if args.seeds else None
     shard = parse_shard(args.shard) if args.shard else None
     if shard is not None and seeds is None:
@@ -108,6 +144,8 @@ def build_specs(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_sweep(args):
+        return run_sweep(args)
     try:
         specs = build_specs(args)
     except ValueError as exc:
@@ -148,3 +186,105 @@ def _interrupted(session: Session, args: argparse.Namespace) -> int:
     if args.json_path or args.junit:
         print("hsmproxy chaos: no report written: the session did not finish", file=sys.stderr)
     return EXIT_INTERRUPTED
+
+
+# ---- crash sweeps against real Core Lightning ----------------------------------------------------
+
+# Options of the simulated sessions that mean nothing to a sweep (option -> how to tell it was given).
+_NOT_FOR_SWEEPS = {
+    "--scenario": lambda a: a.scenario, "--seeds": lambda a: a.seeds, "--shard": lambda a: a.shard,
+    "--jobs": lambda a: a.jobs != 1, "--discipline": lambda a: a.discipline,
+    "--signer-validates": lambda a: a.signer_validates, "--signer-policy": lambda a: a.signer_policy,
+    "--updates": lambda a: a.updates is not None, "--metrics": lambda a: a.metrics,
+}
+
+
+def is_sweep(args: argparse.Namespace) -> bool:
+    return args.lightningd is not None or bool(args.bitcoind) or bool(args.cycle)
+
+
+def _fail_on(text: str) -> frozenset[str]:
+    kinds = frozenset(k.strip() for k in text.split(",") if k.strip()) - {"none"}
+    unknown = sorted(kinds - set(DIVERGENCE_KINDS))
+    if unknown:
+        raise ValueError(f"--fail-on: unknown divergence kind(s) {', '.join(unknown)}; choose from {', '.join(DIVERGENCE_KINDS)}")
+    return kinds
+
+
+def sweep_config(args: argparse.Namespace) -> SweepConfig:
+    """The sweep this invocation asks for; ValueError / SweepSetupError say what is wrong."""
+    given = [option for option, was_given in _NOT_FOR_SWEEPS.items() if was_given(args)]
+    if given:
+        raise ValueError(f"{', '.join(given)} do not apply to a crash sweep against real Core Lightning "
+                         "(--lightningd): its nodes are lightningd, its signer is lightning_hsmd or --signer PATH")
+    for option, value in (("--timeout", args.timeout), ("--payment-timeout", args.payment_timeout)):
+        if value <= 0:
+            raise ValueError(f"{option} {value}: give a positive number of seconds")
+    try:
+        selectors = [parse_selector(text) for text in args.cycle or []]
+    except CrashPointError as exc:
+        raise ValueError(str(exc)) from None
+    binaries = find_binaries(args.lightningd or None, args.bitcoind, args.signer)
+    load_pyln()  # a missing pyln-testing is named now, before anything starts
+    replay = ["--lightningd", str(binaries.lightningd), "--bitcoind", str(binaries.bitcoind)]
+    if args.signer:
+        replay += ["--signer", str(binaries.signer)]
+    if args.all_plugins:
+        replay.append("--all-plugins")
+    return SweepConfig(binaries=binaries, control=ControlClient, selectors=selectors, timeout=args.timeout,
+                       payment_timeout=args.payment_timeout,
+                       workdir=Path(args.workdir) if args.workdir else None, keep=args.keep,
+                       fail_on=_fail_on(args.fail_on), all_plugins=args.all_plugins, replay_argv=tuple(replay))
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # unwinds through the sweep's cleanup: every node and bitcoind is stopped
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    try:
+        config = sweep_config(args)
+    except (ValueError, SweepSetupError) as exc:
+        print(f"hsmproxy chaos: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # A report read from a file or a CI log needs room for the table's columns.
+    console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+
+    def on_setup(what: str) -> None:
+        print(f"hsmproxy chaos: {what}", file=sys.stderr, flush=True)
+
+    def on_cycle(i: int, total: int, result) -> None:
+        flagged = ", ".join(f"{d['kind']}({d['status']})" for d in result.divergences) or "nothing flagged"
+        why = f" [{result.reasons[0]}]" if result.reasons and not result.ok else ""
+        print(f"hsmproxy chaos: [{i + 1}/{total}] {result.spec}: {result.outcome}, {flagged} "
+              f"({result.duration_s:.1f} s){why}", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    sweep = Sweep(config, on_cycle=on_cycle, on_setup=on_setup)
+    try:
+        report = sweep.run()
+    except SweepSetupError as exc:
+        print(f"hsmproxy chaos: the sweep could not start: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM above: the nodes and bitcoind are stopped by now
+        print(f"hsmproxy chaos: interrupted: {len(sweep.results)} of {sweep.total or '?'} crash cycle(s) finished; "
+              + (f"the sweep's directory is kept (--keep all): {sweep.directory}" if sweep.directory
+                 else "the sweep's directory was removed (--keep all keeps it)"), file=sys.stderr)
+        if args.json_path or args.junit:
+            print("hsmproxy chaos: no report written: the sweep did not finish", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    console.print(sweep_final_view(report))
+    for line in sweep_replay_lines(report.results):
+        console.print(line, soft_wrap=True, highlight=False, markup=False, style="bold red")
+    console.print(f"{len(report.results)} crash cycle(s) in {report.cycles_s:.1f} s after {report.setup_s:.1f} s of "
+                  f"set-up: {report.cycles_per_s:.2f} crash cycles/s")
+    if report.directory:
+        console.print(f"nodes' logs, WALs and traces: {report.directory}", soft_wrap=True, highlight=False)
+    meta = {"command": "hsmproxy chaos " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["chaos"] else "hsmproxy chaos"}
+    if args.json_path:
+        write_sweep_json(args.json_path, report, meta)
+    if args.junit:
+        write_sweep_junit(args.junit, report.results)
+    return EXIT_OK if all(r.ok for r in report.results) else EXIT_FAILED
