@@ -60,6 +60,9 @@ def test_crash_in_the_window(node_factory, hsmproxy):
     except Exception:
         pass  # lightningd was killed mid-payment
     l1.daemon.wait(timeout=60)
+    # The warning at the moment of the crash: the signer signed commitment n, the node never saved it.
+    warned = [d for d in proxy.divergences() if d["kind"] == "crashed_in_window"]
+    assert [(d["index"], d["status"]) for d in warned] == [(n, "possible")], warned
     l1.start()
     l1.rpc.connect(l2.info["id"], "localhost", l2.port)
     wait_for(lambda: l1.rpc.listpeerchannels()["channels"][0]["state"] == "CHANNELD_NORMAL")
