@@ -70,6 +70,15 @@ def events(st: dict, kind: str) -> list[dict]:
     return [e for e in st["divergences"] if e["kind"] == kind]
 
 
+def recorded(wal: Path, kind: str, timeout: float = 10.0) -> list[dict]:
+    """The ``kind`` events once the WAL has one. The proxy records a connection's end right after
+    it closes that connection, so the node can see the EOF a moment before the record is durable."""
+    deadline = time.monotonic() + timeout
+    while not (found := events(state(wal), kind)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
+
+
 def test_every_divergence_kind_shows_up_in_state(tmp_path):
     wal = tmp_path / "wal"
     ld = start(tmp_path, PERMISSIVE, "--wal-dir", str(wal), "--trace", str(tmp_path / "trace"))
@@ -279,7 +288,7 @@ def test_a_crash_in_the_window_is_flagged_at_once_and_resolved_by_the_identical_
         open_channel(ld)
         assert ld.request(CHANNELD, wire.encode(SIGN_2)) is None  # the node never gets the signature
         assert ld.expect_eof(CHANNELD)
-        (crash,) = events(state(wal), "crashed_in_window")  # while the proxy runs: recorded at once
+        (crash,) = recorded(wal, "crashed_in_window")  # while the proxy runs: recorded at once
         assert (crash["status"], crash["index"], crash["dbid"], crash["peer_id"]) == ("possible", 2, 1, peer_id().hex())
         assert crash["reply_forwarded"] is False and "had not been sent" in crash["detail"]
         assert crash["shadow_digest"] == digest_of_request(SIGN_2.fields, with_point=True).hex()
@@ -351,7 +360,7 @@ def test_sim_node_killed_in_its_own_window_through_the_proxy(tmp_path):
         args = ("--updates", "3", "--discipline", discipline, "--signer", str(wrapper))
         crashed = sim_node(data, *args, "--crash-at", "after_sign_remote_before_persist:2")
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-        (crash,) = events(state(wal), "crashed_in_window")
+        (crash,) = recorded(wal, "crashed_in_window")  # the orphaned proxy may still be writing it
         # (reply_forwarded is not asserted here: the node dies a moment after reading the
         # signature, and the proxy may see that before it has noted the send as done.)
         assert (crash["status"], crash["index"]) == ("possible", 2), crash
