@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -30,6 +30,7 @@ from chaos.result import RunResult, judge_run
 from chaos.scenarios import ENFORCE, WARN, Expectation
 from proxy.addons.trace import TraceFormatError, read_trace
 from proxy.core.wal_format import WalError
+from proxy.trio.children import live_processes
 from proxy.trio.wal_store import read_state
 from sim.node import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from sim.node_cmd import read_summary
@@ -113,18 +114,7 @@ class RunDirs:
 
 def _group_alive(pgid: int) -> bool:
     """Whether any non-zombie process of the group is left (zombies may have no reaper here)."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
+    return any(int(fields[2]) == pgid for _, fields in live_processes())
 
 
 async def _reap_group(pgid: int, grace: float = 5.0) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from chaos.cln.judge import ABSENT, COMPLETE, FAILED, FULFIL, PENDING, ChannelView, Payment
 from chaos.cln.points import NODES
 from chaos.runner import hsmproxy_argv
+from proxy.trio.children import live_processes
 from proxy.trio.shadow_recovery import recover
 from proxy.addons.trace import TraceFormatError, read_trace
 from proxy.core.shadow import shadow_jsonable
@@ -137,19 +138,7 @@ def _start_time(pid: int) -> int | None:
 
 def children_of(pid: int) -> list[tuple[int, int]]:
     """(pid, start time) of ``pid``'s children."""
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if int(fields[1]) == pid and fields[0] != b"Z":
-            out.append((int(entry.name), int(fields[19])))
-    return out
+    return [(child, int(fields[19])) for child, fields in live_processes() if int(fields[1]) == pid]
 
 
 def alive(proc: tuple[int, int]) -> bool:
