@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from chaos.cln.network import find_hsmd as beside_lightningd
 from hsmproxy.control_client import ControlClient
-from proxy.trio.shadow_recovery import recover
-from proxy.core.shadow import shadow_jsonable
 from proxy.addons.trace import TraceFormatError, read_trace
-from proxy.core.shadow import DIVERGENCE_KINDS
+from proxy.core.shadow import DIVERGENCE_KINDS, shadow_jsonable
+from proxy.trio.shadow_recovery import recover
 
 PROXY_DIR = "hsmproxy"
 SCRIPT_NAME = "hsmd-wrapper.sh"
@@ -40,16 +40,9 @@ def parse_fail_on(text: str) -> frozenset[str]:
 
 
 def find_hsmd(lightningd: str) -> Path | None:
-    """The lightning_hsmd that this lightningd would start: beside it in a build tree
-    (lightningd/lightning_hsmd), or under ../libexec/c-lightning when installed."""
+    """The lightning_hsmd that this lightningd (a name on PATH or a path) would start."""
     path = shutil.which(lightningd)
-    if path is None:
-        return None
-    here = Path(path).resolve().parent
-    for candidate in (here / "lightning_hsmd", here.parent / "libexec" / "c-lightning" / "lightning_hsmd"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return beside_lightningd(Path(path)) if path is not None else None
 
 
 @dataclass
