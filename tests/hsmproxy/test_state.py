@@ -157,5 +157,5 @@ def test_a_log_whose_snapshot_is_missing_is_an_error_not_an_empty_shadow(tmp_pat
     assert "wal-1.log holds 8 record(s) but snapshot-1.bin, the state they apply to, is missing" in line
     (damage,) = json.loads(out)["wal"]["damage"]
     assert (damage["kind"], damage["file"], damage["valid_records_after"]) == ("no_snapshot", "wal-1.log", 8)
-    assert sorted(os.listdir(tmp_path)) == ["wal-1.log"]  # read-only
+    assert sorted(os.listdir(tmp_path)) == ["proxy.lock", "wal-1.log"]  # read-only
 
