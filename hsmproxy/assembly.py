@@ -78,8 +78,10 @@ def _fail(message: str) -> SystemExit:
 
 def _shadow_hook(args: argparse.Namespace, metrics: Metrics | None) -> ShadowHook | None:
     if not getattr(args, "parse", True):
-        if getattr(args, "guard", False) or getattr(args, "wal_dir", None):
-            raise SystemExit("hsmproxy: --guard and --wal-dir need the parser; drop --no-parse")
+        given = [flag for flag, on in (("--guard", getattr(args, "guard", False)),
+                                       ("--wal-dir", getattr(args, "wal_dir", None))) if on]
+        if given:
+            raise _fail(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} the parser; drop --no-parse")
         return None
     wal_dir, repair = getattr(args, "wal_dir", None), getattr(args, "wal_repair", False)
     if repair and not wal_dir:
