@@ -61,7 +61,13 @@ _now = time.monotonic_ns
 
 class _SocketFailed(Exception):
     """A socket call of this direction failed (a reset, a peer gone): raised only around socket
-    calls, so nothing else (a hook, say) can end a direction this way."""
+    calls, so nothing else (a hook, say) can end a direction this way. A failed write ends only
+    its own direction: the other one may still carry what the peer wrote before it went."""
+
+
+class _ReadFailed(_SocketFailed):
+    """The source of this direction reset: it is the other direction's destination too, so the
+    whole connection goes, abruptly, as a reset would."""
 
 
 class StatusWriter:
@@ -198,7 +204,7 @@ class RelayShell:
                 try:
                     data, fds = await direction.source.receive()
                 except OSError as exc:
-                    raise _SocketFailed from exc
+                    raise _ReadFailed from exc
                 for seg in reader.feed(data, fds) if data else reader.flush():
                     kind = type(seg)
                     if kind is Frame:
@@ -215,9 +221,14 @@ class RelayShell:
                 if not data:
                     direction.destination.shutdown_write()
                     return
-        except _SocketFailed:
+        except _ReadFailed:
             if direction.socket_error_closes:
                 conn.close()  # a side reset or vanished: close both abruptly, as a reset would
+        except _SocketFailed:
+            # The destination is gone: stop reading what nobody will take (on a Unix socket the
+            # source's writes then fail, as they would to the gone peer), and leave the other
+            # direction be: it may still carry what that peer wrote before it went.
+            direction.source.shutdown_read()
         finally:
             if direction.name == REPLY:
                 conn.signer_done.set()

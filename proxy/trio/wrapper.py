@@ -23,7 +23,6 @@ from proxy.trio.subdaemon import REQUEST_FD, exit_status, spawn_subdaemon
 
 STATUS_FD = 0
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-DRAIN_SECONDS = 2.0  # after the signer exits: time to forward what it wrote before it died
 
 
 class WrapSetupError(RuntimeError):
@@ -82,7 +81,6 @@ async def run_wrapper(
     node_master: socket.socket,
     *,
     decode: bool = True,
-    drain_seconds: float = DRAIN_SECONDS,
 ) -> int:
     """Start the signer with the hsmd fd layout, relay until it exits, return its exit status."""
     status_ours, status_theirs = socket.socketpair()
@@ -111,10 +109,10 @@ async def run_wrapper(
                 ConnContext(conn_id=shell.new_conn_id(), role=ROLE_MASTER, permissions=1027),
             )
             status = await _wait_process(proc)
-            # The signer is gone: forward what it wrote (its sockets now read to EOF), then stop
-            # relaying what the node still sends to nobody.
-            with trio.move_on_after(drain_seconds):
-                await shell.wait_signer_side_closed()
+            # The signer is gone: forward everything it wrote (its sockets now read to EOF), however
+            # long the node takes to read it; a node that closes or goes ends that wait too (the
+            # write fails). Then stop relaying what the node still sends to nobody.
+            await shell.wait_signer_side_closed()
             nursery.cancel_scope.cancel()
     finally:
         if proc.returncode is None:  # we are being torn down: never leave an orphan signer

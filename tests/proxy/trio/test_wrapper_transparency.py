@@ -6,8 +6,10 @@ is relayed byte for byte; and the wrapper exits with the status the signer chose
 from __future__ import annotations
 
 import array
+import random
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ import wire
 from tests import ld_harness as h
 from tests.paths import TESTS
 from tests.proxy.trio.conftest import recv_exactly
+from tests.proxy.trio.test_wrapper import children_of, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -142,5 +145,82 @@ def test_status_bytes_and_the_chosen_exit_status_pass_through(tmp_path):
         assert both.ld.read_status_until_eof() == frames + tail
         both.courier.sendall(b"77\n")  # the stand-in signer exits 77
         assert both.ld.wait() == 77
+    finally:
+        both.close()
+
+
+class SignerThatRepliesAndExits:
+    """The test's signer writes one big reply, closes its sockets and exits (in a thread: the
+    write only completes as fast as the wrapper takes it)."""
+
+    def __init__(self, both: Both, reply: bytes):
+        import threading
+
+        self.both = both
+        self.reply = reply
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.both.signer_master.sendall(self.reply)
+        self.both.signer_master.close()
+        self.both.signer_status.close()
+        self.both.courier.sendall(b"0\n")  # the stand-in signer exits 0
+
+    def wait_gone(self) -> None:
+        (pid,) = children_of(self.both.ld.proc.pid)
+        self.thread.join(h.TIMEOUT)
+        assert not self.thread.is_alive()
+        assert wait_gone(pid)
+
+
+def big_reply() -> bytes:
+    return wire.frame(b"\x00\x70" + random.Random(5).randbytes(1 << 20))  # 1 MiB: more than the sockets hold
+
+
+def test_a_reply_the_signer_wrote_before_exiting_reaches_a_node_that_reads_it_late(tmp_path):
+    both = Both(tmp_path)
+    try:
+        reply = big_reply()
+        signer = SignerThatRepliesAndExits(both, reply)
+        signer.wait_gone()
+        time.sleep(3)  # lightningd is busy for longer than the wrapper used to wait (2 s)
+        assert h.read_frame(both.ld.master) == reply[4:]
+        assert both.ld.master.recv(1) == b""
+        assert both.ld.wait() == 0
+    finally:
+        both.close()
+
+
+def test_a_request_to_the_exited_signer_does_not_cut_its_reply_short(tmp_path):
+    both = Both(tmp_path)
+    try:
+        reply = big_reply()
+        signer = SignerThatRepliesAndExits(both, reply)
+        signer.wait_gone()
+        # lightningd writes to a signer that is gone (the wrapper's write to it fails with EPIPE);
+        # the wrapper mirrors that, so lightningd's own write fails: then the wrapper has seen it
+        for _ in range(500):
+            try:
+                both.ld.master.send(wire.frame(bytes.fromhex("00120000000000000000")))
+            except BrokenPipeError:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the wrapper kept taking requests for an exited signer")
+        assert h.read_frame(both.ld.master) == reply[4:]
+        assert both.ld.wait() == 0
+    finally:
+        both.close()
+
+
+def test_a_node_that_closes_without_reading_the_last_reply_lets_the_wrapper_exit(tmp_path):
+    both = Both(tmp_path)
+    try:
+        signer = SignerThatRepliesAndExits(both, big_reply())
+        signer.wait_gone()
+        both.ld.master.close()
+        both.ld.status.close()
+        assert both.ld.wait() == 0
     finally:
         both.close()
