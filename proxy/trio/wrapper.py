@@ -17,6 +17,7 @@ import subprocess
 import trio
 
 from proxy.core.hooks import ROLE_MASTER, ROLE_STATUS, ConnContext, HookChain
+from proxy.core.relay import DEFAULT_LIMITS, Limits
 from proxy.trio.fdpass import SocketEnd
 from proxy.trio.shell import RelayShell, StatusWriter
 from proxy.trio.subdaemon import REQUEST_FD, exit_status, spawn_subdaemon
@@ -81,6 +82,7 @@ async def run_wrapper(
     node_master: socket.socket,
     *,
     decode: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> int:
     """Start the signer with the hsmd fd layout, relay until it exits, return its exit status."""
     status_ours, status_theirs = socket.socketpair()
@@ -92,7 +94,7 @@ async def run_wrapper(
     finally:
         status_theirs.close()
         master_theirs.close()
-    shell = RelayShell(hooks, status=StatusWriter(None), decode=decode)
+    shell = RelayShell(hooks, status=StatusWriter(None), decode=decode, limits=limits)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_forward_signals, proc)
