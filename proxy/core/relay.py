@@ -10,9 +10,9 @@ One ``ConnectionRelay`` per node<->signer connection:
   (``hsmd_dev_preinit``) takes no pairing slot;
 * limits keep memory bounded whatever the peers send (``Limits``): a frame longer than
   ``whole_frame`` is forwarded in pieces as it arrives, unparsed (hooks hear of its type and
-  length only), and past ``max_unanswered`` requests waiting for the signer (or as many bytes
-  of them as one whole frame) the node's next request waits: the shell stops reading from the
-  node (backpressure), nothing is dropped;
+  length only), and past ``max_unanswered`` requests waiting for the signer (or
+  ``max_unanswered_bytes`` of their bodies) the node's next request waits: the shell stops
+  reading from the node (backpressure), nothing is dropped;
 * a verdict on a frame becomes a ``Plan``: the actions the shell carries out, in order, and
   whether the message went on (then the ``*.after_forward`` point follows). This is the one
   place where verdicts mean something, and the pairing follows from them: a request that is not
@@ -54,7 +54,8 @@ STATUS = "status"  # signer -> node on the status socket
 
 # lightningd waits for each reply before its next request on a connection (hsm_sync_req), so a
 # node that lets more than a few requests wait is not lightningd; 64 leaves room for a pipelining
-# client while 64 unanswered requests hold at most 64 small bodies (or one whole frame's bytes).
+# client. Their bodies are held (hooks see the request again with its reply), at most as many
+# bytes as one whole frame.
 MAX_UNANSWERED = 64
 # The longest body parsed whole. Real hsmd messages are far shorter: the longest are PSBTs of
 # tens of KiB, and a standard transaction is at most 400 kB, so 4 MiB is ten times the longest
@@ -64,12 +65,13 @@ WHOLE_FRAME_LIMIT = 4 << 20
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_unanswered: int = MAX_UNANSWERED  # per connection
+    max_unanswered: int = MAX_UNANSWERED  # requests per connection
+    max_unanswered_bytes: int = WHOLE_FRAME_LIMIT  # of their bodies, per connection
     whole_frame: int = WHOLE_FRAME_LIMIT  # body bytes
 
     def __post_init__(self):
-        if self.max_unanswered < 1:
-            raise ValueError(f"max_unanswered must be at least 1, not {self.max_unanswered}")
+        if self.max_unanswered < 1 or self.max_unanswered_bytes < 1:
+            raise ValueError(f"unanswered requests need room for at least one: {self}")
 
 
 DEFAULT_LIMITS = Limits()
@@ -260,10 +262,10 @@ class ConnectionRelay:
     @property
     def requests_blocked(self) -> bool:
         """Whether the node's next request must wait for answers: ``max_unanswered`` requests
-        wait for the signer, or their bodies hold a whole frame's bytes. Never once the signer's
+        wait for the signer, or their bodies hold ``max_unanswered_bytes``. Never once the signer's
         side has ended: no answer will come, and the node's requests then meet the closed signer."""
         return (len(self._pending) >= self.limits.max_unanswered
-                or self._pending_bytes >= self.limits.whole_frame) and not self._replies_ended
+                or self._pending_bytes >= self.limits.max_unanswered_bytes) and not self._replies_ended
 
     def requests_paused(self) -> str | None:
         """The node's requests wait from here (counted); what to log the first time on this
