@@ -17,7 +17,8 @@ from wire.conversation import ROLE_MASTER
 from proxy.addons.metrics import Metrics
 from proxy.addons.metrics_hook import MetricsHook
 from proxy.addons.trace import TraceHook, read_trace
-from proxy.core.relay import MAX_UNANSWERED, WHOLE_FRAME_LIMIT
+from proxy.core.hooks import Refuse
+from proxy.core.relay import MAX_UNANSWERED, WHOLE_FRAME_LIMIT, Limits
 from proxy.trio.shell import RelayShell
 from tests.proxy.trio.conftest import PCP, PCP_REPLY, Topology, recv_exactly
 
@@ -132,3 +133,31 @@ async def test_a_frame_longer_than_the_parse_limit_goes_on_as_it_arrives(tmp_pat
     (record,) = [r for r in read_trace(str(tmp_path / "t.trace")) if r.get("unparsed")]
     assert record["raw"] is None and (record["type"], record["len"], record["seq"]) == (0x12, length, 0)
     assert body[100:132] not in (tmp_path / "t.trace").read_bytes()
+
+
+class RefuseAll:
+    async def on_request(self, ex, point):
+        if point == "request.before_forward":
+            return Refuse("no")
+
+
+async def test_a_refusal_never_lands_inside_a_long_status_frame():
+    """Refusals and the signer's status messages share the node's status socket: a refusal
+    written while a long status frame is on its way waits for that frame's last piece."""
+    shell = RelayShell([RefuseAll()], limits=Limits(whole_frame=20))
+    status = wire.frame(b"\xff\xf0" + b"x" * 98)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            topo = Topology(shell, nursery, status=True)
+            client_node, client_signer = await topo.pass_client(topo.node, topo.signer, 5, 8)
+            await topo.status_signer.send(status[:50])
+            assert await recv_exactly(topo.status_node, 50) == status[:50]
+            await client_node.send(PCP)  # refused: hsmstatus_client_bad_request on the status socket
+            await trio.testing.wait_all_tasks_blocked()
+            assert nothing_more(topo.status_node)
+            await topo.status_signer.send(status[50:])
+            assert await recv_exactly(topo.status_node, len(status) - 50) == status[50:]
+            (bad,) = [wire.decode(b) for b in wire.FrameReader().bodies(await topo.status_node.recv(4096))]
+            assert bad.name == "hsmstatus_client_bad_request" and bad.fields["msg"] == PCP[4:]
+            assert await client_node.recv(1) == b""  # and then the refused client is closed
+            nursery.cancel_scope.cancel()
