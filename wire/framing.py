@@ -248,8 +248,8 @@ class FrameReader:
         return [Frame(data, body)]
 
     def _piece(self, raw: bytes, *, start: bool) -> FramePiece:
-        """The next piece of the frame being cut into pieces (the buffer is empty: ``raw`` starts
-        at stream offset ``_offset``)."""
+        """The next piece of the frame being cut into pieces; ``raw`` starts at stream offset
+        ``_offset`` (nothing before it is buffered)."""
         fds = self._take_fds(len(raw))
         self._offset += len(raw)
         self._piece_left -= len(raw)

@@ -65,6 +65,8 @@ WHOLE_FRAME_LIMIT = 4 << 20
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """What one connection may hold, whatever the node or the signer sends (docs/proxy.md#memory-bounds)."""
+
     max_unanswered: int = MAX_UNANSWERED  # requests per connection
     max_unanswered_bytes: int = WHOLE_FRAME_LIMIT  # of their bodies, per connection
     whole_frame: int = WHOLE_FRAME_LIMIT  # body bytes

@@ -307,8 +307,8 @@ class RelayShell:
 
     async def _frame(self, conn: RelayedConnection, direction: _Direction, seg: Frame) -> None:
         seen = direction.arrived(seg)
-        if conn.answered is not None and direction.name == REPLY:
-            conn.answered.set()
+        if direction.name == REPLY:
+            conn.answer_arrived()
         before, after, stamps = direction.before, direction.after, direction.stamps
         if stamps is not None and (before is not None or after is not None):
             setattr(seen, stamps[0], _now())
