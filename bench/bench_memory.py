@@ -10,7 +10,7 @@ serve` in front of it, and a node that sends
   before piecewise forwarding, each frame was buffered whole.
 
 The node writes until everything is sent or the proxy stops taking its bytes (backpressure: no
-progress for ``--stall`` seconds), then the proxy's peak and current RSS (VmHWM, VmRSS from
+progress for ``--stall`` seconds while the proxy uses no CPU), then the proxy's peak and current RSS (VmHWM, VmRSS from
 /proc) are read. Each load gets a fresh proxy. ``--baseline TREE`` runs a second source tree
 (e.g. an export of main before the fix) side by side in the same run.
 
@@ -58,8 +58,10 @@ def role_sink(path: str) -> None:
 # ---- the node -----------------------------------------------------------------------------------
 
 
-def send_until_stalled(sock: socket.socket, chunks, stall: float) -> int:
-    """Send the chunks; stop early when the peer takes nothing for ``stall`` seconds. Bytes sent."""
+def send_until_stalled(sock: socket.socket, chunks, stall: float, busy) -> int:
+    """Send the chunks; stop early when the proxy takes nothing for ``stall`` seconds while it
+    is idle (``busy()`` says whether it used CPU since the last call): then it has stopped
+    reading on purpose (backpressure), not fallen behind. Bytes sent."""
     sock.settimeout(stall)
     sent = 0
     for chunk in chunks:
@@ -68,6 +70,8 @@ def send_until_stalled(sock: socket.socket, chunks, stall: float) -> int:
             try:
                 n = sock.send(view)
             except socket.timeout:
+                if busy():
+                    continue
                 return sent
             view = view[n:]
             sent += n
@@ -172,9 +176,15 @@ def run_load(tree: Path, load: str, here: str, stall: float) -> tuple[int, int, 
             sock.connect(proxy_path)
             socks.append(sock)
         sent = [0] * conns
+        last_ticks = [cpu_ticks(proxy.pid)] * conns
 
         def node(i: int) -> None:
-            sent[i] = send_until_stalled(socks[i], streams[i], stall)
+            def busy() -> bool:
+                now = cpu_ticks(proxy.pid)
+                moved, last_ticks[i] = now != last_ticks[i], now
+                return moved
+
+            sent[i] = send_until_stalled(socks[i], streams[i], stall, busy)
 
         threads = [threading.Thread(target=node, args=(i,)) for i in range(conns)]
         for t in threads:

@@ -9,6 +9,7 @@ import array
 import random
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -149,78 +150,59 @@ def test_status_bytes_and_the_chosen_exit_status_pass_through(tmp_path):
         both.close()
 
 
-class SignerThatRepliesAndExits:
-    """The test's signer writes one big reply, closes its sockets and exits (in a thread: the
-    write only completes as fast as the wrapper takes it)."""
-
-    def __init__(self, both: Both, reply: bytes):
-        import threading
-
-        self.both = both
-        self.reply = reply
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        self.both.signer_master.sendall(self.reply)
-        self.both.signer_master.close()
-        self.both.signer_status.close()
-        self.both.courier.sendall(b"0\n")  # the stand-in signer exits 0
-
-    def wait_gone(self) -> None:
-        (pid,) = children_of(self.both.ld.proc.pid)
-        self.thread.join(h.TIMEOUT)
-        assert not self.thread.is_alive()
-        assert wait_gone(pid)
+LAST_REPLY = wire.frame(b"\x00\x70" + random.Random(5).randbytes(1 << 20))  # 1 MiB: more than the sockets hold
 
 
-def big_reply() -> bytes:
-    return wire.frame(b"\x00\x70" + random.Random(5).randbytes(1 << 20))  # 1 MiB: more than the sockets hold
-
-
-def test_a_reply_the_signer_wrote_before_exiting_reaches_a_node_that_reads_it_late(tmp_path):
+@pytest.fixture
+def signer_gone(tmp_path):
+    """A wrapper whose signer (the test) wrote a 1 MiB reply, closed its sockets and exited 0,
+    before lightningd read any of it. The reply is written from a thread: the write completes
+    only as fast as the wrapper takes it."""
     both = Both(tmp_path)
     try:
-        reply = big_reply()
-        signer = SignerThatRepliesAndExits(both, reply)
-        signer.wait_gone()
-        time.sleep(3)  # lightningd is busy for longer than the wrapper used to wait (2 s)
-        assert h.read_frame(both.ld.master) == reply[4:]
-        assert both.ld.master.recv(1) == b""
-        assert both.ld.wait() == 0
+        (pid,) = children_of(both.ld.proc.pid)
+
+        def reply_and_exit() -> None:
+            both.signer_master.sendall(LAST_REPLY)
+            both.signer_master.close()
+            both.signer_status.close()
+            both.courier.sendall(b"0\n")  # the stand-in signer exits 0
+
+        thread = threading.Thread(target=reply_and_exit, daemon=True)
+        thread.start()
+        thread.join(h.TIMEOUT)
+        assert not thread.is_alive() and wait_gone(pid)
+        yield both.ld
     finally:
         both.close()
 
 
-def test_a_request_to_the_exited_signer_does_not_cut_its_reply_short(tmp_path):
-    both = Both(tmp_path)
-    try:
-        reply = big_reply()
-        signer = SignerThatRepliesAndExits(both, reply)
-        signer.wait_gone()
-        # lightningd writes to a signer that is gone (the wrapper's write to it fails with EPIPE);
-        # the wrapper mirrors that, so lightningd's own write fails: then the wrapper has seen it
-        for _ in range(500):
-            try:
-                both.ld.master.send(wire.frame(bytes.fromhex("00120000000000000000")))
-            except BrokenPipeError:
-                break
-            time.sleep(0.01)
-        else:
-            raise AssertionError("the wrapper kept taking requests for an exited signer")
-        assert h.read_frame(both.ld.master) == reply[4:]
-        assert both.ld.wait() == 0
-    finally:
-        both.close()
+def test_a_reply_the_signer_wrote_before_exiting_reaches_a_node_that_reads_it_late(signer_gone):
+    ld = signer_gone
+    time.sleep(3)  # lightningd is busy for longer than the wrapper used to wait (2 s)
+    assert h.read_frame(ld.master) == LAST_REPLY[4:]
+    assert ld.master.recv(1) == b""
+    assert ld.wait() == 0
 
 
-def test_a_node_that_closes_without_reading_the_last_reply_lets_the_wrapper_exit(tmp_path):
-    both = Both(tmp_path)
-    try:
-        signer = SignerThatRepliesAndExits(both, big_reply())
-        signer.wait_gone()
-        both.ld.master.close()
-        both.ld.status.close()
-        assert both.ld.wait() == 0
-    finally:
-        both.close()
+def test_a_request_to_the_exited_signer_does_not_cut_its_reply_short(signer_gone):
+    ld = signer_gone
+    # lightningd writes to a signer that is gone (the wrapper's write to it fails with EPIPE);
+    # the wrapper mirrors that, so lightningd's own write fails: then the wrapper has seen it
+    for _ in range(500):
+        try:
+            ld.master.send(wire.frame(bytes.fromhex("00120000000000000000")))
+        except BrokenPipeError:
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the wrapper kept taking requests for an exited signer")
+    assert h.read_frame(ld.master) == LAST_REPLY[4:]
+    assert ld.wait() == 0
+
+
+def test_a_node_that_closes_without_reading_the_last_reply_lets_the_wrapper_exit(signer_gone):
+    ld = signer_gone
+    ld.master.close()
+    ld.status.close()
+    assert ld.wait() == 0
