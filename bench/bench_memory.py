@@ -31,6 +31,10 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_relay import wait_for_socket  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 PCP = bytes.fromhex("0000000a00120000000000000000")  # hsmd_get_per_commitment_point(0), framed
 HUGE_LENGTH = (1 << 27) - 1
@@ -126,24 +130,6 @@ def wait_idle(pid: int, quiet: float = 0.5, timeout: float = 600.0) -> None:
         if now == last:
             return
         last = now
-
-
-def wait_for_socket(path: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before listening on {path}")
-        if os.path.exists(path):
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(path)
-                return
-            except OSError:
-                pass
-            finally:
-                probe.close()
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {path} after {timeout}s")
 
 
 def run_load(tree: Path, load: str, here: str, stall: float) -> tuple[int, int, int, int]:
