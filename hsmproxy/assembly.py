@@ -29,6 +29,7 @@ from proxy.addons.metrics_hook import MetricsHook, add_metrics_route
 from proxy.addons.shadow_hook import ShadowHook
 from proxy.addons.trace import TraceHook
 from proxy.core.hooks import HookChain
+from proxy.core.relay import DEFAULT_LIMITS, MAX_UNANSWERED, Limits
 from proxy.trio.addresses import Address, AddressError, parse_address
 from proxy.trio.children import only_child_pid
 from proxy.core.wal_format import NO_SNAPSHOT, Damage, WalDamaged, WalError
@@ -62,6 +63,17 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
         if runtime is not None:
             runtime.listeners.append(trace.fault)
     return HookChain(hooks)
+
+
+def relay_limits(args: argparse.Namespace) -> Limits:
+    """The relay's memory bounds for this run (``--max-unanswered``)."""
+    max_unanswered = getattr(args, "max_unanswered", None)
+    if max_unanswered is None:
+        return DEFAULT_LIMITS
+    if max_unanswered < 1:
+        raise _fail(f"--max-unanswered {max_unanswered}: give at least 1 (lightningd itself waits for "
+                    f"each answer; the default is {MAX_UNANSWERED})")
+    return Limits(max_unanswered=max_unanswered)
 
 
 def close_hooks(chain: HookChain) -> None:

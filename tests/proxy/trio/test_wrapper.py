@@ -59,7 +59,7 @@ def wait_gone(pid: int, timeout: float = 5.0) -> bool:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().split(") ")[1].startswith("Z"):
                     return True  # exited; its parent (the wrapper) will reap it
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # reaped (ESRCH while reading its stat)
             return True
         time.sleep(0.02)
     return False
