@@ -1,0 +1,173 @@
+"""The diagram model built from the traces of real chaos story runs, and the window logic."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from diagrams.sequence import (
+    CHATTER,
+    CRITICAL_KINDS,
+    DIVERGENCE,
+    FAULT,
+    GAP,
+    KILL,
+    NODE,
+    NOTE_KINDS,
+    PROXY,
+    RESTART,
+    SIGNER,
+    Message,
+    Note,
+    Sequence,
+    Where,
+    critical_windows,
+    join_windows,
+    lanes_of,
+    sequence_from_records,
+    sequence_from_traces,
+)
+from proxy.addons.trace import read_trace
+
+
+def notes(seq: Sequence, kind: str) -> list[Note]:
+    return [s for s in seq.steps if isinstance(s, Note) and s.kind == kind]
+
+
+def index_of(seq: Sequence, predicate) -> int:
+    return next(i for i, step in enumerate(seq.steps) if predicate(step))
+
+
+def test_honest_crash_tells_the_write_up_s_story(story_traces):
+    seq = sequence_from_traces(story_traces["honest-crash"], title="honest-crash")
+    assert [lane.key for lane in seq.lanes] == [NODE, PROXY, SIGNER]
+    assert seq.sources == ("trace-0.mp", "trace-1.mp") and seq.title == "honest-crash"
+    steps = seq.steps
+
+    # The signer signs counterparty commitment 1; its reply stops at the proxy, which kills the node.
+    signed = index_of(seq, lambda s: isinstance(s, Message) and s.label == "sign_remote_commitment_tx ch1 #1")
+    assert (steps[signed].sender, steps[signed].receiver, steps[signed].where.trace) == (NODE, SIGNER, 0)
+    reply = steps[signed + 1]
+    assert (reply.sender, reply.receiver, reply.reply) == (SIGNER, PROXY, True)
+    assert reply.label == "reply to sign_remote_commitment_tx ch1 #1"
+    fault, kill = steps[signed + 2], steps[signed + 3]
+    assert fault.kind == FAULT and fault.lanes == (PROXY,)
+    assert fault.lines[0] == "fault kill-node at reply.before_forward" and "crash-window" in fault.lines[1]
+    assert (kill.kind, kill.lanes, kill.lines) == (KILL, (NODE, SIGNER), ("node killed (SIGKILL)",))
+    crash = steps[signed + 4]
+    assert crash.kind == DIVERGENCE and crash.lines == ("crashed_in_window #1 (ch1): possible",)
+    # Nothing reaches the node after the kill.
+    assert not any(isinstance(s, Message) and s.receiver == NODE for s in steps[signed + 1:]
+                   if s.where.trace == 0)
+
+    # The restart, then the node asks to sign 1 again with other contents; the signer refuses.
+    (restart,) = notes(seq, RESTART)
+    assert restart.lines == ("restart: trace-1.mp",) and restart.where == Where(1, 1)
+    retry = index_of(seq, lambda s: isinstance(s, Message) and s.where.trace == 1 and s.sender == NODE
+                     and s.label.startswith("sign_remote_commitment_tx"))
+    assert steps[retry].label == "sign_remote_commitment_tx ch1 #1" and steps.index(restart) < retry
+    flagged = steps[retry + 1]
+    assert flagged.kind == DIVERGENCE and flagged.lanes == (PROXY,)
+    assert "retry_changed #1: predicted → confirmed" in flagged.lines
+    assert "double_signed #1: predicted → refuted" in flagged.lines
+    assert "signer_rejected #1: confirmed [policy-commitment-retry-same]" in flagged.lines
+    # The crash in the window, flagged in the first trace, is confirmed by the retry.
+    assert any(n.lines == ("crashed_in_window #1 (ch1): possible → confirmed",) for n in notes(seq, DIVERGENCE)
+               if n.where.trace == 1)
+    refused = [s for s in steps if isinstance(s, Message) and s.label.startswith("refused")]
+    assert [(s.sender, s.receiver, s.label) for s in refused] == [(SIGNER, NODE, "refused sign_remote_commitment_tx ch1 #1")]
+    assert steps.index(refused[0]) > retry
+
+
+def test_wal_fix_shows_the_crash_resolved_by_the_identical_retry(story_traces):
+    seq = sequence_from_traces(story_traces["wal-fix"])
+    lines = [line for note in notes(seq, DIVERGENCE) for line in note.lines]
+    assert lines == ["crashed_in_window #1 (ch1): possible", "crashed_in_window #1 (ch1): possible → resolved"]
+    retry = [s for s in seq.steps if isinstance(s, Message) and s.where.trace == 1
+             and s.label == "sign_remote_commitment_tx ch1 #1"]
+    assert len(retry) == 1
+    # The signer answers the retry and the node carries on to commitment 2.
+    assert any(isinstance(s, Message) and s.label == "reply to sign_remote_commitment_tx ch1 #1"
+               and (s.sender, s.receiver) == (SIGNER, NODE) for s in seq.steps)
+    assert any(isinstance(s, Message) and s.label == "sign_remote_commitment_tx ch1 #2" for s in seq.steps)
+
+
+def test_chatter_is_counted_not_drawn(story_traces):
+    seq = sequence_from_traces(story_traces["honest-crash"])
+    drawn = {s.label.split()[0] for s in seq.steps if isinstance(s, Message)}
+    assert "get_per_commitment_point" not in drawn and "init" not in drawn and "ecdh_req" not in drawn
+    counted = "\n".join(line for note in notes(seq, CHATTER) for line in note.lines)
+    assert "get_per_commitment_point ×" in counted and "status_log ×" in counted
+    frames = sum(1 for path in story_traces["honest-crash"] for r in read_trace(str(path)) if r.get("kind") == "frame")
+    arrows = sum(1 for s in seq.steps if isinstance(s, Message))
+    assert 0 < arrows < frames / 3
+
+
+def test_one_trace_from_its_records_is_the_first_part_of_the_run(story_traces):
+    first = story_traces["honest-crash"][0]
+    alone = sequence_from_records(read_trace(str(first)))
+    both = sequence_from_traces(story_traces["honest-crash"])
+    assert alone.steps == tuple(s for s in both.steps if s.where.trace == 0)
+
+
+def test_a_channel_filter_keeps_that_channel(story_traces):
+    paths = story_traces["honest-crash"]
+    everything = sequence_from_traces(paths)
+    by_dbid = sequence_from_traces(paths, channel="1")
+    by_peer = sequence_from_traces(paths, channel="020508af")
+    assert by_dbid.steps == by_peer.steps
+    assert [s for s in by_dbid.steps if isinstance(s, Message)] == [s for s in everything.steps if isinstance(s, Message)]
+    other = sequence_from_traces(paths, channel="2")
+    assert not any(isinstance(s, Message) for s in other.steps)
+    assert {n.kind for n in other.steps} <= {RESTART, KILL, "exit", CHATTER} and notes(other, RESTART)
+
+
+def test_from_and_to_cut_by_record_numbers(story_traces):
+    paths = story_traces["honest-crash"]
+    everything = sequence_from_traces(paths)
+    signed = index_of(everything, lambda s: isinstance(s, Message) and s.label == "sign_remote_commitment_tx ch1 #1")
+    start = everything.steps[signed].where
+    cut = sequence_from_traces(paths, start=start.record, end=Where(1, 23))
+    assert cut.steps[0] == everything.steps[signed]
+    assert all(start <= s.where <= Where(1, 23) for s in cut.steps)
+    assert notes(cut, FAULT) and notes(cut, RESTART)
+    assert not any(s.where > Where(1, 23) for s in cut.steps)
+
+
+def test_the_critical_windows_of_the_honest_crash(story_traces):
+    seq = sequence_from_traces(story_traces["honest-crash"])
+    windows = critical_windows(seq, context=2)
+    assert windows, "the fault and the divergences are critical"
+    for win in windows:
+        lo, hi = win.span
+        assert win.steps == seq.steps[lo:hi]
+        assert any(isinstance(s, Note) and s.kind in CRITICAL_KINDS for s in win.steps)
+    joined = join_windows(seq, windows)
+    gaps = notes(joined, GAP)
+    assert gaps and all("left out" in g.lines[0] and "record" in g.lines[0] for g in gaps)
+    assert len(joined.steps) - len(gaps) == sum(len(w.steps) for w in windows) < len(seq.steps)
+    # the default context keeps the whole story of the crash and the retry in one window
+    (default,) = critical_windows(seq)
+    assert notes(default, FAULT) and notes(default, RESTART) and any(
+        isinstance(s, Message) and s.label.startswith("refused") for s in default.steps)
+
+
+def _sequence_of(kinds: list[str]) -> Sequence:
+    steps = tuple(Note((NODE,), (f"step {i}",), kind, Where(0, i + 1)) for i, kind in enumerate(kinds))
+    return Sequence(lanes_of(steps), steps)
+
+
+@given(st.lists(st.sampled_from([k for k in NOTE_KINDS if k != GAP]), max_size=60), st.integers(min_value=0, max_value=6))
+def test_windows_cover_exactly_the_context_of_each_critical_step(kinds, context):
+    seq = _sequence_of(kinds)
+    windows = critical_windows(seq, context=context)
+    critical = [i for i, kind in enumerate(kinds) if kind in CRITICAL_KINDS]
+    wanted = {j for i in critical for j in range(i - context, i + context + 1) if 0 <= j < len(kinds)}
+    covered = [j for w in windows for j in range(*w.span)]
+    assert covered == sorted(wanted)  # in order, each step once
+    for before, after in zip(windows, windows[1:]):
+        assert before.span[1] < after.span[0]  # merged when they overlap or touch
+    # one gap note for each run of steps left out
+    left_out = set(range(len(kinds))) - wanted
+    runs = sum(1 for j in left_out if j - 1 not in left_out)
+    assert len(notes(join_windows(seq, windows), GAP)) == runs
