@@ -381,10 +381,9 @@ class _Builder:
                              force=True)
             elif kind == "frame":
                 self.frame(state, record, where)
-            elif kind == "fault":
-                self.fault(state, record.get("event") or {}, where)
-            elif kind == "divergence":
-                self.divergence(state, record.get("event") or {}, where)
+            elif kind in ("fault", "divergence"):
+                event = record.get("event")
+                (self.fault if kind == "fault" else self.divergence)(state, event if isinstance(event, dict) else {}, where)
             elif kind == "exit" and self.visible(where):
                 self.add(Note((SIGNER,), (f"signer exited (status {record.get('status')})",), EXIT, where), force=True)
 
@@ -393,11 +392,11 @@ class _Builder:
         direction = record.get("dir")
         seq = _int(record.get("seq"))
         name = _frame_name(record)
-        verdict = record.get("verdict") or "Forward"
+        verdict = str(record.get("verdict") or "Forward")
         faults = state.pending_faults.pop((_conn_key(conn), seq, direction), None)
         conn_dbid, conn_peer = _int(conn.get("dbid")), _peer_hex(conn.get("peer_id"))
         if direction == "request":
-            key = (conn.get("conn_id"), seq)
+            key = (_int(conn.get("conn_id")), seq)
             divergences = state.pending_divergences.pop(key, None)
             fields = _frame_fields(record) if (name in SHOWN_REQUESTS or faults or divergences
                                                or verdict != "Forward") else {}
@@ -426,7 +425,7 @@ class _Builder:
                 self.items.append(divergences)
                 request.divergences = divergences
         elif direction == "reply":
-            request = state.requests.get((conn.get("conn_id"), seq))
+            request = state.requests.get((_int(conn.get("conn_id")), seq))
             dbid, peer = request.channel if request else (conn_dbid, conn_peer)
             if not _matches(self.channel, dbid, peer):
                 return
@@ -437,7 +436,8 @@ class _Builder:
             label = f"reply to {request.label}" if request else f"{_short(name)} (nobody asked)"
             self.exchange(SIGNER, NODE, label, where, True, verdict, faults)
         else:  # status: signer -> node on fd 0
-            refused = state.by_digest.get(record.get("embedded_digest")) if name == BAD_REQUEST else None
+            digest = record.get("embedded_digest")
+            refused = state.by_digest.get(digest) if name == BAD_REQUEST and isinstance(digest, bytes) else None
             if refused is not None:
                 if _matches(self.channel, *refused.channel) and self.visible(where):
                     self.add(Message(SIGNER, NODE, f"refused {refused.label}", where, reply=True), flush=False)
@@ -491,7 +491,7 @@ class _Builder:
             state.pending_faults[(connection.split("#")[0], _int(event.get("seq")), direction)] = group
 
     def divergence(self, state: "_TraceState", event: dict, where: Where) -> None:
-        kind, op_id, status = str(event.get("kind")), event.get("op_id"), str(event.get("status"))
+        kind, op_id, status = str(event.get("kind")), _int(event.get("op_id")), str(event.get("status"))
         dbid, peer = _int(event.get("dbid")), _peer_hex(event.get("peer_id"))
         if not _matches(self.channel, dbid, peer):
             return

@@ -171,3 +171,26 @@ def test_windows_cover_exactly_the_context_of_each_critical_step(kinds, context)
     left_out = set(range(len(kinds))) - wanted
     runs = sum(1 for j in left_out if j - 1 not in left_out)
     assert len(notes(join_windows(seq, windows), GAP)) == runs
+
+
+values = st.none() | st.booleans() | st.integers(-2, 2**40) | st.text(max_size=8) | st.binary(max_size=12) | \
+    st.lists(st.integers(0, 3), max_size=2) | st.dictionaries(st.sampled_from(["role", "conn_id", "dbid"]), st.integers(0, 3))
+record_keys = st.sampled_from(["kind", "conn", "dir", "seq", "raw", "msg", "type", "verdict", "digest",
+                               "embedded_digest", "event", "status"])
+records = st.dictionaries(record_keys, values) | st.fixed_dictionaries(
+    {"kind": st.sampled_from(["frame", "fault", "divergence", "exit", "conn", "raw", "header"])},
+    optional={"conn": st.fixed_dictionaries({"conn_id": st.integers(0, 3), "role": st.sampled_from(["client", "master", "status"])},
+                                            optional={"dbid": values, "peer_id": values}),
+              "dir": st.sampled_from(["request", "reply", "status", "x"]), "seq": values, "raw": values,
+              "msg": values, "verdict": values, "digest": values, "embedded_digest": values, "type": values,
+              "event": st.dictionaries(st.sampled_from(["kind", "op_id", "status", "conn", "request_seq", "dbid",
+                                                        "peer_id", "index", "point", "action", "connection",
+                                                        "seq", "message", "rule", "detail"]), values)})
+
+
+@given(st.lists(records, max_size=30))
+def test_any_records_give_a_diagram_or_a_trace_format_error(body):
+    """A trace whose records are well-formed msgpack but not what the proxy writes is drawn as far
+    as it makes sense, never a crash."""
+    seq = sequence_from_records([{"kind": "header", "format": "hsmproxy-trace"}, *body])
+    assert all(isinstance(step, (Message, Note)) for step in seq.steps)
