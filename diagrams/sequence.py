@@ -263,6 +263,7 @@ class _Request:
     label: str  # "sign_remote_commitment_tx ch1 #1"
     message: Message | None  # the step, when it was shown
     channel: tuple[int | None, str | None]
+    digest: bytes | None = None  # the trace's digest of its body: a refusal quotes it
     divergences: "_DivergenceNote | None" = None  # the note of the divergences it caused
 
 
@@ -307,7 +308,7 @@ class _Builder:
         self.channel = None if channel is None else parse_channel(str(channel))
         self.start, self.end = start, end
         self.items: list = []  # Message | Note | _DivergenceNote | _FaultNotes, in order
-        self.chatter: dict[str, int] = {}
+        self.chatter: dict[str, int] = {}  # messages not drawn since the last step, by name
         self.chatter_where: Where | None = None
         self.chatter_exchanges = 0  # chatter requests and replies (not status messages)
         self.chatter_statuses = 0
@@ -318,11 +319,11 @@ class _Builder:
     def visible(self, where: Where) -> bool:
         return (self.start is None or where >= self.start) and (self.end is None or where <= self.end)
 
-    def add(self, item, *, flush: bool = True, force: bool = False) -> None:
+    def add(self, item, *, flush: bool = True) -> None:
         """Append a step; the chatter counted so far goes before it (``flush``): replies, refusals
         and divergence notes stay next to their request."""
         if flush:
-            self.flush_chatter(force)
+            self.flush_chatter()
         self.items.append(item)
 
     def add_chatter(self, name: str | None, where: Where, status: bool = False) -> None:
@@ -337,10 +338,11 @@ class _Builder:
             self.chatter_statuses += status
         self.chatter_exchanges += not status
 
-    def flush_chatter(self, force: bool = False) -> None:
+    def flush_chatter(self) -> None:
         """The chatter so far as one note. Status messages alone (the signer's logs, which come
-        between every request and its reply) wait for the next note unless ``force``."""
-        if self.chatter_where is None or not (self.chatter_exchanges or force):
+        between every request and its reply) make no note: they are counted in the next one, or
+        left out when none comes."""
+        if not self.chatter_exchanges:
             return
         requests = sum(self.chatter.values()) - self.chatter_statuses
         counts = sorted(self.chatter.items(), key=lambda item: (-item[1], item[0]))
@@ -350,12 +352,15 @@ class _Builder:
         head = ", ".join(text for n, text in ((requests, f"{requests} other request{'s' if requests != 1 else ''}"),
                                               (self.chatter_statuses, f"{self.chatter_statuses} status message"
                                                f"{'s' if self.chatter_statuses != 1 else ''}")) if n)
-        lines = (head, names) if names else (head or "other messages",)
+        lines = (head, names) if names else (head,)
         self.items.append(Note((NODE, SIGNER), lines, CHATTER, self.chatter_where))
+        self.forget_chatter()
+
+    def forget_chatter(self) -> None:
         self.chatter, self.chatter_where, self.chatter_exchanges, self.chatter_statuses = {}, None, 0, 0
 
     def sequence(self, title: str | None, sources: tuple[str, ...]) -> Sequence:
-        self.flush_chatter(force=True)
+        self.flush_chatter()
         steps: list[Step] = []
         for item in self.items:
             if isinstance(item, _DivergenceNote):
@@ -377,15 +382,16 @@ class _Builder:
             kind = record.get("kind")
             if kind == "header":
                 if index > 0 and self.visible(where):
-                    self.add(Note((NODE, SIGNER), (f"restart: {source or f'trace {index + 1}'}",), RESTART, where),
-                             force=True)
+                    self.add(Note((NODE, SIGNER), (f"restart: {source or f'trace {index + 1}'}",), RESTART, where))
             elif kind == "frame":
                 self.frame(state, record, where)
             elif kind in ("fault", "divergence"):
                 event = record.get("event")
                 (self.fault if kind == "fault" else self.divergence)(state, event if isinstance(event, dict) else {}, where)
             elif kind == "exit" and self.visible(where):
-                self.add(Note((SIGNER,), (f"signer exited (status {record.get('status')})",), EXIT, where), force=True)
+                self.add(Note((SIGNER,), (f"signer exited (status {record.get('status')})",), EXIT, where))
+        self.flush_chatter()
+        self.forget_chatter()  # status messages at a trace's end
 
     def frame(self, state: "_TraceState", record: dict, where: Where) -> None:
         conn = record.get("conn") if isinstance(record.get("conn"), dict) else {}
@@ -406,17 +412,16 @@ class _Builder:
             index = _int(fields.get(RULES[kind].index_field if kind else "commit_num"))
             label = " ".join(part for part in (_short(name), _channel_label(dbid, peer),
                                                 f"#{index}" if index is not None else None) if part)
-            request = _Request(label, None, (dbid, peer))
+            digest = record.get("digest") if isinstance(record.get("digest"), bytes) else None
+            request = _Request(label, None, (dbid, peer), digest)
             state.requests[key] = request
-            if isinstance(record.get("digest"), bytes):
-                state.by_digest[record["digest"]] = request
+            if digest is not None:
+                state.by_digest[digest] = request
             if not _matches(self.channel, dbid, peer):
                 return
             shown = name in SHOWN_REQUESTS or faults or divergences or verdict != "Forward"
             if not shown or not self.visible(where):
-                self.add_chatter(name, where)
-                if divergences is not None:
-                    divergences.where = where  # left where it was recorded
+                self.add_chatter(name, where)  # its divergences stay where they were recorded
                 return
             request.message = self.exchange(NODE, SIGNER, label, where, False, verdict, faults)
             if divergences is not None:
@@ -425,7 +430,9 @@ class _Builder:
                 self.items.append(divergences)
                 request.divergences = divergences
         elif direction == "reply":
-            request = state.requests.get((_int(conn.get("conn_id")), seq))
+            request = state.requests.pop((_int(conn.get("conn_id")), seq), None)  # answered: forgotten
+            if request is not None and request.digest is not None:
+                state.by_digest.pop(request.digest, None)
             dbid, peer = request.channel if request else (conn_dbid, conn_peer)
             if not _matches(self.channel, dbid, peer):
                 return
