@@ -71,7 +71,9 @@ BAD_REQUEST = "hsmstatus_client_bad_request"
 
 _KILLS = {"kill-node": "node killed (SIGKILL)", "kill-signer": "signer killed (SIGKILL)",
           "crash-proxy": "proxy crashed"}
-_NOT_DELIVERED_BY_FAULT = frozenset({"drop", "hold", "reject", "disconnect", "kill-node", "crash-proxy"})
+# A fault that kills the frame's receiver (or the proxy) before it is forwarded: no arrow goes on.
+# Faults that change what is forwarded (drop, hold, ...) show in the frame's verdict instead.
+_NOTHING_GOES_ON = {"kill-node": {NODE}, "kill-signer": {SIGNER}, "crash-proxy": {NODE, SIGNER}}
 _VERDICTS = {  # verdict -> (what the proxy did, whether the frame went on)
     "Drop": ("dropped", False),
     "Replace": ("altered", True),
@@ -465,7 +467,7 @@ class _Builder:
         if faults is not None:
             self.items.remove(faults)
             self.items.append(faults)
-            delivered = faults.action not in _NOT_DELIVERED_BY_FAULT
+            delivered = receiver not in _NOTHING_GOES_ON.get(faults.action, ())
         if verdict != "Forward":
             what, goes_on = _VERDICTS.get(verdict, (f"verdict {verdict}", False))
             self.items.append(Note((PROXY,), (what,), VERDICT, where))

@@ -25,6 +25,7 @@ from diagrams.sequence import (
     sequence_from_traces,
 )
 from tests.diagrams.mermaid_js import shown
+from tests.paths import ROOT
 
 ENTITY = re.compile(r"#(\d+);")
 # A message or note line as Mermaid's grammar reads it: the text runs from the colon to the end of
@@ -114,3 +115,14 @@ def test_mermaid_reads_back_any_label(mermaid_js, label, note, title):
     assert texts == [label.strip(" "), label.strip(" ")] + ["<br/>".join(note).strip(" ")] * 2
     if title is not None and title.strip():
         assert shown(answer["title"]) == title.strip()
+
+
+def test_the_diagrams_in_the_docs_are_well_formed_and_parse(mermaid_js):
+    blocks = [block for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+              for block in re.findall(r"```mermaid\n(.*?)```", path.read_text(), re.S)]
+    assert blocks, "docs/chaos.md shows the honest crash's diagram"
+    for block in blocks:
+        for line in block.splitlines()[1:]:
+            assert LINE.match(line) or HEAD.match(line), line
+        answer = mermaid_js.parse(block)
+        assert answer["ok"], answer["error"]

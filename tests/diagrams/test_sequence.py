@@ -27,6 +27,7 @@ from diagrams.sequence import (
     sequence_from_records,
     sequence_from_traces,
 )
+import wire
 from proxy.addons.trace import read_trace
 
 
@@ -194,3 +195,63 @@ def test_any_records_give_a_diagram_or_a_trace_format_error(body):
     as it makes sense, never a crash."""
     seq = sequence_from_records([{"kind": "header", "format": "hsmproxy-trace"}, *body])
     assert all(isinstance(step, (Message, Note)) for step in seq.steps)
+
+
+# -- what the proxy did to a frame, from hand-made records (the real runs above cover kill-node) --
+
+CLIENT = {"conn_id": 2, "role": "client", "peer_id": bytes.fromhex("02" + "ab" * 32), "dbid": 7, "parent_id": 1}
+REVOKE = wire.encode(wire.build("hsmd_revoke_commitment_tx", commit_num=3))
+REVOKE_REPLY = wire.encode(wire.build("hsmd_revoke_commitment_tx_reply", old_commitment_secret=b"\x11" * 32,
+                                      next_per_commitment_point=b"\x02" + b"\x22" * 32))
+
+
+def exchange_records(action: str | None, point: str | None, verdict: str = "Forward") -> list[dict]:
+    fault = {"kind": "fault", "event": {"rule": "r1", "action": action, "point": point, "seq": 0,
+                                        "connection": f"client:7:{CLIENT['peer_id'].hex()[:16]}", "message": "x", "detail": ""}}
+    request = {"kind": "frame", "conn": CLIENT, "dir": "request", "seq": 0, "raw": REVOKE, "digest": b"d1",
+               "verdict": verdict if point and point.startswith("request") else "Forward"}
+    reply = {"kind": "frame", "conn": CLIENT, "dir": "reply", "seq": 0, "raw": REVOKE_REPLY, "digest": b"d2",
+             "verdict": verdict if point and point.startswith("reply") else "Forward"}
+    records = [{"kind": "header", "format": "hsmproxy-trace"}]
+    for record in (request, reply):
+        if action and point.startswith(record["dir"]) and point.endswith("before_forward"):
+            records.append(fault)
+        records.append(record)
+        if action and point.startswith(record["dir"]) and point.endswith("after_forward"):
+            records.append(fault)
+    return records
+
+
+def arrows(seq: Sequence) -> list[tuple[str, str]]:
+    return [(s.sender, s.receiver) if isinstance(s, Message) else s.kind for s in seq.steps]
+
+
+def test_what_the_proxy_did_shows_in_the_arrows():
+    plain = sequence_from_records(exchange_records(None, None))
+    assert arrows(plain) == [(NODE, SIGNER), (SIGNER, NODE)] and PROXY not in [l.key for l in plain.lanes]
+    assert [s.label for s in plain.steps] == ["revoke_commitment_tx ch7 #3", "reply to revoke_commitment_tx ch7 #3"]
+
+    dropped = sequence_from_records(exchange_records("drop", "request.before_forward", verdict="Drop"))
+    assert arrows(dropped)[:4] == [(NODE, PROXY), FAULT, "verdict", (SIGNER, NODE)]  # never reached the signer
+    assert dropped.steps[2].lines == ("dropped",)
+
+    delayed = sequence_from_records(exchange_records("delay", "request.before_forward"))
+    assert arrows(delayed) == [(NODE, PROXY), FAULT, (PROXY, SIGNER), (SIGNER, NODE)]
+
+    signer_killed = sequence_from_records(exchange_records("kill-signer", "request.before_forward"))
+    assert arrows(signer_killed)[:3] == [(NODE, PROXY), FAULT, KILL] and (PROXY, SIGNER) not in arrows(signer_killed)
+
+    # killed as it asked: the request still reaches the signer, which answers a node that is gone
+    asked = sequence_from_records(exchange_records("kill-node", "request.before_forward"))
+    assert arrows(asked) == [(NODE, PROXY), FAULT, KILL, (PROXY, SIGNER), (SIGNER, NODE)]
+
+    node_killed = sequence_from_records(exchange_records("kill-node", "reply.before_forward"))
+    assert arrows(node_killed) == [(NODE, SIGNER), (SIGNER, PROXY), FAULT, KILL]
+
+    after = sequence_from_records(exchange_records("delay", "reply.after_forward"))
+    assert arrows(after) == [(NODE, SIGNER), (SIGNER, NODE), FAULT]  # it fired once the node had the reply
+
+    held = sequence_from_records(exchange_records("hold", "reply.before_forward", verdict="Hold"))
+    assert arrows(held) == [(NODE, SIGNER), (SIGNER, PROXY), FAULT, "verdict"]
+    # the secret in the reply's body is nowhere
+    assert "11" * 8 not in repr(held) and "1111" not in "".join(str(s) for s in held.steps)
