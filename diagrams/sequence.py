@@ -192,21 +192,14 @@ def _short(name: str) -> str:
     return name.removeprefix("hsmd_")
 
 
-def _type_name(number) -> str:
-    if not isinstance(number, int):
-        return "too_short_for_a_type"
-    spec = wire.SPECS_BY_TYPE.get(number)
-    return spec.name if spec is not None else wire.unknown_name(number)
-
-
 def _frame_name(record: dict) -> str:
     raw = record.get("raw")
     if isinstance(raw, bytes):
-        return _type_name(int.from_bytes(raw[:2], "big") if len(raw) >= 2 else None)
+        return wire.type_name(int.from_bytes(raw[:2], "big") if len(raw) >= 2 else None)
     view = record.get("msg")
     if isinstance(view, dict) and isinstance(view.get("name"), str):
         return view["name"]
-    return _type_name(record.get("type"))
+    return wire.type_name(record.get("type"))
 
 
 def _frame_fields(record: dict) -> dict:
