@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Iterable, Union
 
 import wire
+from faults.engine import connection_name
 from proxy.addons.trace import TraceFormatError, read_trace
 from proxy.core.shadow.model import CRASHED_IN_WINDOW
 from proxy.core.shadow.transitions import KIND_BY_REQUEST, RULES
@@ -240,25 +241,21 @@ def _matches(channel: str | None, dbid: int | None, peer: str | None) -> bool:
         return True
     if channel.isdigit() and len(channel) < 8:
         return dbid == int(channel)
-    return peer is not None and peer.startswith(channel)
+    return peer is not None and peer.startswith(channel[:len(peer)])  # fault events keep 16 digits
 
 
-def _conn_key(conn: dict) -> str:
-    """The fault engine's name of a connection (``faults.engine.connection_key``, without the
-    ``#n`` of a repeated identity)."""
-    role = conn.get("role")
-    if role == wire.conversation.ROLE_CLIENT:
-        peer = _peer_hex(conn.get("peer_id"))
-        return f"client:{conn.get('dbid')}:{peer[:16] if peer else '-'}"
-    return str(role)
+def _conn_name(conn: dict) -> str:
+    """How fault events name the frame's connection (without the ``#n`` of a repeated identity)."""
+    peer = conn.get("peer_id")
+    return connection_name(str(conn.get("role")), conn.get("dbid"), peer if isinstance(peer, bytes) else None)
 
 
 @dataclass
 class _Request:
     label: str  # "sign_remote_commitment_tx ch1 #1"
-    message: Message | None  # the step, when it was shown
     channel: tuple[int | None, str | None]
     digest: bytes | None = None  # the trace's digest of its body: a refusal quotes it
+    shown: bool = False  # drawn as a message (else counted as chatter)
     divergences: "_DivergenceNote | None" = None  # the note of the divergences it caused
 
 
@@ -394,7 +391,7 @@ class _Builder:
         seq = _int(record.get("seq"))
         name = _frame_name(record)
         verdict = str(record.get("verdict") or "Forward")
-        faults = state.pending_faults.pop((_conn_key(conn), seq, direction), None)
+        faults = state.pending_faults.pop((_conn_name(conn), seq, direction), None)
         conn_dbid, conn_peer = _int(conn.get("dbid")), _peer_hex(conn.get("peer_id"))
         if direction == "request":
             key = (_int(conn.get("conn_id")), seq)
@@ -408,7 +405,7 @@ class _Builder:
             label = " ".join(part for part in (_short(name), _channel_label(dbid, peer),
                                                 f"#{index}" if index is not None else None) if part)
             digest = record.get("digest") if isinstance(record.get("digest"), bytes) else None
-            request = _Request(label, None, (dbid, peer), digest)
+            request = _Request(label, (dbid, peer), digest)
             state.requests[key] = request
             if digest is not None:
                 state.by_digest[digest] = request
@@ -418,9 +415,10 @@ class _Builder:
             if not shown or not self.visible(where):
                 self.add_chatter(name, where)  # its divergences stay where they were recorded
                 return
-            request.message = self.exchange(NODE, SIGNER, label, where, False, verdict, faults)
+            request.shown = True
+            self.exchange(NODE, SIGNER, label, where, False, verdict, faults)
             if divergences is not None:
-                self.items.remove(divergences)
+                self.items = [item for item in self.items if item is not divergences]  # not there if cut
                 divergences.where, divergences.standalone = where, False
                 self.items.append(divergences)
                 request.divergences = divergences
@@ -431,7 +429,7 @@ class _Builder:
             dbid, peer = request.channel if request else (conn_dbid, conn_peer)
             if not _matches(self.channel, dbid, peer):
                 return
-            shown = (request is not None and request.message is not None) or faults or verdict != "Forward"
+            shown = (request is not None and request.shown) or faults or verdict != "Forward"
             if not shown or not self.visible(where):
                 self.add_chatter(None if request else name, where)
                 return
@@ -448,14 +446,12 @@ class _Builder:
                 self.add_chatter(name, where, status=True)
 
     def exchange(self, sender: str, receiver: str, label: str, where: Where, reply: bool, verdict: str,
-                 faults: "_FaultNotes | None") -> Message:
+                 faults: "_FaultNotes | None") -> None:
         """One frame's arrows: straight across, or through the proxy when it acted on it."""
         if faults is None and verdict == "Forward":
-            message = Message(sender, receiver, label, where, reply)
-            self.add(message, flush=not reply)
-            return message
-        message = Message(sender, PROXY, label, where, reply)
-        self.add(message, flush=not reply)
+            self.add(Message(sender, receiver, label, where, reply), flush=not reply)
+            return
+        self.add(Message(sender, PROXY, label, where, reply), flush=not reply)
         delivered = True
         if faults is not None:
             self.items.remove(faults)
@@ -467,7 +463,6 @@ class _Builder:
             delivered = delivered and goes_on
         if delivered:
             self.items.append(Message(PROXY, receiver, label, where, reply))
-        return message
 
     def fault(self, state: "_TraceState", event: dict, where: Where) -> None:
         connection = str(event.get("connection", ""))
