@@ -14,8 +14,10 @@ Steps, in record order:
   by the trace's digest);
 * everything else (start-up, ``get_per_commitment_point``, ECDH, status logs, fd passing) is
   *chatter*: each run of it between two shown steps becomes one note counting the messages by
-  name, so a diagram of a long trace stays readable. A chatter message the proxy acted on (a
-  fault, a verdict) or that caused a divergence is shown like a signing request;
+  name, so a diagram of a long trace stays readable. Status messages alone (the signer's logs,
+  which come between a request and its reply) make no note: they are counted in the next one. A
+  chatter message the proxy acted on (a fault, a verdict) or that caused a divergence is shown
+  like a signing request;
 * a fault is a note over the proxy where it fired (action, point, rule); a kill-node,
   kill-signer or crash-proxy is also a note across the lanes, and so is each restart (the start
   of the next trace: a chaos run keeps one trace per proxy incarnation); the signer's exit is a

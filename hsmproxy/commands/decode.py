@@ -153,6 +153,10 @@ def _mermaid(args) -> int:
     for value in args.inputs:
         if not Path(value).is_file():
             return bad(f"{value}: no such file; --mermaid draws trace files")
+        try:
+            Path(value).open("rb").close()
+        except OSError as exc:
+            return bad(f"{value}: cannot read ({exc.strerror})")
         if not is_trace(value):
             return bad(f"{value} is not an hsmproxy trace (no trace header); --mermaid draws traces recorded "
                        "with `hsmproxy wrap --trace FILE`")
@@ -164,8 +168,10 @@ def _mermaid(args) -> int:
         return bad(str(exc))
     try:
         seq = sequence_from_traces(args.inputs, channel=channel, start=start, end=end)
-    except (TraceFormatError, OSError) as exc:
+    except TraceFormatError as exc:
         return bad(f"{exc}; the trace is damaged: `hsmproxy decode FILE` shows the records before the damage")
+    except OSError as exc:
+        return bad(f"{exc.filename}: cannot read ({exc.strerror})")
     if not (args.all or start or end):
         windows = critical_windows(seq)
         if windows:
