@@ -1,7 +1,8 @@
 """The package arrows of DESIGN.md, enforced: every project import points down the table.
 
     hsmproxy/     the application                          -> everything
-    chaos/        chaos sessions                           -> wire, faults, proxy, sim
+    chaos/        chaos sessions                           -> wire, faults, proxy, sim, diagrams
+    diagrams/     sequence diagrams from traces            -> wire, faults, proxy.core, proxy.addons
     proxy/addons  hooks plugged into the shells            -> wire, faults, proxy.core, proxy.trio
     proxy/trio    the trio shells                          -> wire, faults, proxy.core
     proxy/core    the sans-IO core                         -> wire, faults
@@ -21,7 +22,7 @@ import pytest
 
 from tests.paths import ROOT
 
-PACKAGES = ("wire", "faults", "proxy", "sim", "chaos", "hsmproxy")
+PACKAGES = ("wire", "faults", "proxy", "sim", "diagrams", "chaos", "hsmproxy")
 
 ALLOWED: dict[str, frozenset[str]] = {
     "wire": frozenset({"wire"}),
@@ -30,8 +31,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "proxy.core": frozenset({"wire", "faults", "proxy.core"}),
     "proxy.trio": frozenset({"wire", "faults", "proxy.core", "proxy.trio"}),
     "proxy.addons": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons"}),
-    "chaos": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons", "sim", "chaos"}),
-    "hsmproxy": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons", "sim", "chaos", "hsmproxy"}),
+    # diagrams: reads traces (proxy.addons.trace), names what the shadow tracks (proxy.core) and
+    # connections as fault events do (faults); the chaos report and `hsmproxy decode --mermaid` draw with it
+    "diagrams": frozenset({"wire", "faults", "proxy.core", "proxy.addons", "diagrams"}),
+    "chaos": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons", "sim", "diagrams", "chaos"}),
+    "hsmproxy": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons", "sim", "diagrams", "chaos",
+                           "hsmproxy"}),
 }
 
 # module -> why it may import project code inside a function
