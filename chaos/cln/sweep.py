@@ -30,6 +30,7 @@ from chaos.cln.network import Binaries, Network, NodeStartError, SweepSetupError
 from chaos.cln.points import NODES, CrashPoint, Selector, select_points
 from chaos.cln.result import CycleResult
 from chaos.cln.traces import FiredFault, channel_requests, fired_faults, trace_records
+from chaos.windows import windows_from_traces
 from proxy.addons.trace import TraceFormatError
 
 WARM_UP_BALANCE_MSAT = 400_000_000  # l1 -> l2 first, so both sides have an output (and penalty sigs)
@@ -58,6 +59,7 @@ class SweepConfig:
     fail_on: frozenset[str] = frozenset()
     all_plugins: bool = False
     replay_argv: tuple[str, ...] = ()  # the options that name the binaries, for the replay commands
+    windows: bool = False  # cut each cycle's critical windows from the traces (for --html)
 
 
 @dataclass
@@ -212,6 +214,8 @@ class Sweep:
             result.outcome = ERROR
             result.reasons.append(f"the sweep failed in this cycle: {type(exc).__name__}: {exc}")
             self._check_network(network)
+        if self.config.windows and result.traces:
+            result.windows, result.windows_note = windows_from_traces(result.traces, channel=network.dbid.get(cp.node))
         result.duration_s = time.monotonic() - started
         return result
 
