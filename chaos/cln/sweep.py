@@ -214,8 +214,10 @@ class Sweep:
             result.outcome = ERROR
             result.reasons.append(f"the sweep failed in this cycle: {type(exc).__name__}: {exc}")
             self._check_network(network)
-        if self.config.windows and result.traces:
-            result.windows, result.windows_note = windows_from_traces(result.traces, channel=network.dbid.get(cp.node))
+        if self.config.windows:
+            result.windows, result.windows_note = (
+                windows_from_traces(result.traces, channel=network.dbid.get(cp.node)) if result.traces
+                else ([], "no sequence diagram: the fault never fired, nothing was killed"))
         result.duration_s = time.monotonic() - started
         return result
 

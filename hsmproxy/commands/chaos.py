@@ -72,6 +72,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "in a sweep: how long lightningd may take to die, start again and get its channel back")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the JSON report (a `runs` list) to FILE")
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE (one testcase per run)")
+    parser.add_argument("--html", metavar="FILE",
+                        help="write a self-contained HTML report to FILE (readable offline): the outcome table, plots, "
+                             "and per run its faults, divergences, replay command and the sequence diagram of its "
+                             "critical windows")
     parser.add_argument("--workdir", metavar="DIR", help="keep each run's data, WAL, traces and logs under DIR")
     parser.add_argument("--keep", choices=("failed", "all", "none"), default="failed",
                         help="which runs' directories to keep (default failed: their path is in the report). "
@@ -153,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     session = Session(specs, jobs=args.jobs, workdir=Path(args.workdir) if args.workdir else None, keep=args.keep,
                       live=not args.no_live and sys.stdout.isatty(), metrics_address=args.metrics,
-                      meta={"command": "hsmproxy chaos " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["chaos"] else "hsmproxy chaos"})
+                      meta={"command": "hsmproxy chaos " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["chaos"] else "hsmproxy chaos"},
+                      windows=bool(args.html))
     try:
         results = trio.run(session.run)
     except ValueError as exc:  # a bad --metrics address
@@ -166,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json_path, results, session.meta)
     if args.junit:
         write_junit(args.junit, results)
+    if args.html:
+        from chaos.html_report import write_session_html  # matplotlib: 0.9 s to import, for --html only
+        write_session_html(args.html, results, session.meta)
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
@@ -183,7 +191,7 @@ def _interrupted(session: Session, args: argparse.Namespace) -> int:
         else:
             print(f"hsmproxy chaos: {run.scenario} seed {run.seed} was stopped midway; its directory was removed "
                   f"(--keep all keeps it)", file=sys.stderr)
-    if args.json_path or args.junit:
+    if args.json_path or args.junit or args.html:
         print("hsmproxy chaos: no report written: the session did not finish", file=sys.stderr)
     return EXIT_INTERRUPTED
 
@@ -234,7 +242,8 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     return SweepConfig(binaries=binaries, control=ControlClient, selectors=selectors, timeout=args.timeout,
                        payment_timeout=args.payment_timeout,
                        workdir=Path(args.workdir) if args.workdir else None, keep=args.keep,
-                       fail_on=_fail_on(args.fail_on), all_plugins=args.all_plugins, replay_argv=tuple(replay))
+                       fail_on=_fail_on(args.fail_on), all_plugins=args.all_plugins, replay_argv=tuple(replay),
+                       windows=bool(args.html))
 
 
 def _stop_on_sigterm(signum, frame):
@@ -270,7 +279,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(f"hsmproxy chaos: interrupted: {len(sweep.results)} of {sweep.total or '?'} crash cycle(s) finished; "
               + (f"the sweep's directory is kept (--keep all): {sweep.directory}" if sweep.directory
                  else "the sweep's directory was removed (--keep all keeps it)"), file=sys.stderr)
-        if args.json_path or args.junit:
+        if args.json_path or args.junit or args.html:
             print("hsmproxy chaos: no report written: the sweep did not finish", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
@@ -287,4 +296,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         write_sweep_json(args.json_path, report, meta)
     if args.junit:
         write_sweep_junit(args.junit, report.results)
+    if args.html:
+        from chaos.html_report import write_sweep_html  # matplotlib: 0.9 s to import, for --html only
+        write_sweep_html(args.html, report, meta)
     return EXIT_OK if all(r.ok for r in report.results) else EXIT_FAILED
