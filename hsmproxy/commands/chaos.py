@@ -106,8 +106,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "channel state nor reach bitcoind, which makes each restart faster)")
 
 
+def check_report_paths(args: argparse.Namespace) -> None:
+    """A report is written when every run is over: a path that cannot be written is named now,
+    not after the session."""
+    for option, path in (("--json", args.json_path), ("--junit", args.junit), ("--html", args.html)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise ValueError(f"{option} {path}: the directory {Path(path).resolve().parent} does not exist; "
+                             "create it or give another path")
+
+
 def build_specs(args: argparse.Namespace) -> list:
     """The runs this invocation asks for, in the order they are reported."""
+    check_report_paths(args)
     if args.jobs < 1:
         raise ValueError(f"--jobs {args.jobs}: give at least 1")
     if args.updates is not None and args.updates < 1:
@@ -221,6 +231,7 @@ def _fail_on(text: str) -> frozenset[str]:
 
 def sweep_config(args: argparse.Namespace) -> SweepConfig:
     """The sweep this invocation asks for; ValueError / SweepSetupError say what is wrong."""
+    check_report_paths(args)
     given = [option for option, was_given in _NOT_FOR_SWEEPS.items() if was_given(args)]
     if given:
         raise ValueError(f"{', '.join(given)} do not apply to a crash sweep against real Core Lightning "

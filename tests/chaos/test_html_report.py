@@ -169,6 +169,24 @@ def test_the_reports_hold_no_script_and_reference_nothing_outside_the_file(stori
         assert urls <= {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}, urls
 
 
+def test_no_secret_and_no_body_reaches_the_page(stories):
+    """The signers' hsm_secret is nowhere on the page, and the only long hex strings are the fault
+    trace hashes: no message body (signatures, points, transactions) is shown."""
+    page = stories["html"].read_text()
+    secrets = [p.read_bytes() for p in stories["workdir"].glob("*/node/hsm_secret")]
+    assert len(secrets) == 4
+    for secret in secrets:
+        assert secret.hex() not in page.lower() and secret.hex()[:16] not in page.lower()
+    long_hex = set(re.findall(r"[0-9a-fA-F]{32,}", page))
+    assert long_hex == {r["fault_trace_hash"] for r in stories["runs"]}
+
+
+def test_a_report_path_that_cannot_be_written_is_refused_before_any_run(tmp_path):
+    done = _chaos("--scenario", "wal-fix", "--html", str(tmp_path / "missing" / "r.html"), timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"--html {tmp_path / 'missing' / 'r.html'}: the directory {tmp_path / 'missing'} does not exist" in done.stderr
+
+
 def _run_with(detail: str) -> RunResult:
     return RunResult("campaign", 7, "invariant_violated",
                      [{"kind": "retry_changed", "status": "confirmed", "dbid": 1, "index": 1, "detail": detail}],
