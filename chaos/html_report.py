@@ -32,6 +32,7 @@ OUTCOME_COLORS = {"converged": "#2e7d32", "refused": "#0277bd", "stuck": "#ef6c0
                   "invariant_violated": "#6a1b9a", "not_reached": "#757575", "error": "#37474f"}
 # More runs than this: only failed runs' sections start open (a 50-seed campaign stays short).
 OPEN_ALL_UP_TO = 12
+SIDE_BY_SIDE_UP_TO = 6  # story runs shown as columns of the write-up's table
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -45,6 +46,7 @@ h3 { font-size: 15px; margin: 16px 0 6px; }
 .meta { color: var(--muted); margin: 0 0 8px; } .meta code { font-size: 12px; }
 table { border-collapse: collapse; margin: 6px 0 10px; max-width: 100%; }
 table#outcomes, table.stories { width: 100%; }
+#outcomes td:first-child, #outcomes td:has(.badge), #outcomes td.num { white-space: nowrap; }
 th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; overflow-wrap: break-word; }
 th { background: var(--bg-alt); font-weight: 600; white-space: nowrap; }
 .stories thead th { white-space: normal; }
@@ -56,8 +58,10 @@ tr.failed td { background: #ffebe9; }
 pre, code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
 pre { background: var(--bg-alt); border: 1px solid var(--line); padding: 6px 8px; white-space: pre-wrap;
       overflow-wrap: anywhere; margin: 4px 0 8px; }
-details.run { border: 1px solid var(--line); border-radius: 6px; margin: 10px 0; padding: 0 12px; }
-details.run > summary { cursor: pointer; padding: 8px 0; font-weight: 600; }
+details.run { border: 1px solid var(--line); border-radius: 6px; margin: 4px 0; padding: 0 12px; }
+details.run[open] { margin: 12px 0; }
+details.run > summary { cursor: pointer; padding: 5px 0; font-weight: 600; }
+details.run > summary .count { font-weight: normal; color: var(--muted); }
 details.run[open] > summary { border-bottom: 1px solid var(--line); margin-bottom: 6px; }
 details.mermaid > summary { cursor: pointer; color: var(--muted); }
 .stories th:first-child { width: 150px; }
@@ -67,7 +71,7 @@ figure { margin: 6px 0 12px; } figcaption { color: var(--muted); font-size: 12px
 .diagram { overflow-x: auto; border: 1px solid var(--line); border-radius: 4px; padding: 4px; background: #fff; }
 svg { max-width: 100%; height: auto; display: block; }
 .diagram svg { max-width: none; margin: 0 auto; }
-.none { color: var(--muted); font-style: italic; }
+.none { color: var(--muted); font-style: italic; } .nw { white-space: nowrap; }
 """
 
 _ID = re.compile(r'\bid="([^"]+)"')
@@ -128,7 +132,7 @@ def window_svg(window) -> str:
     instead of glyph paths, which makes a 50-run campaign's page 7 times smaller and 3 times
     faster to write."""
     with matplotlib.rc_context({**sequence_svg.RC, **plots.TEXT_AS_TEXT}):
-        return plots.svg_text(sequence_svg.figure(window))
+        return plots.svg_text(sequence_svg.figure(window), tight=False)  # its size is its content's
 
 
 def _windows(windows: list, prefix: str, note: str) -> str:
@@ -177,7 +181,11 @@ def _signer_did(r: RunResult) -> str:
 
 
 def stories_side_by_side(results: list[RunResult]) -> str:
-    """The write-up's table, from the real runs: one column per story."""
+    """The write-up's table, from the real runs: one column per story (and seed, when a story
+    ran with several)."""
+    headings = [_story_heading(r) for r in results]
+    if len(set(headings)) < len(headings):
+        headings = [f"{h}, seed {r.seed}" for h, r in zip(headings, results)]
     rows = [
         ("node discipline", _discipline),
         ("fault", lambda r: _describe_faults(r) if r.faults else "none: the node pretends to crash"),
@@ -185,7 +193,7 @@ def stories_side_by_side(results: list[RunResult]) -> str:
         ("what the signer did", _signer_did),
         ("funds lost", lambda r: f"{r.funds_lost_msat:,} msat" if r.funds_lost_msat else "none"),
     ]
-    head = "".join(f"<th>{escape(_story_heading(r))}</th>" for r in results)
+    head = "".join(f"<th>{escape(h)}</th>" for h in headings)
     body = [f"<tr><th>{escape(label)}</th>" + "".join(f"<td>{escape(cell(r))}</td>" for r in results) + "</tr>"
             for label, cell in rows]
     body.append("<tr><th>outcome</th>" + "".join(f"<td>{_badge(r.outcome)} {_check(r.ok)}</td>" for r in results)
@@ -193,15 +201,21 @@ def stories_side_by_side(results: list[RunResult]) -> str:
     return f'<table class="stories"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _items(items: list[str]) -> str:
+    """A list for a table cell that breaks between items, never inside one."""
+    return ", ".join(f'<span class="nw">{escape(item)}</span>' for item in items) or "-"
+
+
 def outcome_table(results: list[RunResult]) -> str:
     rows = []
     for i, r in enumerate(results):
-        rows.append([f'<a href="#run-{i}">{escape(r.scenario)}</a>', str(r.seed), escape(_who(r)), escape(r.discipline),
-                     str(len(r.faults)), str(r.restarts), escape(", ".join(r.flagged) or "-"),
-                     escape(", ".join(r.signer_rejections) or "-"), f"{r.funds_lost_msat:,}", _badge(r.outcome),
-                     _check(r.ok), f"{r.duration_s:.1f}"])
-    return _table(["scenario", "seed", "signer", "discipline", "faults", "restarts", "proxy flagged", "signer refused",
-                   "msat lost", "outcome", "check", "s"], rows, num=(1, 4, 5, 8, 11),
+        signer = [r.signer] + ([f"retry-same {r.signer_policy}"] if r.signer_policy else [])
+        rows.append([f'<a href="#run-{i}">{escape(r.scenario)} {r.seed}</a>', _items(signer), escape(r.discipline),
+                     str(len(r.faults)), str(r.restarts), _items(r.flagged), _items(r.signer_rejections),
+                     f"{r.funds_lost_msat:,}",
+                     f"{_badge(r.outcome)} {_check(r.ok)}", f"{r.duration_s:.1f}"])
+    return _table(["run", "signer", "discipline", "faults", "restarts", "proxy flagged",
+                   "signer refused", "msat lost", "outcome", "s"], rows, num=(3, 4, 7, 9),
                   row_class=lambda n: "failed" if not results[n].ok else "", table_id="outcomes")
 
 
@@ -224,7 +238,8 @@ def campaign_plots(results: list[RunResult]) -> str:
 
 def _run_section(i: int, r: RunResult, open_: bool) -> str:
     parts = [f'<details class="run" id="run-{i}"{" open" if open_ else ""}><summary>{escape(r.scenario)} seed {r.seed}'
-             f" · {escape(_who(r))} · {_badge(r.outcome)} {_check(r.ok)}</summary>",
+             f" · {escape(_who(r))} · {_badge(r.outcome)} {_check(r.ok)} <span class=\"count\">· {len(r.faults)} fault(s), "
+             f"{r.restarts} restart(s), {len(r.divergences)} divergence event(s)</span></summary>",
              f"<p>{escape(narrate(r))}</p>"]
     if not r.ok:
         why = [f"{v['invariant']}: {v['detail']}" for v in r.violations] + r.misses
@@ -265,11 +280,12 @@ def session_html(results: list[RunResult], meta: dict | None = None) -> str:
             f'{s["divergences"]} divergence(s), {s["funds_lost_msat"]:,} msat lost; '
             + (f'<span class="fail">{s["failed"]} failed</span>' if s["failed"] else '<span class="ok">none failed</span>')
             + "</p>"]
-    if stories:
+    side_by_side = stories and len(results) <= SIDE_BY_SIDE_UP_TO
+    if side_by_side:
         body += ["<h2>the stories side by side</h2>", stories_side_by_side(results)]
-    body += ["<h2>outcomes</h2>", outcome_table(results)]
-    if not stories:
+    else:  # plots first: people would rather look at them than read 50 rows
         body += ["<h2>plots</h2>", campaign_plots(results)]
+    body += ["<h2>outcomes</h2>", outcome_table(results)]
     body.append("<h2>runs</h2>")
     open_all = len(results) <= OPEN_ALL_UP_TO
     body += [_run_section(i, r, open_all or not r.ok) for i, r in enumerate(results)]
@@ -327,11 +343,11 @@ def sweep_html(report: SweepReport, meta: dict | None = None) -> str:
         interrupted = "; ".join(f"{p.kind} {p.payer}->{p.payee}: {p.status}" for p in r.payments if p.interrupted)
         flagged = ", ".join(f"{d['kind']} ({d['status']}, {d.get('node')})" for d in r.divergences) or "-"
         rows.append([f'<a href="#cycle-{i}">{escape(r.node)}</a>', escape(r.message.removeprefix("hsmd_")),
-                     escape(r.point), escape(str(index)), escape(interrupted or "-"), _badge(r.outcome), _check(r.ok),
+                     escape(r.point), escape(str(index)), escape(interrupted or "-"), f"{_badge(r.outcome)} {_check(r.ok)}",
                      escape(flagged), f"{r.duration_s:.1f}"])
     body += ["<h2>outcomes</h2>",
-             _table(["node", "request", "point", "commit", "interrupted payment", "outcome", "check", "proxy flagged", "s"],
-                    rows, num=(3, 8), row_class=lambda n: "failed" if not results[n].ok else "", table_id="outcomes")]
+             _table(["node", "request", "point", "commit", "interrupted payment", "outcome", "proxy flagged", "s"],
+                    rows, num=(3, 7), row_class=lambda n: "failed" if not results[n].ok else "", table_id="outcomes")]
     by_node: dict[str, Counter] = {}
     for r in results:
         by_node.setdefault(f"{r.node} killed", Counter())[r.outcome] += 1

@@ -26,10 +26,11 @@ _STYLE = {
 _PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
 
 
-def svg_text(fig: Figure) -> str:
-    """The figure as SVG, without the XML prolog (it goes inline into HTML)."""
+def svg_text(fig: Figure, tight: bool = True) -> str:
+    """The figure as SVG, without the XML prolog (it goes inline into HTML). ``tight`` crops it
+    to what was drawn, at the price of drawing it twice."""
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight" if tight else None)
     text = buf.getvalue()
     return text[text.index("<svg"):]
 
