@@ -50,8 +50,8 @@ def escape(text: str) -> str:
 def to_mermaid(seq: Sequence) -> str:
     """The diagram as Mermaid text, ending with a newline (no ```mermaid fence)."""
     lines = ["sequenceDiagram"]
-    if seq.title:
-        lines.append(f"    title {escape(seq.title)}")
+    if seq.title and seq.title.strip():
+        lines.append(f"    title {escape(seq.title.strip())}")
     for lane in seq.lanes:
         lines.append(f"    participant {_IDS[lane.key]} as {escape(lane.title)}")
     for step in seq.steps:

@@ -71,7 +71,9 @@ BAD_REQUEST = "hsmstatus_client_bad_request"
 
 _KILLS = {"kill-node": "node killed (SIGKILL)", "kill-signer": "signer killed (SIGKILL)",
           "crash-proxy": "proxy crashed"}
-_NOT_DELIVERED_BY_FAULT = frozenset({"drop", "hold", "reject", "disconnect", "kill-node", "crash-proxy"})
+# A fault that kills the frame's receiver (or the proxy) before it is forwarded: no arrow goes on.
+# Faults that change what is forwarded (drop, hold, ...) show in the frame's verdict instead.
+_NOTHING_GOES_ON = {"kill-node": {NODE}, "kill-signer": {SIGNER}, "crash-proxy": {NODE, SIGNER}}
 _VERDICTS = {  # verdict -> (what the proxy did, whether the frame went on)
     "Drop": ("dropped", False),
     "Replace": ("altered", True),
@@ -263,6 +265,7 @@ class _Request:
     label: str  # "sign_remote_commitment_tx ch1 #1"
     message: Message | None  # the step, when it was shown
     channel: tuple[int | None, str | None]
+    digest: bytes | None = None  # the trace's digest of its body: a refusal quotes it
     divergences: "_DivergenceNote | None" = None  # the note of the divergences it caused
 
 
@@ -307,7 +310,7 @@ class _Builder:
         self.channel = None if channel is None else parse_channel(str(channel))
         self.start, self.end = start, end
         self.items: list = []  # Message | Note | _DivergenceNote | _FaultNotes, in order
-        self.chatter: dict[str, int] = {}
+        self.chatter: dict[str, int] = {}  # messages not drawn since the last step, by name
         self.chatter_where: Where | None = None
         self.chatter_exchanges = 0  # chatter requests and replies (not status messages)
         self.chatter_statuses = 0
@@ -318,11 +321,11 @@ class _Builder:
     def visible(self, where: Where) -> bool:
         return (self.start is None or where >= self.start) and (self.end is None or where <= self.end)
 
-    def add(self, item, *, flush: bool = True, force: bool = False) -> None:
+    def add(self, item, *, flush: bool = True) -> None:
         """Append a step; the chatter counted so far goes before it (``flush``): replies, refusals
         and divergence notes stay next to their request."""
         if flush:
-            self.flush_chatter(force)
+            self.flush_chatter()
         self.items.append(item)
 
     def add_chatter(self, name: str | None, where: Where, status: bool = False) -> None:
@@ -337,10 +340,11 @@ class _Builder:
             self.chatter_statuses += status
         self.chatter_exchanges += not status
 
-    def flush_chatter(self, force: bool = False) -> None:
+    def flush_chatter(self) -> None:
         """The chatter so far as one note. Status messages alone (the signer's logs, which come
-        between every request and its reply) wait for the next note unless ``force``."""
-        if self.chatter_where is None or not (self.chatter_exchanges or force):
+        between every request and its reply) make no note: they are counted in the next one, or
+        left out when none comes."""
+        if not self.chatter_exchanges:
             return
         requests = sum(self.chatter.values()) - self.chatter_statuses
         counts = sorted(self.chatter.items(), key=lambda item: (-item[1], item[0]))
@@ -350,12 +354,15 @@ class _Builder:
         head = ", ".join(text for n, text in ((requests, f"{requests} other request{'s' if requests != 1 else ''}"),
                                               (self.chatter_statuses, f"{self.chatter_statuses} status message"
                                                f"{'s' if self.chatter_statuses != 1 else ''}")) if n)
-        lines = (head, names) if names else (head or "other messages",)
+        lines = (head, names) if names else (head,)
         self.items.append(Note((NODE, SIGNER), lines, CHATTER, self.chatter_where))
+        self.forget_chatter()
+
+    def forget_chatter(self) -> None:
         self.chatter, self.chatter_where, self.chatter_exchanges, self.chatter_statuses = {}, None, 0, 0
 
     def sequence(self, title: str | None, sources: tuple[str, ...]) -> Sequence:
-        self.flush_chatter(force=True)
+        self.flush_chatter()
         steps: list[Step] = []
         for item in self.items:
             if isinstance(item, _DivergenceNote):
@@ -377,27 +384,27 @@ class _Builder:
             kind = record.get("kind")
             if kind == "header":
                 if index > 0 and self.visible(where):
-                    self.add(Note((NODE, SIGNER), (f"restart: {source or f'trace {index + 1}'}",), RESTART, where),
-                             force=True)
+                    self.add(Note((NODE, SIGNER), (f"restart: {source or f'trace {index + 1}'}",), RESTART, where))
             elif kind == "frame":
                 self.frame(state, record, where)
-            elif kind == "fault":
-                self.fault(state, record.get("event") or {}, where)
-            elif kind == "divergence":
-                self.divergence(state, record.get("event") or {}, where)
+            elif kind in ("fault", "divergence"):
+                event = record.get("event")
+                (self.fault if kind == "fault" else self.divergence)(state, event if isinstance(event, dict) else {}, where)
             elif kind == "exit" and self.visible(where):
-                self.add(Note((SIGNER,), (f"signer exited (status {record.get('status')})",), EXIT, where), force=True)
+                self.add(Note((SIGNER,), (f"signer exited (status {record.get('status')})",), EXIT, where))
+        self.flush_chatter()
+        self.forget_chatter()  # status messages at a trace's end
 
     def frame(self, state: "_TraceState", record: dict, where: Where) -> None:
         conn = record.get("conn") if isinstance(record.get("conn"), dict) else {}
         direction = record.get("dir")
         seq = _int(record.get("seq"))
         name = _frame_name(record)
-        verdict = record.get("verdict") or "Forward"
+        verdict = str(record.get("verdict") or "Forward")
         faults = state.pending_faults.pop((_conn_key(conn), seq, direction), None)
         conn_dbid, conn_peer = _int(conn.get("dbid")), _peer_hex(conn.get("peer_id"))
         if direction == "request":
-            key = (conn.get("conn_id"), seq)
+            key = (_int(conn.get("conn_id")), seq)
             divergences = state.pending_divergences.pop(key, None)
             fields = _frame_fields(record) if (name in SHOWN_REQUESTS or faults or divergences
                                                or verdict != "Forward") else {}
@@ -407,17 +414,16 @@ class _Builder:
             index = _int(fields.get(RULES[kind].index_field if kind else "commit_num"))
             label = " ".join(part for part in (_short(name), _channel_label(dbid, peer),
                                                 f"#{index}" if index is not None else None) if part)
-            request = _Request(label, None, (dbid, peer))
+            digest = record.get("digest") if isinstance(record.get("digest"), bytes) else None
+            request = _Request(label, None, (dbid, peer), digest)
             state.requests[key] = request
-            if isinstance(record.get("digest"), bytes):
-                state.by_digest[record["digest"]] = request
+            if digest is not None:
+                state.by_digest[digest] = request
             if not _matches(self.channel, dbid, peer):
                 return
             shown = name in SHOWN_REQUESTS or faults or divergences or verdict != "Forward"
             if not shown or not self.visible(where):
-                self.add_chatter(name, where)
-                if divergences is not None:
-                    divergences.where = where  # left where it was recorded
+                self.add_chatter(name, where)  # its divergences stay where they were recorded
                 return
             request.message = self.exchange(NODE, SIGNER, label, where, False, verdict, faults)
             if divergences is not None:
@@ -426,7 +432,9 @@ class _Builder:
                 self.items.append(divergences)
                 request.divergences = divergences
         elif direction == "reply":
-            request = state.requests.get((conn.get("conn_id"), seq))
+            request = state.requests.pop((_int(conn.get("conn_id")), seq), None)  # answered: forgotten
+            if request is not None and request.digest is not None:
+                state.by_digest.pop(request.digest, None)
             dbid, peer = request.channel if request else (conn_dbid, conn_peer)
             if not _matches(self.channel, dbid, peer):
                 return
@@ -437,7 +445,8 @@ class _Builder:
             label = f"reply to {request.label}" if request else f"{_short(name)} (nobody asked)"
             self.exchange(SIGNER, NODE, label, where, True, verdict, faults)
         else:  # status: signer -> node on fd 0
-            refused = state.by_digest.get(record.get("embedded_digest")) if name == BAD_REQUEST else None
+            digest = record.get("embedded_digest")
+            refused = state.by_digest.get(digest) if name == BAD_REQUEST and isinstance(digest, bytes) else None
             if refused is not None:
                 if _matches(self.channel, *refused.channel) and self.visible(where):
                     self.add(Message(SIGNER, NODE, f"refused {refused.label}", where, reply=True), flush=False)
@@ -458,7 +467,7 @@ class _Builder:
         if faults is not None:
             self.items.remove(faults)
             self.items.append(faults)
-            delivered = faults.action not in _NOT_DELIVERED_BY_FAULT
+            delivered = receiver not in _NOTHING_GOES_ON.get(faults.action, ())
         if verdict != "Forward":
             what, goes_on = _VERDICTS.get(verdict, (f"verdict {verdict}", False))
             self.items.append(Note((PROXY,), (what,), VERDICT, where))
@@ -491,7 +500,7 @@ class _Builder:
             state.pending_faults[(connection.split("#")[0], _int(event.get("seq")), direction)] = group
 
     def divergence(self, state: "_TraceState", event: dict, where: Where) -> None:
-        kind, op_id, status = str(event.get("kind")), event.get("op_id"), str(event.get("status"))
+        kind, op_id, status = str(event.get("kind")), _int(event.get("op_id")), str(event.get("status"))
         dbid, peer = _int(event.get("dbid")), _peer_hex(event.get("peer_id"))
         if not _matches(self.channel, dbid, peer):
             return

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import wire
-from proxy.addons.trace import is_trace, read_trace
+from diagrams.mermaid import to_mermaid
+from diagrams.sequence import Where, critical_windows, join_windows, parse_channel, sequence_from_traces
+from proxy.addons.trace import TraceFormatError, is_trace, read_trace
 
 EXIT_OK, EXIT_MALFORMED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -61,9 +63,42 @@ def configure(parser) -> None:
     )
     parser.add_argument("--only", metavar="NAME", action="append", help="show only messages with this name (repeatable)")
     parser.add_argument("--full", action="store_true", help="do not shorten long byte fields in the tree")
+    diagram = parser.add_argument_group(
+        "sequence diagrams (--mermaid)",
+        "Print the traces as one Mermaid sequenceDiagram: node, proxy (where it acts) and signer lanes; "
+        "each signing request with its channel (chN: dbid N) and commitment number, replies returning, faults "
+        "and divergences as notes, kills and restarts across the lanes; other messages counted in grey notes. "
+        "Several traces (a chaos run's trace-0.mp trace-1.mp ...) are drawn in the order given. No secret is "
+        "ever shown. To paste it on GitHub, put it in a ```mermaid block.",
+    )
+    diagram.add_argument("--mermaid", action="store_true", help="print a Mermaid sequence diagram of the trace files")
+    diagram.add_argument(
+        "--channel", metavar="ID",
+        help="only this channel: its dbid (the N of chN) or the first hex digits of its peer id",
+    )
+    diagram.add_argument(
+        "--from", dest="start", metavar="[K:]N",
+        help="start at record N, the number `hsmproxy decode TRACE` prints first on each line (the header is "
+        "record 1), of the K-th trace given (default: the first)",
+    )
+    diagram.add_argument(
+        "--to", dest="end", metavar="[K:]N",
+        help="end at record N (included) of the K-th trace given (default: the last)",
+    )
+    diagram.add_argument(
+        "--all", action="store_true",
+        help="draw every step. Default: only the steps around each fault and divergence (a note says what was "
+        "left out), or everything when there is none; --from/--to draw everything between them",
+    )
 
 
 def run(args) -> int:
+    if args.mermaid:
+        return _mermaid(args)
+    for flag, given in (("--channel", args.channel), ("--from", args.start), ("--to", args.end), ("--all", args.all)):
+        if given:
+            print(f"hsmproxy decode: {flag} cuts a sequence diagram: add --mermaid", file=sys.stderr)
+            return EXIT_BAD_INPUT
     inputs = args.inputs or (["-"] if not sys.stdin.isatty() else [])
     if not inputs:
         print(
@@ -100,6 +135,61 @@ def run(args) -> int:
     if bad_inputs:
         return EXIT_BAD_INPUT
     return EXIT_MALFORMED if malformed else EXIT_OK
+
+
+# -- sequence diagrams -------------------------------------------------------------------------
+
+def _mermaid(args) -> int:
+    def bad(message: str) -> int:
+        print(f"hsmproxy decode: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    for flag, given in (("--json", args.json), ("--show-secrets", args.show_secrets), ("--only", args.only)):
+        if given:
+            return bad(f"--mermaid draws a diagram; {flag} does not apply to it (a diagram never shows secrets)")
+    if not args.inputs or "-" in args.inputs:
+        return bad("--mermaid needs trace files (recorded with `hsmproxy wrap --trace FILE`), e.g. "
+                   "hsmproxy decode --mermaid trace-0.mp trace-1.mp")
+    for value in args.inputs:
+        if not Path(value).is_file():
+            return bad(f"{value}: no such file; --mermaid draws trace files")
+        if not is_trace(value):
+            return bad(f"{value} is not an hsmproxy trace (no trace header); --mermaid draws traces recorded "
+                       "with `hsmproxy wrap --trace FILE`")
+    try:
+        start = _position(args.start, "--from", 0, len(args.inputs))
+        end = _position(args.end, "--to", len(args.inputs) - 1, len(args.inputs))
+        channel = parse_channel(args.channel) if args.channel is not None else None
+    except ValueError as exc:
+        return bad(str(exc))
+    try:
+        seq = sequence_from_traces(args.inputs, channel=channel, start=start, end=end)
+    except (TraceFormatError, OSError) as exc:
+        return bad(f"{exc}; the trace is damaged: `hsmproxy decode FILE` shows the records before the damage")
+    if not (args.all or start or end):
+        windows = critical_windows(seq)
+        if windows:
+            seq = join_windows(seq, windows)
+        else:
+            print("hsmproxy decode: no fault or divergence in the trace: drawing every step "
+                  "(--from/--to cut a window)", file=sys.stderr)
+    sys.stdout.write(to_mermaid(seq))
+    return EXIT_OK
+
+
+def _position(text: str | None, flag: str, default_trace: int, traces: int) -> Where | None:
+    """``[K:]N`` of --from/--to: record N of the K-th trace given (1-based)."""
+    if text is None:
+        return None
+    trace, _, record = text.rpartition(":")
+    if not record.isdigit() or int(record) < 1 or (trace and not trace.isdigit()):
+        raise ValueError(f"{flag} {text!r}: give a record number N, or K:N for record N of the K-th trace given "
+                         "(the numbers `hsmproxy decode TRACE` prints first on each line)")
+    index = int(trace) - 1 if trace else default_trace
+    if not 0 <= index < traces:
+        raise ValueError(f"{flag} {text!r}: there {'is' if traces == 1 else 'are'} {traces} trace(s), K must be "
+                         f"from 1 to {traces}")
+    return Where(index, int(record))
 
 
 # -- inputs ------------------------------------------------------------------------------------
