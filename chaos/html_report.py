@@ -34,7 +34,7 @@ OUTCOME_COLORS = {"converged": "#2e7d32", "refused": "#0277bd", "stuck": "#ef6c0
 OPEN_ALL_UP_TO = 12
 SIDE_BY_SIDE_UP_TO = 6  # story runs shown as columns of the write-up's table
 
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+_CSP = "default-src 'none'; style-src 'unsafe-inline'"  # the page may fetch nothing at all
 
 _CSS = """
 :root { color-scheme: light; --line: #d0d7de; --muted: #57606a; --bg-alt: #f6f8fa; }
@@ -341,10 +341,10 @@ def sweep_html(report: SweepReport, meta: dict | None = None) -> str:
     for i, r in enumerate(results):
         index = r.fired.index if r.fired is not None and r.fired.index is not None else ""
         interrupted = "; ".join(f"{p.kind} {p.payer}->{p.payee}: {p.status}" for p in r.payments if p.interrupted)
-        flagged = ", ".join(f"{d['kind']} ({d['status']}, {d.get('node')})" for d in r.divergences) or "-"
+        flagged = _items([f"{d['kind']} ({d['status']}, {d.get('node')})" for d in r.divergences])
         rows.append([f'<a href="#cycle-{i}">{escape(r.node)}</a>', escape(r.message.removeprefix("hsmd_")),
                      escape(r.point), escape(str(index)), escape(interrupted or "-"), f"{_badge(r.outcome)} {_check(r.ok)}",
-                     escape(flagged), f"{r.duration_s:.1f}"])
+                     flagged, f"{r.duration_s:.1f}"])
     body += ["<h2>outcomes</h2>",
              _table(["node", "request", "point", "commit", "interrupted payment", "outcome", "proxy flagged", "s"],
                     rows, num=(3, 7), row_class=lambda n: "failed" if not results[n].ok else "", table_id="outcomes")]

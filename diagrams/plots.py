@@ -77,14 +77,16 @@ def faults_by_point_and_action(counts: dict[tuple[str, str], int], points: tuple
         else:
             grid = [[counts.get((point, action), 0) for point in points] for action in actions]
             top = max(max(row) for row in grid) or 1
-            ax.imshow(grid, cmap="Blues", vmin=0, vmax=top * 1.25, aspect="auto")
+            # pcolormesh, not imshow: cells as vector paths; imshow would embed a PNG
+            ax.pcolormesh(grid, cmap="Blues", vmin=0, vmax=top * 1.25, edgecolors="white", linewidth=1)
+            ax.invert_yaxis()
             for i, row in enumerate(grid):
                 for j, n in enumerate(row):
                     if n:
-                        ax.text(j, i, str(n), ha="center", va="center", fontsize=9,
+                        ax.text(j + 0.5, i + 0.5, str(n), ha="center", va="center", fontsize=9,
                                 color="white" if n > top * 0.6 else "black")
-            ax.set_xticks(range(len(points)), [p.replace(".", ".\n") for p in points], fontsize=9)
-            ax.set_yticks(range(len(actions)), actions)
+            ax.set_xticks([j + 0.5 for j in range(len(points))], [p.replace(".", ".\n") for p in points], fontsize=9)
+            ax.set_yticks([i + 0.5 for i in range(len(actions))], actions)
             ax.tick_params(length=0)
             for side in ("left", "bottom"):
                 ax.spines[side].set_visible(False)
