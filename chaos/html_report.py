@@ -252,7 +252,7 @@ def _run_section(i: int, r: RunResult, open_: bool) -> str:
                             [[str(f["incarnation"]), escape(f["rule"]), escape(f["point"]), escape(f["message"]),
                               str(f["seq"]), escape(f["action"]), escape(f.get("detail") or "")] for f in r.faults],
                             num=(0, 4)))
-    else:
+    elif plan:
         parts.append('<p class="none">no fault fired</p>')
     parts.append("<h3>divergences</h3>")
     if r.divergences:

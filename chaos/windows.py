@@ -14,14 +14,16 @@ from diagrams.sequence import critical_windows, sequence_from_traces
 from proxy.addons.trace import TraceFormatError
 
 
-def windows_from_traces(traces: list[str | Path], channel: int | None = None) -> tuple[list, str]:
-    """(the windows, why there are none): the traces that exist, read in order. A trace that
-    cannot be read is no reason to lose the run's report: it is named instead."""
+def windows_from_traces(traces: list[str | Path], channel: int | None = None,
+                        start: int | None = None) -> tuple[list, str]:
+    """(the windows, why there are none): the traces that exist, read in order, from record
+    ``start`` of the first on (``hsmproxy decode``'s numbering). A trace that cannot be read is no
+    reason to lose the run's report: it is named instead."""
     paths = [str(p) for p in traces if Path(p).exists()]
     if not paths:
         return [], "no sequence diagram: no proxy trace was written (the proxy never started)"
     try:
-        sequence = sequence_from_traces(paths, channel=channel)
+        sequence = sequence_from_traces(paths, channel=channel, start=start)
     except (OSError, TraceFormatError, ValueError) as exc:
         return [], f"no sequence diagram: the proxy traces could not be read ({exc})"
     windows = critical_windows(sequence)

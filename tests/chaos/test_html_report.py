@@ -26,6 +26,7 @@ from chaos.cln.sweep import SweepReport, replay_command
 from chaos.cln.traces import FiredFault
 from chaos.result import RunResult
 from chaos.windows import windows_from_traces
+from diagrams.sequence import FAULT, Note
 from tests.chaos.helpers import CLI
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -210,6 +211,19 @@ def _cycle(outcome: str, windows: list, note: str = "", **kw) -> CycleResult:
                        fault=cp.fault_line(1, "sweep-1"),
                        fired=FiredFault("sweep-1", "kill-node", cp.point, "hsmd_sign_tx_reply", 40, 1),
                        windows=windows, windows_note=note, **kw)
+
+
+def test_a_windows_start_leaves_out_what_came_before(stories):
+    """A sweep's killed node has one trace for all its cycles since its last start: the cycle's
+    diagram starts at the record where the cycle did."""
+    traces = sorted((stories["workdir"] / "honest-crash-1-enforce" / "logs").glob("trace-*.mp"))
+    whole, _ = windows_from_traces(traces)
+    fault = next(step.where for w in whole for step in w.steps if isinstance(step, Note) and step.kind == FAULT)
+    later, note = windows_from_traces(traces, start=fault.record + 1)
+    assert later and not note  # the divergences after the restart are still there
+    steps = [step for w in later for step in w.steps]
+    assert min(step.where for step in steps) > fault
+    assert not any(isinstance(step, Note) and step.kind == FAULT for step in steps)
 
 
 def test_a_sweep_report_renders_each_cycle_with_its_diagram(browser, stories, shots):
