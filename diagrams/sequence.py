@@ -14,8 +14,10 @@ Steps, in record order:
   by the trace's digest);
 * everything else (start-up, ``get_per_commitment_point``, ECDH, status logs, fd passing) is
   *chatter*: each run of it between two shown steps becomes one note counting the messages by
-  name, so a diagram of a long trace stays readable. A chatter message the proxy acted on (a
-  fault, a verdict) or that caused a divergence is shown like a signing request;
+  name, so a diagram of a long trace stays readable. Status messages alone (the signer's logs,
+  which come between a request and its reply) make no note: they are counted in the next one. A
+  chatter message the proxy acted on (a fault, a verdict) or that caused a divergence is shown
+  like a signing request;
 * a fault is a note over the proxy where it fired (action, point, rule); a kill-node,
   kill-signer or crash-proxy is also a note across the lanes, and so is each restart (the start
   of the next trace: a chaos run keeps one trace per proxy incarnation); the signer's exit is a
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Iterable, Union
 
 import wire
+from faults.engine import connection_name
 from proxy.addons.trace import TraceFormatError, read_trace
 from proxy.core.shadow.model import CRASHED_IN_WINDOW
 from proxy.core.shadow.transitions import KIND_BY_REQUEST, RULES
@@ -192,21 +195,14 @@ def _short(name: str) -> str:
     return name.removeprefix("hsmd_")
 
 
-def _type_name(number) -> str:
-    if not isinstance(number, int):
-        return "too_short_for_a_type"
-    spec = wire.SPECS_BY_TYPE.get(number)
-    return spec.name if spec is not None else wire.unknown_name(number)
-
-
 def _frame_name(record: dict) -> str:
     raw = record.get("raw")
     if isinstance(raw, bytes):
-        return _type_name(int.from_bytes(raw[:2], "big") if len(raw) >= 2 else None)
+        return wire.type_name(int.from_bytes(raw[:2], "big") if len(raw) >= 2 else None)
     view = record.get("msg")
     if isinstance(view, dict) and isinstance(view.get("name"), str):
         return view["name"]
-    return _type_name(record.get("type"))
+    return wire.type_name(record.get("type"))
 
 
 def _frame_fields(record: dict) -> dict:
@@ -247,25 +243,21 @@ def _matches(channel: str | None, dbid: int | None, peer: str | None) -> bool:
         return True
     if channel.isdigit() and len(channel) < 8:
         return dbid == int(channel)
-    return peer is not None and peer.startswith(channel)
+    return peer is not None and peer.startswith(channel[:len(peer)])  # fault events keep 16 digits
 
 
-def _conn_key(conn: dict) -> str:
-    """The fault engine's name of a connection (``faults.engine.connection_key``, without the
-    ``#n`` of a repeated identity)."""
-    role = conn.get("role")
-    if role == wire.conversation.ROLE_CLIENT:
-        peer = _peer_hex(conn.get("peer_id"))
-        return f"client:{conn.get('dbid')}:{peer[:16] if peer else '-'}"
-    return str(role)
+def _conn_name(conn: dict) -> str:
+    """How fault events name the frame's connection (without the ``#n`` of a repeated identity)."""
+    peer = conn.get("peer_id")
+    return connection_name(str(conn.get("role")), conn.get("dbid"), peer if isinstance(peer, bytes) else None)
 
 
 @dataclass
 class _Request:
     label: str  # "sign_remote_commitment_tx ch1 #1"
-    message: Message | None  # the step, when it was shown
     channel: tuple[int | None, str | None]
     digest: bytes | None = None  # the trace's digest of its body: a refusal quotes it
+    shown: bool = False  # drawn as a message (else counted as chatter)
     divergences: "_DivergenceNote | None" = None  # the note of the divergences it caused
 
 
@@ -401,7 +393,7 @@ class _Builder:
         seq = _int(record.get("seq"))
         name = _frame_name(record)
         verdict = str(record.get("verdict") or "Forward")
-        faults = state.pending_faults.pop((_conn_key(conn), seq, direction), None)
+        faults = state.pending_faults.pop((_conn_name(conn), seq, direction), None)
         conn_dbid, conn_peer = _int(conn.get("dbid")), _peer_hex(conn.get("peer_id"))
         if direction == "request":
             key = (_int(conn.get("conn_id")), seq)
@@ -415,7 +407,7 @@ class _Builder:
             label = " ".join(part for part in (_short(name), _channel_label(dbid, peer),
                                                 f"#{index}" if index is not None else None) if part)
             digest = record.get("digest") if isinstance(record.get("digest"), bytes) else None
-            request = _Request(label, None, (dbid, peer), digest)
+            request = _Request(label, (dbid, peer), digest)
             state.requests[key] = request
             if digest is not None:
                 state.by_digest[digest] = request
@@ -425,9 +417,10 @@ class _Builder:
             if not shown or not self.visible(where):
                 self.add_chatter(name, where)  # its divergences stay where they were recorded
                 return
-            request.message = self.exchange(NODE, SIGNER, label, where, False, verdict, faults)
+            request.shown = True
+            self.exchange(NODE, SIGNER, label, where, False, verdict, faults)
             if divergences is not None:
-                self.items.remove(divergences)
+                self.items = [item for item in self.items if item is not divergences]  # not there if cut
                 divergences.where, divergences.standalone = where, False
                 self.items.append(divergences)
                 request.divergences = divergences
@@ -438,7 +431,7 @@ class _Builder:
             dbid, peer = request.channel if request else (conn_dbid, conn_peer)
             if not _matches(self.channel, dbid, peer):
                 return
-            shown = (request is not None and request.message is not None) or faults or verdict != "Forward"
+            shown = (request is not None and request.shown) or faults or verdict != "Forward"
             if not shown or not self.visible(where):
                 self.add_chatter(None if request else name, where)
                 return
@@ -455,14 +448,12 @@ class _Builder:
                 self.add_chatter(name, where, status=True)
 
     def exchange(self, sender: str, receiver: str, label: str, where: Where, reply: bool, verdict: str,
-                 faults: "_FaultNotes | None") -> Message:
+                 faults: "_FaultNotes | None") -> None:
         """One frame's arrows: straight across, or through the proxy when it acted on it."""
         if faults is None and verdict == "Forward":
-            message = Message(sender, receiver, label, where, reply)
-            self.add(message, flush=not reply)
-            return message
-        message = Message(sender, PROXY, label, where, reply)
-        self.add(message, flush=not reply)
+            self.add(Message(sender, receiver, label, where, reply), flush=not reply)
+            return
+        self.add(Message(sender, PROXY, label, where, reply), flush=not reply)
         delivered = True
         if faults is not None:
             self.items.remove(faults)
@@ -474,7 +465,6 @@ class _Builder:
             delivered = delivered and goes_on
         if delivered:
             self.items.append(Message(PROXY, receiver, label, where, reply))
-        return message
 
     def fault(self, state: "_TraceState", event: dict, where: Where) -> None:
         connection = str(event.get("connection", ""))

@@ -104,6 +104,14 @@ def _field(msg: wire.Message | None, name: str):
     return msg.fields.get(name)
 
 
+def connection_name(role: str, dbid: int | None = None, peer: bytes | None = None) -> str:
+    """What a connection is, as fault events name it (``connection_key`` adds ``#n`` for the
+    n-th connection of the same identity): ``client:DBID:PEER16`` or the role."""
+    if role == ROLE_CLIENT:
+        return f"client:{dbid}:{peer.hex()[:16] if peer else '-'}"
+    return role
+
+
 class FaultEngine:
     """Holds the rules, the per-connection counters, the reply history and the fault trace."""
 
@@ -174,10 +182,7 @@ class FaultEngine:
         identity = (role, dbid, peer)
         n = self._identities.get(identity, 0)
         self._identities[identity] = n + 1
-        if role == ROLE_CLIENT:
-            key = f"client:{dbid}:{peer.hex()[:16] if peer else '-'}"
-        else:
-            key = role
+        key = connection_name(role, dbid, peer)
         return key if n == 0 else f"{key}#{n}"
 
     # --- decisions -------------------------------------------------------------------------

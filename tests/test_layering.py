@@ -2,7 +2,7 @@
 
     hsmproxy/     the application                          -> everything
     chaos/        chaos sessions                           -> wire, faults, proxy, sim, diagrams
-    diagrams/     sequence diagrams from traces            -> wire, proxy.core, proxy.addons
+    diagrams/     sequence diagrams from traces            -> wire, faults, proxy.core, proxy.addons
     proxy/addons  hooks plugged into the shells            -> wire, faults, proxy.core, proxy.trio
     proxy/trio    the trio shells                          -> wire, faults, proxy.core
     proxy/core    the sans-IO core                         -> wire, faults
@@ -31,9 +31,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "proxy.core": frozenset({"wire", "faults", "proxy.core"}),
     "proxy.trio": frozenset({"wire", "faults", "proxy.core", "proxy.trio"}),
     "proxy.addons": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons"}),
-    # diagrams: reads traces (proxy.addons.trace) and names what the shadow tracks (proxy.core);
-    # the chaos report and `hsmproxy decode --mermaid` draw with it
-    "diagrams": frozenset({"wire", "proxy.core", "proxy.addons", "diagrams"}),
+    # diagrams: reads traces (proxy.addons.trace), names what the shadow tracks (proxy.core) and
+    # connections as fault events do (faults); the chaos report and `hsmproxy decode --mermaid` draw with it
+    "diagrams": frozenset({"wire", "faults", "proxy.core", "proxy.addons", "diagrams"}),
     "chaos": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons", "sim", "diagrams", "chaos"}),
     "hsmproxy": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons", "sim", "diagrams", "chaos",
                            "hsmproxy"}),

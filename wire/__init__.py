@@ -15,7 +15,7 @@ Public API::
 """
 
 from . import conversation
-from .codec import ALL_SPECS, SPECS_BY_NAME, SPECS_BY_TYPE, Message, build, decode, encode, lookup, unknown_name
+from .codec import ALL_SPECS, SPECS_BY_NAME, SPECS_BY_TYPE, Message, build, decode, encode, lookup, type_name, unknown_name
 from .errors import DecodeError, EncodeError
 from .framing import (
     HEADER_LEN,
@@ -42,6 +42,7 @@ __all__ = [
     "decode",
     "encode",
     "lookup",
+    "type_name",
     "unknown_name",
     "DecodeError",
     "EncodeError",

@@ -40,6 +40,15 @@ def unknown_name(number: int) -> str:
     return f"unknown_{number}"
 
 
+def type_name(number: int | None) -> str:
+    """The name of a message type: its CSV name, ``unknown_N``, or for None (a body shorter than
+    a type) ``too_short_for_a_type``."""
+    if not isinstance(number, int):
+        return "too_short_for_a_type"
+    spec = SPECS_BY_TYPE.get(number)
+    return spec.name if spec is not None else unknown_name(number)
+
+
 class Message:
     """One hsmd message: its type, CSV name, field values (a dict), and any trailing bytes.
 

@@ -153,6 +153,10 @@ def _mermaid(args) -> int:
     for value in args.inputs:
         if not Path(value).is_file():
             return bad(f"{value}: no such file; --mermaid draws trace files")
+        try:
+            Path(value).open("rb").close()
+        except OSError as exc:
+            return bad(f"{value}: cannot read ({exc.strerror})")
         if not is_trace(value):
             return bad(f"{value} is not an hsmproxy trace (no trace header); --mermaid draws traces recorded "
                        "with `hsmproxy wrap --trace FILE`")
@@ -164,8 +168,10 @@ def _mermaid(args) -> int:
         return bad(str(exc))
     try:
         seq = sequence_from_traces(args.inputs, channel=channel, start=start, end=end)
-    except (TraceFormatError, OSError) as exc:
+    except TraceFormatError as exc:
         return bad(f"{exc}; the trace is damaged: `hsmproxy decode FILE` shows the records before the damage")
+    except OSError as exc:
+        return bad(f"{exc.filename}: cannot read ({exc.strerror})")
     if not (args.all or start or end):
         windows = critical_windows(seq)
         if windows:
@@ -336,16 +342,9 @@ RECORDED_REDACTED = "redacted"  # decoded, secrets left out
 RECORDED_TYPE_AND_LENGTH = "type-and-length"  # not decoded: nothing else could be kept
 
 
-def _type_name(number: int | None) -> str:
-    if number is None:
-        return "too_short_for_a_type"
-    spec = wire.SPECS_BY_TYPE.get(number)
-    return spec.name if spec is not None else wire.unknown_name(number)
-
-
 def _type_and_length(record: dict) -> dict:
     number = record.get("type")
-    return {"type": number, "name": _type_name(number), "len": record.get("len"), "recorded": RECORDED_TYPE_AND_LENGTH}
+    return {"type": number, "name": wire.type_name(number), "len": record.get("len"), "recorded": RECORDED_TYPE_AND_LENGTH}
 
 
 def _describe_conn(conn: dict) -> str:
@@ -456,7 +455,7 @@ def _add_embedded(tree, key: str, view: dict, escape) -> None:
         return
     why = "does not decode" if view.get("undecodable") else "nested too deep to decode"
     shown = f": {escape(view['hex'])}" if view.get("hex") else "; not shown, it could hold secrets"
-    tree.add(label + f"{escape(_type_name(view.get('type')))} [dim]({view.get('type')}, {view.get('len')} bytes; "
+    tree.add(label + f"{escape(wire.type_name(view.get('type')))} [dim]({view.get('type')}, {view.get('len')} bytes; "
                      f"{why}{shown})[/dim]")
 
 

@@ -133,6 +133,12 @@ def test_from_and_to_cut_by_record_numbers(story_traces):
     assert all(start <= s.where <= Where(1, 23) for s in cut.steps)
     assert notes(cut, FAULT) and notes(cut, RESTART)
     assert not any(s.where > Where(1, 23) for s in cut.steps)
+    # a cut between the retry's predicted divergences and the retry itself keeps them on it
+    retry = next(s for s in everything.steps if isinstance(s, Message) and s.where.trace == 1
+                 and s.label == "sign_remote_commitment_tx ch1 #1")
+    from_retry = sequence_from_traces(paths, start=retry.where)
+    assert from_retry.steps[0] == retry and from_retry.steps[1].kind == DIVERGENCE
+    assert "retry_changed #1: predicted → confirmed" in from_retry.steps[1].lines
 
 
 def test_the_critical_windows_of_the_honest_crash(story_traces):
