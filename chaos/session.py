@@ -18,7 +18,7 @@ from chaos.runner import RunSpec, UnfinishedRun, run_spec
 from chaos.scenarios import OUTCOMES
 from proxy.addons.metrics import Metrics
 from proxy.addons.metrics_hook import add_metrics_route
-from proxy.trio.addresses import parse_address
+from proxy.trio.addresses import AddressError, parse_address
 from proxy.trio.http_server import HttpServer, RouteTable
 
 
@@ -40,6 +40,7 @@ class Session:
         self.interrupted: str | None = None  # the signal that stopped the session ("SIGINT", "SIGTERM")
         self.finished: list[RunResult] = []  # in the order they finished
         self.unfinished: list[UnfinishedRun] = []  # runs the interruption stopped midway
+        self.start_failure: str | None = None  # why the session could not start (a --metrics it cannot serve)
 
     def _record(self, result: RunResult) -> None:
         self.finished.append(result)
@@ -84,7 +85,11 @@ class Session:
 
         async with trio.open_nursery() as nursery:
             if self.metrics_address:
-                address = await nursery.start(self._serve_metrics)
+                try:
+                    address = await nursery.start(self._serve_metrics)
+                except AddressError as exc:  # said in one line by the command, not raised through the nurseries
+                    self.start_failure = f"--metrics {self.metrics_address}: {exc}"
+                    return []
                 print(f"hsmproxy chaos: metrics on {address}", file=sys.stderr)
             if self.live:
                 nursery.start_soon(self._live)
@@ -104,6 +109,8 @@ class Session:
 
     async def _serve_metrics(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         address = parse_address(self.metrics_address)
+        if not address.is_loopback:
+            raise AddressError("not a loopback address: serve metrics on 127.0.0.1:PORT, [::1]:PORT or unix:PATH")
         self.metrics = Metrics()
         # Every series a dashboard shows exists from the start: "no funds lost" is 0, not absent.
         for scenario in {spec.scenario for spec in self.specs}:

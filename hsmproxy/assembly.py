@@ -29,6 +29,7 @@ from proxy.addons.metrics_hook import MetricsHook, add_metrics_route
 from proxy.addons.shadow_hook import ShadowHook
 from proxy.addons.trace import TraceHook
 from proxy.core.hooks import HookChain
+from proxy.core.relay import DEFAULT_LIMITS, MAX_UNANSWERED, Limits
 from proxy.trio.addresses import Address, AddressError, parse_address
 from proxy.trio.children import only_child_pid
 from proxy.core.wal_format import NO_SNAPSHOT, Damage, WalDamaged, WalError
@@ -64,6 +65,17 @@ def build_hooks(args: argparse.Namespace) -> HookChain:
     return HookChain(hooks)
 
 
+def relay_limits(args: argparse.Namespace) -> Limits:
+    """The relay's memory bounds for this run (``--max-unanswered``)."""
+    max_unanswered = getattr(args, "max_unanswered", None)
+    if max_unanswered is None:
+        return DEFAULT_LIMITS
+    if max_unanswered < 1:
+        raise _fail(f"--max-unanswered {max_unanswered}: give at least 1 (lightningd itself waits for "
+                    f"each answer; the default is {MAX_UNANSWERED})")
+    return Limits(max_unanswered=max_unanswered)
+
+
 def close_hooks(chain: HookChain) -> None:
     for hook in chain.hooks:
         close = getattr(hook, "close", None)
@@ -78,8 +90,10 @@ def _fail(message: str) -> SystemExit:
 
 def _shadow_hook(args: argparse.Namespace, metrics: Metrics | None) -> ShadowHook | None:
     if not getattr(args, "parse", True):
-        if getattr(args, "guard", False) or getattr(args, "wal_dir", None):
-            raise SystemExit("hsmproxy: --guard and --wal-dir need the parser; drop --no-parse")
+        given = [flag for flag, on in (("--guard", getattr(args, "guard", False)),
+                                       ("--wal-dir", getattr(args, "wal_dir", None))) if on]
+        if given:
+            raise _fail(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} the parser; drop --no-parse")
         return None
     wal_dir, repair = getattr(args, "wal_dir", None), getattr(args, "wal_repair", False)
     if repair and not wal_dir:

@@ -55,6 +55,12 @@ def add_relay_options(parser: argparse.ArgumentParser) -> None:
         "with --control they are also served there",
     )
     group.add_argument(
+        "--max-unanswered", type=int, metavar="N",
+        help="at most N requests on one connection wait for the signer's answer (default 64); past "
+        "that the proxy reads no more from the node until the signer answers one (backpressure: the "
+        "node's writes wait, nothing is dropped; counted in hsmproxy_requests_paused_total)",
+    )
+    group.add_argument(
         "--channel-detail", type=int, default=0, metavar="N",
         help="export per-channel gauges for at most N channels (off by default: label cardinality)",
     )

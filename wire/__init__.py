@@ -7,7 +7,8 @@ Public API::
     wire.encode(msg) -> bytes        # the exact original body for decoded messages
     wire.build("hsmd_init", ...)     # a new Message from field values
     wire.frame(body)                 # a frame: 4-byte length + body
-    wire.FrameReader(fd_carriers=...).feed(data, fds) -> [Frame | FdCarrier | Unframed | FramingLost]
+    wire.FrameReader(fd_carriers=..., whole_limit=...).feed(data, fds)
+        -> [Frame | FramePiece | FdCarrier | Unframed | FramingLost]
     wire.FrameReader().bodies(data)  # complete bodies; lost framing raises FramingError
     wire.conversation                # message facts (no reply, fd carrier), roles, points
     wire.to_jsonable(msg, show_secrets=False)
@@ -22,6 +23,7 @@ from .framing import (
     MAX_BODY_LEN,
     FdCarrier,
     Frame,
+    FramePiece,
     FrameReader,
     FramingError,
     FramingLost,
@@ -50,6 +52,7 @@ __all__ = [
     "MAX_BODY_LEN",
     "FdCarrier",
     "Frame",
+    "FramePiece",
     "FrameReader",
     "FramingError",
     "FramingLost",

@@ -5,6 +5,9 @@ any chunking and cuts them into what must travel as units:
 
 * ``Frame``: a whole frame, its exact bytes and its body;
 * ``FdCarrier``: the 1-byte carrier of a passed fd after ``hsmd_client_hsmfd_reply`` (109);
+* ``FramePiece``: with a ``whole_limit``, a frame whose body is longer comes in pieces as its
+  bytes arrive (the first holds the header and the type), so a reader never holds more of it
+  than one read;
 * ``Unframed``: bytes that are not (or no longer) framed, e.g. everything after a length of
   2^27 or more (``FramingLost`` marks the place), or a partial frame at end of stream.
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .conversation import FD_CARRIER_PREFIX
+from .conversation import FD_CARRIER_PREFIX, TYPE_CLIENT_HSMFD_REPLY
 
 # hsmd rejects lengths >= 2^27 (WIRE_LEN_LIMIT); it drops the connection when it sees one.
 MAX_BODY_LEN = (1 << 27) - 1
@@ -73,6 +76,20 @@ class Frame:
 
 
 @dataclass(slots=True)
+class FramePiece:
+    """Part of a frame longer than the reader's ``whole_limit``: forwarded as it comes, never
+    buffered whole. The first piece (``start``) holds the 4-byte header and the 2-byte type; the
+    last (``end``) the frame's last byte."""
+
+    raw: bytes
+    type: int  # the frame's message type
+    length: int  # the frame's body length
+    start: bool
+    end: bool
+    fds: tuple = _NO_FDS
+
+
+@dataclass(slots=True)
 class Unframed:
     """Bytes that are not (or no longer) framed: forwarded as they are."""
 
@@ -89,7 +106,7 @@ class FramingLost:
     reason: str
 
 
-Segment = Frame | FdCarrier | Unframed | FramingLost
+Segment = Frame | FramePiece | FdCarrier | Unframed | FramingLost
 
 
 # ---- the framer ---------------------------------------------------------------------------------
@@ -101,12 +118,19 @@ class FrameReader:
     ``fd_carriers``: the stream may pass fds after 109 replies (a signer's replies; never the
     node's requests or the status socket). ``framed=False``: a stream relayed as it comes, every
     byte ``Unframed``, as it is once framing is lost (``broken``): then the stream has no
-    recoverable frame boundaries any more.
+    recoverable frame boundaries any more. ``whole_limit``: a frame with a longer body comes as
+    ``FramePiece`` segments instead of one ``Frame``.
     """
 
-    __slots__ = ("_buf", "_offset", "_fd_reads", "_carrier_at", "_fd_carriers", "broken")
+    __slots__ = ("_buf", "_offset", "_fd_reads", "_carrier_at", "_fd_carriers", "broken", "_whole_limit",
+                 "_piece_left", "_piece_type", "_piece_length")
 
-    def __init__(self, *, fd_carriers: bool = False, framed: bool = True) -> None:
+    def __init__(self, *, fd_carriers: bool = False, framed: bool = True, whole_limit: int = MAX_BODY_LEN) -> None:
+        if not 2 <= whole_limit <= MAX_BODY_LEN:
+            raise ValueError(f"whole_limit must be between 2 and {MAX_BODY_LEN}, not {whole_limit}")
+        self._whole_limit = whole_limit
+        self._piece_left = 0  # bytes of the frame being cut into pieces that have not arrived yet
+        self._piece_type = self._piece_length = 0
         self._buf = bytearray()
         self._offset = 0  # stream offset of _buf[0]
         self._fd_reads: list[tuple[int, int, tuple]] = []  # (first, last stream offset of a read, its fds)
@@ -128,14 +152,19 @@ class FrameReader:
             self._fd_reads.append((first, first + len(data) - 1, tuple(fds)))
         if self.broken:
             return self._unframed(data) if data else []
-        if not self._buf and not self._fd_reads:
+        out: list[Segment] = []
+        if self._piece_left:  # the buffer is empty while a frame comes in pieces
+            piece, data = data[: self._piece_left], data[self._piece_left :]
+            out.append(self._piece(piece, start=False))
+            if not data:
+                return out
+        if not self._buf and not self._fd_reads and not out:
             self._carrier_at = None  # no fds came with the byte after a 109: it is no carrier
             whole = self._whole_frame(data)
             if whole is not None:
                 return whole
         buf = self._buf
         buf += data
-        out: list[Segment] = []
         pos = 0
         end = len(buf)
         last_frame: Frame | None = None  # the latest frame of this read, which a carrier joins
@@ -154,6 +183,18 @@ class FrameReader:
             (length,) = _HEADER.unpack_from(buf, pos)
             if length > MAX_BODY_LEN:
                 return out + self._lose_framing(pos, length)
+            if length > self._whole_limit:
+                if end - pos < HEADER_LEN + 2:
+                    break  # the first piece holds the type
+                self._piece_type = int.from_bytes(buf[pos + HEADER_LEN : pos + HEADER_LEN + 2], "big")
+                self._piece_length = self._piece_left = HEADER_LEN + length
+                del buf[:pos]  # the piece starts the buffer, at stream offset _offset
+                self._offset += pos
+                raw = bytes(buf[: self._piece_left])
+                del buf[: len(raw)]
+                out.append(self._piece(raw, start=True))
+                pos, end = 0, len(buf)
+                continue
             stop = pos + HEADER_LEN + length
             if stop > end:
                 break
@@ -198,13 +239,24 @@ class FrameReader:
         if len(data) < HEADER_LEN:
             return None
         (length,) = _HEADER.unpack_from(data)
-        if length > MAX_BODY_LEN or len(data) != HEADER_LEN + length:
+        if length > self._whole_limit or len(data) != HEADER_LEN + length:
             return None
         body = data[HEADER_LEN:]
         self._offset += len(data)
         if self._fd_carriers and body[:2] == FD_CARRIER_PREFIX:  # wire.conversation.fd_carrier_follows
             self._carrier_at = self._offset
         return [Frame(data, body)]
+
+    def _piece(self, raw: bytes, *, start: bool) -> FramePiece:
+        """The next piece of the frame being cut into pieces; ``raw`` starts at stream offset
+        ``_offset`` (nothing before it is buffered)."""
+        fds = self._take_fds(len(raw))
+        self._offset += len(raw)
+        self._piece_left -= len(raw)
+        end = not self._piece_left
+        if end and self._fd_carriers and self._piece_type == TYPE_CLIENT_HSMFD_REPLY:
+            self._carrier_at = self._offset
+        return FramePiece(raw, self._piece_type, self._piece_length - HEADER_LEN, start, end, fds)
 
     def _carrier(self, pos: int) -> FdCarrier | None:
         """The carrier at buffer position ``pos`` if one is expected there and fds came with it."""

@@ -169,10 +169,9 @@ def run(args: argparse.Namespace) -> int:
                       live=not args.no_live and sys.stdout.isatty(), metrics_address=args.metrics,
                       meta={"command": "hsmproxy chaos " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["chaos"] else "hsmproxy chaos"},
                       windows=bool(args.html))
-    try:
-        results = trio.run(session.run)
-    except ValueError as exc:  # a bad --metrics address
-        print(f"hsmproxy chaos: {exc}", file=sys.stderr)
+    results = trio.run(session.run)
+    if session.start_failure:
+        print(f"hsmproxy chaos: {session.start_failure}", file=sys.stderr)
         return EXIT_USAGE
     if session.interrupted:
         return _interrupted(session, args)

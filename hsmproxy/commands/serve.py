@@ -10,7 +10,7 @@ import sys
 
 import trio
 
-from hsmproxy.assembly import build_hooks, close_hooks
+from hsmproxy.assembly import build_hooks, close_hooks, relay_limits
 from hsmproxy.options import add_relay_options
 from proxy.addons.control_api import HttpServerHook
 from proxy.core.hooks import HookChain
@@ -47,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"hsmproxy serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        hooks = build_hooks(args)  # exits with a message naming a bad option
+        limits = relay_limits(args)  # these two exit with a message naming a bad option
+        hooks = build_hooks(args)
         try:
-            failure = trio.run(_main, functools.partial(serve, listener.sock, upstream, hooks, decode=args.parse), hooks)
+            failure = trio.run(_main, functools.partial(serve, listener.sock, upstream, hooks, decode=args.parse,
+                                                        limits=limits), hooks)
         except KeyboardInterrupt:
             failure = None
         finally:

@@ -42,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
     for damage in recovery.damage:
         print(f"hsmproxy state: WAL DAMAGED: {_damage_line(damage)}", file=sys.stderr)
     state = shadow_jsonable(shadow, wal_dir=args.wal_dir, recovery=recovery)
-    state["wal"]["damage"] = [d.jsonable() for d in recovery.damage]
     if args.peer:
         prefix = args.peer.lower()
         state["channels"] = [c for c in state["channels"] if c["peer_id"].startswith(prefix)]

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     # start, and that answer must not wait for trio, the relay and every hook to import.
     import trio
 
-    from hsmproxy.assembly import build_hooks, close_hooks
+    from hsmproxy.assembly import build_hooks, close_hooks, relay_limits
     from proxy.trio.wrapper import WrapSetupError, run_wrapper, take_node_sockets
 
     logging.basicConfig(level=logging.WARNING, format="hsmproxy: %(message)s", stream=sys.stderr)
@@ -55,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     except WrapSetupError as exc:
         print(f"hsmproxy wrap: {exc}", file=sys.stderr)
         return 2
+    limits = relay_limits(args)
     hooks = build_hooks(args)
     try:
-        wrapper = functools.partial(run_wrapper, decode=args.parse)
+        wrapper = functools.partial(run_wrapper, decode=args.parse, limits=limits)
         return trio.run(wrapper, [args.signer, *signer_args], hooks, node_status, node_master)
     except WrapSetupError as exc:
         print(f"hsmproxy wrap: {exc}", file=sys.stderr)

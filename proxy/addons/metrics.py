@@ -17,6 +17,8 @@ import wire
 from wire.conversation import BEFORE_FORWARD_POINTS
 from wire.families import family_of
 
+from proxy.core.relay import WHOLE_FRAME_LIMIT
+
 # The *_created series double every counter's cardinality and no dashboard uses them.
 disable_created_metrics()
 
@@ -74,6 +76,17 @@ class Metrics:
             "Frames that did not decode (forwarded unchanged anyway), by message name", ["type"], registry=r,
         )
         self.parse_failures.labels(type="unknown")  # a series from the start: "no failures" is 0, not absent
+        self.unparsed_frames = Counter(
+            "hsmproxy_unparsed_frames_total",
+            f"Frames longer than the relay parses ({WHOLE_FRAME_LIMIT >> 20} MiB): forwarded in pieces as they "
+            "arrived, unparsed, by direction", ["direction"], registry=r,
+        )
+        self.requests_paused = Counter(
+            "hsmproxy_requests_paused_total",
+            "Times a node's requests had to wait because too many were unanswered (--max-unanswered): the "
+            "proxy stopped reading from the node until the signer answered (backpressure, nothing dropped), by role",
+            ["role"], registry=r,
+        )
         self.framing_lost = Counter(
             "hsmproxy_framing_lost_total",
             "Connections that lost framing and fell back to a raw byte relay", ["role"], registry=r,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from wire.conversation import NO_REPLY_TYPES
+from wire.framing import HEADER_LEN
 
 from proxy.core.hooks import (
     CONN_CLOSED,
     CONN_FRAMING_LOST,
     CONN_OPENED,
+    CONN_REQUESTS_PAUSED,
     REPLY_AFTER,
     REPLY_BEFORE,
     REQUEST_AFTER,
@@ -17,8 +19,10 @@ from proxy.core.hooks import (
     ConnContext,
     Exchange,
     HookFailure,
+    UnparsedFrame,
 )
 from proxy.addons.metrics import NODE_TO_SIGNER, SIGNER_TO_NODE, Metrics
+from proxy.core.relay import REPLY, REQUEST
 from proxy.trio.http_server import Request, Response, RouteTable
 
 _NS = 1e-9
@@ -82,6 +86,19 @@ class MetricsHook:
                 m.requests_in_flight.set(sum(self._in_flight.values()))
         elif event == CONN_FRAMING_LOST:
             m.framing_lost.labels(role=conn.role).inc()
+        elif event == CONN_REQUESTS_PAUSED:
+            m.requests_paused.labels(role=conn.role).inc()
+
+    async def on_unparsed(self, frame: UnparsedFrame) -> None:
+        m = self.metrics
+        direction = NODE_TO_SIGNER if frame.direction == REQUEST else SIGNER_TO_NODE
+        m.unparsed_frames.labels(direction=direction).inc()
+        m.message_bytes.labels(direction=direction).inc(frame.length + HEADER_LEN)
+        if frame.direction == REQUEST:
+            if frame.type not in NO_REPLY_TYPES:
+                self._set_in_flight(frame.conn.conn_id, +1)
+        elif frame.direction == REPLY:
+            self._set_in_flight(frame.conn.conn_id, -1)
 
     async def on_status(self, conn: ConnContext, raw: bytes, msg) -> None:
         self.metrics.frame(SIGNER_TO_NODE, msg, raw)

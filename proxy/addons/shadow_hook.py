@@ -57,7 +57,7 @@ from proxy.core.shadow import (
 from proxy.core.wal_format import Recovery
 from proxy.trio.group_commit import GroupCommitWal
 from proxy.trio.shadow_recovery import recover
-from proxy.trio.wal_store import WalStore
+from proxy.trio.wal_store import WalStore, locked_directory
 
 log = logging.getLogger("hsmproxy.shadow")
 
@@ -106,8 +106,9 @@ class ShadowHook:
             log.warning("shadow state in memory only (no --wal-dir): it is lost when the proxy stops")
             return cls(Shadow(), None, guard=guard, run_id=run_id, metrics=metrics)
         os.makedirs(wal_dir, mode=0o700, exist_ok=True)
-        shadow, recovery = recover(wal_dir, repair=True, set_aside_damage=set_aside_damage)
-        store = WalStore(wal_dir, recovery.epoch, recovery.record_count)
+        with locked_directory(wal_dir) as lock_fd:  # one proxy per WAL, for this process's life
+            shadow, recovery = recover(wal_dir, repair=True, set_aside_damage=set_aside_damage)
+            store = WalStore(wal_dir, recovery.epoch, recovery.record_count, lock_fd=lock_fd)
         stranded = shadow.restart()
         store.write_durably(store.encode(restart_record(time.time_ns())))
         hook = cls(shadow, None, guard=guard, run_id=run_id, metrics=metrics)

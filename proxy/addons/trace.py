@@ -19,7 +19,9 @@ Then one of:
   forms: ``raw`` (the body); ``raw: None, redacted: True, msg`` (``wire.to_jsonable``: a message
   embedded whole, hsmd's refused request in ``hsmstatus_client_bad_request``, is decoded and
   redacted the same way, and its own digest is ``embedded_digest``); or ``raw: None, redacted:
-  True, type`` (the u16 type, None for a body too short for one) with no ``msg``.
+  True, type`` (the u16 type, None for a body too short for one) with no ``msg``. A frame too
+  long for the relay to parse (``proxy.core.relay.WHOLE_FRAME_LIMIT``; it went on in pieces)
+  has the last form whatever ``frames`` says, with ``unparsed: True`` and no ``digest``.
 * ``raw``: bytes that are not frames (``dir``, ``raw``): fd carriers and everything after a
   connection lost its framing. Unframed bytes cannot be checked for secrets, so without
   ``--trace-secrets`` only their length is kept (1-byte fd carriers are kept).
@@ -47,7 +49,7 @@ import msgpack
 
 import wire
 
-from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ConnContext, Exchange
+from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ConnContext, Exchange, UnparsedFrame
 
 FORMAT = "hsmproxy-trace"
 VERSION = 2  # 2: frames recorded raw only when provably secret-free; "frames", "len", "digest"
@@ -145,6 +147,12 @@ class TraceHook:
 
     async def on_status(self, conn: ConnContext, raw: bytes, msg) -> None:
         self._frame(conn, "status", None, raw, msg, None)
+
+    async def on_unparsed(self, frame: UnparsedFrame) -> None:
+        """Its type and length: the relay never held the frame whole."""
+        self._write({"kind": "frame", "t": time.time_ns(), "mono": time.monotonic_ns(), "conn": context_record(frame.conn),
+                     "dir": frame.direction, "seq": frame.seq, "raw": None, "verdict": "Forward", "len": frame.length,
+                     "redacted": True, "type": frame.type, "unparsed": True})
 
     async def on_raw(self, conn: ConnContext, direction: str, raw: bytes) -> None:
         record = {"kind": "raw", "t": time.time_ns(), "conn": context_record(conn), "dir": direction}

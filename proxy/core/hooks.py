@@ -12,11 +12,13 @@ A ``Hook`` is any object with some of these optional async methods::
     async def on_request(self, ex: Exchange, point: str) -> Verdict | None
     async def on_reply(self, ex: Exchange, point: str) -> Verdict | None
     async def on_connection(self, conn: ConnContext, event: str) -> None
-        # event: "opened" | "closed" | "replaced" | "framing_lost"
+        # event: "opened" | "closed" | "replaced" | "framing_lost" | "requests_paused"
     async def on_status(self, conn: ConnContext, raw: bytes, msg: wire.Message | None) -> None
     async def on_signer_exit(self, status: int) -> None
     async def on_raw(self, conn: ConnContext, direction: str, raw: bytes) -> None
         # bytes that are not frames: fd carriers, and everything after framing was lost
+    async def on_unparsed(self, frame: UnparsedFrame) -> None
+        # a frame too long to parse, forwarded in pieces as it arrives: its type and length only
     async def on_hook_failed(self, failure: HookFailure) -> None
         # another hook raised (for metrics: the chain has already logged and handled it)
     async def start(self, nursery: trio.Nursery) -> None
@@ -74,6 +76,7 @@ CONN_OPENED = "opened"
 CONN_CLOSED = "closed"
 CONN_REPLACED = "replaced"
 CONN_FRAMING_LOST = "framing_lost"
+CONN_REQUESTS_PAUSED = "requests_paused"  # too many unanswered requests: the node's next ones wait
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,20 @@ class Exchange:
         if self.request is not None:
             return self.request.name
         return "undecodable"
+
+
+@dataclass(frozen=True)
+class UnparsedFrame:
+    """A frame longer than the relay's whole-frame limit: forwarded in pieces as its bytes
+    arrived, never parsed or held whole, so hooks hear of its type and length only and cannot
+    decide on it. A request still takes its pairing slot: its reply is an ``Exchange`` whose
+    ``request`` is None and ``request_raw`` empty."""
+
+    conn: ConnContext
+    direction: str  # "request", "reply" or "status"
+    seq: int | None  # as Exchange.seq (-1: a reply nobody asked for); None on the status socket
+    type: int
+    length: int  # body bytes
 
 
 # ---- verdicts ---------------------------------------------------------------------------------
@@ -205,6 +222,7 @@ class Hook(Protocol):  # documentation only: every method and attribute is optio
     async def on_status(self, conn: ConnContext, raw: bytes, msg: Any) -> None: ...
     async def on_signer_exit(self, status: int) -> None: ...
     async def on_raw(self, conn: ConnContext, direction: str, raw: bytes) -> None: ...
+    async def on_unparsed(self, frame: UnparsedFrame) -> None: ...
     async def on_hook_failed(self, failure: HookFailure) -> None: ...
 
 
@@ -220,7 +238,8 @@ class HookChain:
     """Calls a list of hooks in order. Looks each method up once, so hooks that do not implement
     a method cost nothing on the hot path; a switched-off observer is dropped from those lists."""
 
-    _METHODS = ("on_request", "on_reply", "on_connection", "on_status", "on_signer_exit", "on_raw", "on_hook_failed")
+    _METHODS = ("on_request", "on_reply", "on_connection", "on_status", "on_signer_exit", "on_raw", "on_unparsed",
+                "on_hook_failed")
 
     def __init__(self, hooks: list | tuple = ()):
         self.hooks = tuple(hooks)
@@ -301,6 +320,9 @@ class HookChain:
 
     async def raw(self, conn: ConnContext, direction: str, raw: bytes) -> None:
         await self._notify(self._bound["on_raw"], "on_raw", conn, direction, raw)
+
+    async def unparsed(self, frame: UnparsedFrame) -> None:
+        await self._notify(self._bound["on_unparsed"], "on_unparsed", frame)
 
     async def start(self, nursery) -> None:
         for hook in self.hooks:

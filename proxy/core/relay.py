@@ -8,6 +8,11 @@ One ``ConnectionRelay`` per node<->signer connection:
 * requests pair with replies by order (never by reply type: 19, 20, 21, ... all answer 112, and
   51 answers 138) into the ``Exchange`` objects hooks see. A request hsmd never answers
   (``hsmd_dev_preinit``) takes no pairing slot;
+* limits keep memory bounded whatever the peers send (``Limits``): a frame longer than
+  ``whole_frame`` is forwarded in pieces as it arrives, unparsed (hooks hear of its type and
+  length only), and past ``max_unanswered`` requests waiting for the signer (or
+  ``max_unanswered_bytes`` of their bodies) the node's next request waits: the shell stops
+  reading from the node (backpressure), nothing is dropped;
 * a verdict on a frame becomes a ``Plan``: the actions the shell carries out, in order, and
   whether the message went on (then the ``*.after_forward`` point follows). This is the one
   place where verdicts mean something, and the pairing follows from them: a request that is not
@@ -21,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wire
-from wire.conversation import NO_REPLY_PREFIXES, TYPE_CLIENT_HSMFD, expects_reply
-from wire.framing import FdCarrier, Frame, FrameReader, FramingLost
+from wire.conversation import NO_REPLY_PREFIXES, NO_REPLY_TYPES, TYPE_CLIENT_HSMFD, expects_reply
+from wire.framing import FdCarrier, Frame, FramePiece, FrameReader, FramingLost
 
 from proxy.core.hooks import (
     ROLE_CLIENT,
@@ -38,12 +43,40 @@ from proxy.core.hooks import (
     Hold,
     Refuse,
     Replace,
+    UnparsedFrame,
 )
 
 REQUEST = "request"  # node -> signer
 REPLY = "reply"  # signer -> node
 
 BAD_REQUEST = "hsmstatus_client_bad_request"
+STATUS = "status"  # signer -> node on the status socket
+
+# lightningd waits for each reply before its next request on a connection (hsm_sync_req), so a
+# node that lets more than a few requests wait is not lightningd; 64 leaves room for a pipelining
+# client. Their bodies are held (hooks see the request again with its reply), at most as many
+# bytes as one whole frame.
+MAX_UNANSWERED = 64
+# The longest body parsed whole. Real hsmd messages are far shorter: the longest are PSBTs of
+# tens of KiB, and a standard transaction is at most 400 kB, so 4 MiB is ten times the longest
+# sane message; a longer frame (up to hsmd's own 128 MiB) is forwarded in pieces, unparsed.
+WHOLE_FRAME_LIMIT = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may hold, whatever the node or the signer sends (docs/proxy.md#memory-bounds)."""
+
+    max_unanswered: int = MAX_UNANSWERED  # requests per connection
+    max_unanswered_bytes: int = WHOLE_FRAME_LIMIT  # of their bodies, per connection
+    whole_frame: int = WHOLE_FRAME_LIMIT  # body bytes
+
+    def __post_init__(self):
+        if self.max_unanswered < 1 or self.max_unanswered_bytes < 1:
+            raise ValueError(f"unanswered requests need room for at least one: {self}")
+
+
+DEFAULT_LIMITS = Limits()
 
 
 # ---- actions for the shell ----------------------------------------------------------------------
@@ -128,24 +161,31 @@ class RelayStats:
     undecodable: int = 0
     unpaired_replies: int = 0
     framing_lost: int = 0
+    unparsed: int = 0  # frames longer than the whole-frame limit, forwarded in pieces
+    requests_paused: int = 0  # times the node's requests had to wait for answers
 
 
 class ConnectionRelay:
     """Both directions of one node<->signer connection: framing, decoding, pairing, verdicts."""
 
-    def __init__(self, ctx: ConnContext, *, decode: bool = True):
+    def __init__(self, ctx: ConnContext, *, decode: bool = True, limits: Limits = DEFAULT_LIMITS):
         self.ctx = ctx
         self.decode = decode
+        self.limits = limits
         self.stats = RelayStats()
         self._on_master = ctx.role == ROLE_MASTER
+        whole = limits.whole_frame
         if ctx.role == ROLE_STATUS:
             # The node writes nothing on fd 0 in hsmd; whatever it writes is relayed as it is.
             self.requests = FrameReader(framed=False)
-            self.replies = FrameReader()
+            self.replies = FrameReader(whole_limit=whole)
         else:
-            self.requests = FrameReader()
-            self.replies = FrameReader(fd_carriers=True)  # fds come only with a signer's 109 replies
+            self.requests = FrameReader(whole_limit=whole)
+            # fds come only with a signer's 109 replies
+            self.replies = FrameReader(fd_carriers=True, whole_limit=whole)
         self._pending: deque[Exchange] = deque()
+        self._pending_bytes = 0  # request bodies held by the exchanges in _pending
+        self._replies_ended = False
         self._next_seq = 0
         self._last_reply: Exchange | None = None  # the exchange a later carrier belongs to
 
@@ -174,6 +214,7 @@ class ConnectionRelay:
         self.stats.requests += 1
         if body[:2] not in NO_REPLY_PREFIXES:  # expects_reply(body), inline: every request passes here
             self._pending.append(ex)
+            self._pending_bytes += len(body)
         return ex
 
     def reply_frame(self, frame: Frame) -> Exchange:
@@ -181,15 +222,65 @@ class ConnectionRelay:
         asked for gets an exchange of its own with an empty request (and is counted)."""
         msg = self.parse(frame.body)
         self.stats.replies += 1
+        ex = self._answered()
+        ex.reply_raw = frame.body
+        ex.reply = msg
+        return ex
+
+    def _answered(self) -> Exchange:
+        """The exchange a reply answers: the oldest waiting, else one of its own (counted)."""
         if self._pending:
             ex = self._pending.popleft()
+            self._pending_bytes -= len(ex.request_raw)
         else:
             self.stats.unpaired_replies += 1
             ex = Exchange(conn=self.ctx, seq=-1, request_raw=b"", request=None)
-        ex.reply_raw = frame.body
-        ex.reply = msg
         self._last_reply = ex
         return ex
+
+    def piece(self, direction: str, piece: FramePiece) -> UnparsedFrame | None:
+        """A piece of a frame too long to parse: it goes on as it came (``FORWARD_AS_RECEIVED``).
+        Its first piece pairs like a frame (a request takes a slot, with an empty body, unless
+        hsmd never answers its type; a reply answers the oldest) and returns what hooks hear of
+        it; nobody decides on it, its bytes are already on their way."""
+        if not piece.start:
+            return None
+        self.stats.unparsed += 1
+        if self.ctx.role == ROLE_STATUS:
+            return UnparsedFrame(self.ctx, STATUS, None, piece.type, piece.length)
+        if direction == REQUEST:
+            ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=b"", request=None)
+            self._next_seq += 1
+            self.stats.requests += 1
+            if piece.type not in NO_REPLY_TYPES:
+                self._pending.append(ex)
+        else:
+            self.stats.replies += 1
+            ex = self._answered()
+        return UnparsedFrame(self.ctx, direction, ex.seq, piece.type, piece.length)
+
+    # ---- backpressure -------------------------------------------------------------------------
+
+    @property
+    def requests_blocked(self) -> bool:
+        """Whether the node's next request must wait for answers: ``max_unanswered`` requests
+        wait for the signer, or their bodies hold ``max_unanswered_bytes``. Never once the signer's
+        side has ended: no answer will come, and the node's requests then meet the closed signer."""
+        return (len(self._pending) >= self.limits.max_unanswered
+                or self._pending_bytes >= self.limits.max_unanswered_bytes) and not self._replies_ended
+
+    def requests_paused(self) -> str | None:
+        """The node's requests wait from here (counted); what to log the first time on this
+        connection (a slow signer may pause a pipelining node at every request)."""
+        self.stats.requests_paused += 1
+        if self.stats.requests_paused > 1:
+            return None
+        return (f"{self.ctx.describe()}: {len(self._pending)} requests wait for the signer; the node's next "
+                f"requests wait until it answers (backpressure; counted in hsmproxy_requests_paused_total)")
+
+    def replies_ended(self) -> None:
+        """The signer -> node direction has ended: nothing more will be answered."""
+        self._replies_ended = True
 
     def status_frame(self, frame: Frame) -> StatusMessage:
         return StatusMessage(self.ctx, frame.body, self.parse(frame.body))
@@ -261,6 +352,7 @@ class ConnectionRelay:
         for i, waiting in enumerate(self._pending):
             if waiting is ex:
                 del self._pending[i]
+                self._pending_bytes -= len(ex.request_raw)
                 return
 
     def _expect_extra_reply(self, ex: Exchange) -> None:
@@ -268,6 +360,7 @@ class ConnectionRelay:
         if not expects_reply(ex.request_raw):
             return
         extra = Exchange(conn=ex.conn, seq=ex.seq, request_raw=ex.request_raw, request=ex.request, duplicate=True)
+        self._pending_bytes += len(extra.request_raw)
         for i, waiting in enumerate(self._pending):
             if waiting is ex:
                 self._pending.insert(i + 1, extra)

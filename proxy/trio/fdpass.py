@@ -121,6 +121,13 @@ class SocketEnd:
         except OSError:
             pass  # already gone: nothing left to tell the peer
 
+    def shutdown_read(self) -> None:
+        """Read no more; on a Unix socket the peer's writes then fail with EPIPE."""
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # already gone
+
     def close(self) -> None:
         self.sock.close()
 

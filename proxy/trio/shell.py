@@ -3,7 +3,10 @@
 One task per direction per connection, every one running the same loop (``_relay``): read, cut
 into segments, run the hooks, carry out the relay core's plan, read again. Nothing is queued
 between the read and the write, so a slow reader slows the writer on the other side
-(backpressure) and memory stays bounded by one read per direction.
+(backpressure). Memory per direction stays bounded by one read plus one frame of at most the
+core's whole-frame limit (a longer frame goes on in pieces as it arrives), and per connection by
+at most ``max_unanswered`` requests waiting for the signer: past that, the node's next request
+waits until the signer answers one (the core decides; the shell stops reading).
 
 The shell knows nothing about what verdicts mean: the core (``proxy.core.relay``) turns them
 into actions, and the shell carries those out. It catches socket errors around socket calls
@@ -22,13 +25,14 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from wire.framing import FdCarrier, Frame, FrameReader, Unframed
+from wire.framing import FdCarrier, Frame, FramePiece, FrameReader, Unframed
 
 from proxy.core.hooks import (
     CONN_CLOSED,
     CONN_FRAMING_LOST,
     CONN_OPENED,
     CONN_REPLACED,
+    CONN_REQUESTS_PAUSED,
     FORWARD,
     REPLY_AFTER,
     REPLY_BEFORE,
@@ -38,11 +42,13 @@ from proxy.core.hooks import (
     HookChain,
 )
 from proxy.core.relay import (
+    DEFAULT_LIMITS,
     FORWARD_AS_RECEIVED,
     REPLY,
     REQUEST,
     CloseConnection,
     ConnectionRelay,
+    Limits,
     PassClient,
     Plan,
     Send,
@@ -61,7 +67,13 @@ _now = time.monotonic_ns
 
 class _SocketFailed(Exception):
     """A socket call of this direction failed (a reset, a peer gone): raised only around socket
-    calls, so nothing else (a hook, say) can end a direction this way."""
+    calls, so nothing else (a hook, say) can end a direction this way. A failed write ends only
+    its own direction: the other one may still carry what the peer wrote before it went."""
+
+
+class _ReadFailed(_SocketFailed):
+    """The source of this direction reset: it is the other direction's destination too, so the
+    whole connection goes, abruptly, as a reset would."""
 
 
 class StatusWriter:
@@ -78,6 +90,22 @@ class StatusWriter:
         async with self.lock:
             await self.end.send(data, fds)
 
+    async def send_piece(self, piece: FramePiece) -> None:
+        """A piece of a status frame too long to hold whole: no refusal may land inside that frame,
+        so the lock is held from its first piece to its last (or ``release_piece``)."""
+        if self.end is None:
+            return
+        if piece.start:
+            await self.lock.acquire()
+        await self.end.send(piece.raw, piece.fds)
+        if piece.end:
+            self.lock.release()
+
+    def release_piece(self) -> None:
+        """The relay of a long status frame stopped before its last piece: let refusals through."""
+        if self.lock.statistics().owner is trio.lowlevel.current_task():
+            self.lock.release()
+
     def shutdown_write(self) -> None:
         if self.end is not None:
             self.end.shutdown_write()
@@ -86,11 +114,13 @@ class StatusWriter:
 class RelayedConnection:
     """One relayed connection: the node's socket, the signer's socket, and the relay core."""
 
-    def __init__(self, ctx: ConnContext, node: SocketEnd, signer: SocketEnd, *, decode: bool):
+    def __init__(self, ctx: ConnContext, node: SocketEnd, signer: SocketEnd, *, decode: bool,
+                 limits: Limits = DEFAULT_LIMITS):
         self.ctx = ctx
         self.node = node
         self.signer = signer
-        self.core = ConnectionRelay(ctx, decode=decode)
+        self.core = ConnectionRelay(ctx, decode=decode, limits=limits)
+        self.answered: trio.Event | None = None  # set at the next answer while the node's requests wait
         self.cancel_scope = trio.CancelScope()
         self.signer_done = trio.Event()  # the signer -> node direction has ended
         self.children: trio.Nursery | None = None  # where client connections passed on it run
@@ -98,6 +128,11 @@ class RelayedConnection:
     def close(self) -> None:
         """Close both ways, now (a CloseConnection action, or a side that is gone)."""
         self.cancel_scope.cancel()
+
+    def answer_arrived(self) -> None:
+        """A reply took a pairing slot, or none will come any more: waiting requests may go on."""
+        if self.answered is not None:
+            self.answered.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +156,12 @@ class RelayShell:
     """Relays connections through the hooks. ``status`` is where refusals write
     ``hsmstatus_client_bad_request`` (wrapper mode: the node's status socket; socket mode: none)."""
 
-    def __init__(self, hooks: HookChain | list = (), *, status: StatusWriter | None = None, decode: bool = True):
+    def __init__(self, hooks: HookChain | list = (), *, status: StatusWriter | None = None, decode: bool = True,
+                 limits: Limits = DEFAULT_LIMITS):
         self.hooks = hooks if isinstance(hooks, HookChain) else HookChain(hooks)
         self.status = status or StatusWriter(None)
         self.decode = decode
+        self.limits = limits
         self._ids = count()
         self.connections: dict[int, RelayedConnection] = {}
         self.clients_by_dbid: dict[int, ConnContext] = {}
@@ -138,7 +175,7 @@ class RelayShell:
         """Relay one request connection (master, client or socket) until both directions end
         or it is closed; then close both sockets. Client connections passed inside it are
         relayed in a nursery of their own, so they outlive their parent like real fds do."""
-        conn = RelayedConnection(ctx, node, signer, decode=self.decode)
+        conn = RelayedConnection(ctx, node, signer, decode=self.decode, limits=self.limits)
         core = conn.core
         requests = _Direction(REQUEST, node, signer, core.requests, core.request_frame, core.apply_to_request,
                               self.hooks.at, *self._watched(REQUEST_BEFORE, REQUEST_AFTER),
@@ -155,7 +192,7 @@ class RelayShell:
         """Relay fd 0. Signer -> node frames go to the hooks' ``on_status``; the other direction
         carries nothing in hsmd, and is relayed raw in case a signer uses it."""
         self.status.end = node
-        conn = RelayedConnection(ctx, node, signer, decode=self.decode)
+        conn = RelayedConnection(ctx, node, signer, decode=self.decode, limits=self.limits)
         core = conn.core
         # Nobody reads node -> signer on fd 0: when it fails, the status messages still flow.
         requests = _Direction(REQUEST, node, signer, core.requests, None, None, socket_error_closes=False)
@@ -198,11 +235,15 @@ class RelayShell:
                 try:
                     data, fds = await direction.source.receive()
                 except OSError as exc:
-                    raise _SocketFailed from exc
+                    raise _ReadFailed from exc
                 for seg in reader.feed(data, fds) if data else reader.flush():
                     kind = type(seg)
                     if kind is Frame:
+                        if direction.name == REQUEST and conn.core.requests_blocked:
+                            await self._wait_for_answers(conn)
                         await self._frame(conn, direction, seg)
+                    elif kind is FramePiece:
+                        await self._piece(conn, direction, seg)
                     elif kind is Unframed:
                         await self.hooks.raw(conn.ctx, direction.name, seg.raw)
                         await self._carry_out(conn, direction, seg, FORWARD_AS_RECEIVED)
@@ -215,15 +256,59 @@ class RelayShell:
                 if not data:
                     direction.destination.shutdown_write()
                     return
-        except _SocketFailed:
+        except _ReadFailed:
             if direction.socket_error_closes:
                 conn.close()  # a side reset or vanished: close both abruptly, as a reset would
+        except _SocketFailed:
+            # The destination is gone: stop reading what nobody will take (on a Unix socket the
+            # source's writes then fail, as they would to the gone peer), and leave the other
+            # direction be: it may still carry what that peer wrote before it went.
+            direction.source.shutdown_read()
         finally:
             if direction.name == REPLY:
+                conn.core.replies_ended()
+                conn.answer_arrived()
                 conn.signer_done.set()
+                if direction.destination is self.status:
+                    self.status.release_piece()
+
+    async def _wait_for_answers(self, conn: RelayedConnection) -> None:
+        """Too many requests wait for the signer (the core says): read nothing more from the node
+        until it answers; the node's writes then wait in the kernel, nothing is dropped."""
+        message = conn.core.requests_paused()
+        if message is not None:
+            log.warning("%s", message)
+        await self.hooks.connection(conn.ctx, CONN_REQUESTS_PAUSED)
+        try:
+            while conn.core.requests_blocked:
+                conn.answered = trio.Event()
+                await conn.answered.wait()
+        finally:
+            conn.answered = None
+
+    async def _piece(self, conn: RelayedConnection, direction: _Direction, seg: FramePiece) -> None:
+        """A piece of a frame too long to parse: on as it came; hooks hear of the frame once."""
+        if seg.start and direction.name == REQUEST and conn.core.requests_blocked:
+            await self._wait_for_answers(conn)
+        unparsed = conn.core.piece(direction.name, seg)
+        if unparsed is not None:
+            if direction.name == REPLY:
+                conn.answer_arrived()
+            await self.hooks.unparsed(unparsed)
+        if direction.destination is self.status:
+            try:
+                await self.status.send_piece(seg)
+            except OSError as exc:
+                raise _SocketFailed from exc
+            finally:
+                close_fds(seg.fds)
+        else:
+            await self._carry_out(conn, direction, seg, FORWARD_AS_RECEIVED)
 
     async def _frame(self, conn: RelayedConnection, direction: _Direction, seg: Frame) -> None:
         seen = direction.arrived(seg)
+        if direction.name == REPLY:
+            conn.answer_arrived()
         before, after, stamps = direction.before, direction.after, direction.stamps
         if stamps is not None and (before is not None or after is not None):
             setattr(seen, stamps[0], _now())

@@ -10,6 +10,7 @@ import socket
 import trio
 
 from proxy.core.hooks import ROLE_SOCKET, ConnContext, HookChain
+from proxy.core.relay import DEFAULT_LIMITS, Limits
 from proxy.trio.addresses import Address, AddressError
 from proxy.trio.fdpass import SocketEnd
 from proxy.trio.shell import RelayShell
@@ -59,10 +60,11 @@ async def serve(
     hooks: HookChain,
     *,
     decode: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept forever; relay each connection to its own upstream connection."""
-    shell = RelayShell(hooks, decode=decode)
+    shell = RelayShell(hooks, decode=decode, limits=limits)
     listener = trio.socket.from_stdlib_socket(listen)
     async with trio.open_nursery() as nursery:
         await shell.hooks.start(nursery)

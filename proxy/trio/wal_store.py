@@ -9,7 +9,8 @@ never deleted. A checkpoint writes the next epoch's snapshot, starts its log, an
 deletes the old files, so a crash at any point leaves one complete (snapshot, log) pair. No file
 is deleted unless it holds no record or its records are in a durable snapshot, and each start
 says what it changed. Files are created 0600; directory entries are fsynced before anything
-relies on them.
+relies on them. One proxy at a time: a writer holds an exclusive lock on ``proxy.lock`` in the
+directory for its whole life (readers such as ``hsmproxy state`` take none).
 
 Nothing here is async: the proxy calls these from a worker thread (``proxy.trio.group_commit``),
 ``hsmproxy state`` and the start-up path call them directly.
@@ -17,7 +18,9 @@ Nothing here is async: the proxy calls these from a worker thread (``proxy.trio.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import time
 
@@ -43,6 +46,7 @@ from proxy.core.wal_format import (
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+LOCK_NAME = "proxy.lock"
 _READ_ATTEMPTS = 3  # a live proxy may swap epochs under a read-only reader
 
 
@@ -221,20 +225,49 @@ def _set_aside(directory: str, damage: Damage, data: bytes | None, notes: list[s
     notes.append(f"moved {damage.file} aside to {aside} (kept, mode 0600): {damage.describe()}; {kept}")
 
 
+@contextlib.contextmanager
+def locked_directory(directory: str):
+    """Take ``directory`` for this process (yields the lock's fd, for ``WalStore``), or raise
+    ``WalError`` naming the proxy that has it; a start that fails inside the block lets go again.
+
+    An exclusive flock on ``LOCK_NAME``, held as long as the fd is open: the kernel drops it when
+    the process ends however it ends, so a proxy restarted after a SIGKILL gets it at once. The
+    fd is close-on-exec: the signer a wrapper starts must not keep the directory locked after its
+    proxy is gone. The holder writes its pid in the file, for the message the next one gives."""
+    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            who = f"pid {holder}" if holder.isdigit() else "a proxy that is starting"
+            raise WalError(f"WAL directory {directory!r} is in use by another proxy ({who}); two proxies must "
+                           "not write one WAL: stop that one first, or pass another --wal-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class WalStore:
     """An open log: encodes records in order and makes batches of them durable."""
 
-    def __init__(self, directory: str, epoch: int, record_count: int):
+    def __init__(self, directory: str, epoch: int, record_count: int, *, lock_fd: int = -1):
         self.directory = directory
         self.epoch = epoch
         self.index = record_count  # the next record's index in the current epoch
+        self._lock_fd = lock_fd  # from locked_directory(); released by close()
         self._fd = os.open(os.path.join(directory, log_name(epoch)), os.O_WRONLY | os.O_APPEND)
 
     @classmethod
     def open(cls, directory: str, *, set_aside_damage: bool = False) -> tuple["WalStore", Recovery]:
         os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
-        recovery = read_state(directory, repair=True, set_aside_damage=set_aside_damage)
-        return cls(directory, recovery.epoch, len(recovery.records)), recovery
+        with locked_directory(directory) as lock_fd:
+            recovery = read_state(directory, repair=True, set_aside_damage=set_aside_damage)
+            store = cls(directory, recovery.epoch, len(recovery.records), lock_fd=lock_fd)
+        return store, recovery
 
     def encode(self, obj) -> bytes:
         data = encode_record(self.epoch, self.index, obj)
@@ -286,3 +319,6 @@ class WalStore:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._lock_fd >= 0:  # the directory is free for the next proxy
+            os.close(self._lock_fd)
+            self._lock_fd = -1

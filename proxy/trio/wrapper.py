@@ -17,13 +17,13 @@ import subprocess
 import trio
 
 from proxy.core.hooks import ROLE_MASTER, ROLE_STATUS, ConnContext, HookChain
+from proxy.core.relay import DEFAULT_LIMITS, Limits
 from proxy.trio.fdpass import SocketEnd
 from proxy.trio.shell import RelayShell, StatusWriter
 from proxy.trio.subdaemon import REQUEST_FD, exit_status, spawn_subdaemon
 
 STATUS_FD = 0
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-DRAIN_SECONDS = 2.0  # after the signer exits: time to forward what it wrote before it died
 
 
 class WrapSetupError(RuntimeError):
@@ -82,7 +82,7 @@ async def run_wrapper(
     node_master: socket.socket,
     *,
     decode: bool = True,
-    drain_seconds: float = DRAIN_SECONDS,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> int:
     """Start the signer with the hsmd fd layout, relay until it exits, return its exit status."""
     status_ours, status_theirs = socket.socketpair()
@@ -94,7 +94,7 @@ async def run_wrapper(
     finally:
         status_theirs.close()
         master_theirs.close()
-    shell = RelayShell(hooks, status=StatusWriter(None), decode=decode)
+    shell = RelayShell(hooks, status=StatusWriter(None), decode=decode, limits=limits)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_forward_signals, proc)
@@ -111,10 +111,10 @@ async def run_wrapper(
                 ConnContext(conn_id=shell.new_conn_id(), role=ROLE_MASTER, permissions=1027),
             )
             status = await _wait_process(proc)
-            # The signer is gone: forward what it wrote (its sockets now read to EOF), then stop
-            # relaying what the node still sends to nobody.
-            with trio.move_on_after(drain_seconds):
-                await shell.wait_signer_side_closed()
+            # The signer is gone: forward everything it wrote (its sockets now read to EOF), however
+            # long the node takes to read it; a node that closes or goes ends that wait too (the
+            # write fails). Then stop relaying what the node still sends to nobody.
+            await shell.wait_signer_side_closed()
             nursery.cancel_scope.cancel()
     finally:
         if proc.returncode is None:  # we are being torn down: never leave an orphan signer

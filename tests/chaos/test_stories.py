@@ -101,6 +101,25 @@ async def test_bad_arguments_are_named(tmp_path):
     assert code == 2 and "not an executable file" in err
 
 
+
+async def test_a_metrics_address_that_cannot_be_served_is_one_line_and_exit_2(tmp_path):
+    """Refused before any run starts, in one line naming the address (not a trio traceback)."""
+    taken = trio.socket.socket()
+    await taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    busy = f"127.0.0.1:{taken.getsockname()[1]}"
+    try:
+        for address, why in ((f"unix:{tmp_path / 'no-such-dir' / 'm.sock'}", "No such file or directory"),
+                             (busy, "cannot listen on"), ("192.0.2.1:9464", "not a loopback address"),
+                             ("nonsense", "is not unix:PATH or [tcp:]HOST:PORT")):
+            code, out, err = await chaos("--seeds", "1..1", "--metrics", address, timeout=30)
+            assert code == 2, out + err
+            (line,) = err.splitlines()
+            assert line.startswith(f"hsmproxy chaos: --metrics {address}: ") and why in line, line
+            assert "Traceback" not in err and "run(s)" not in out  # no run started
+    finally:
+        taken.close()
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")

@@ -104,3 +104,21 @@ def test_a_refused_rule_gives_advice_that_works(tmp_path):
                            "--metrics", "192.0.2.1:9464"], capture_output=True, text=True, timeout=60)
     assert "FAULT INJECTION ENABLED: seed" in done.stderr and "refused" not in done.stderr
     assert done.returncode == 2 and "--metrics 192.0.2.1:9464: serve metrics on a loopback address" in done.stderr
+
+
+def test_max_unanswered_comes_from_the_file_and_a_bad_one_is_named(tmp_path, capsys):
+    from hsmproxy.assembly import relay_limits
+    from hsmproxy.options import add_relay_options
+    from proxy.core.relay import DEFAULT_LIMITS, MAX_UNANSWERED
+
+    parser = argparse.ArgumentParser(prog="hsmproxy serve")
+    add_relay_options(parser)
+    assert f"(default {MAX_UNANSWERED})" in " ".join(parser.format_help().split())
+    assert relay_limits(parser.parse_args([])) is DEFAULT_LIMITS
+    path = tmp_path / "c.toml"
+    path.write_text("[serve]\nmax-unanswered = 8\n")
+    config.apply(parser, config.load(path, "serve"), str(path))
+    assert relay_limits(parser.parse_args([])).max_unanswered == 8
+    with pytest.raises(SystemExit):
+        relay_limits(parser.parse_args(["--max-unanswered", "0"]))
+    assert "--max-unanswered 0: give at least 1" in capsys.readouterr().err

@@ -145,6 +145,20 @@ def test_a_damaged_log_is_shown_up_to_the_damage_and_says_what_it_could_not_read
     assert "DAMAGED: wal-0.log is damaged: checksum mismatch" in capsys.readouterr().out
 
 
+
+def test_the_pytest_plugins_state_is_what_the_state_command_shows_damage_included(tmp_path, capsys):
+    from hsmproxy.pyln_session import ProxiedNode  # the hsmproxy(node) fixture's handle
+
+    node = ProxiedNode("l1", tmp_path / "hsmproxy")
+    write_wal(str(node.wal_dir))
+    log = node.wal_dir / "wal-0.log"
+    data = bytearray(log.read_bytes())
+    data[record_starts(log)[3] + RECORD_HEADER.size + 1] ^= 0x01
+    log.write_bytes(bytes(data))
+    assert cli.main(["state", "--wal-dir", str(node.wal_dir), "--json"]) == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["wal"]["damage"] and json.loads(json.dumps(node.state())) == shown
+
 def test_a_log_whose_snapshot_is_missing_is_an_error_not_an_empty_shadow(tmp_path, capsys):
     store, _ = WalStore.open(str(tmp_path))
     store.checkpoint(store.start_epoch(), shadow_to_snapshot(Shadow()))
@@ -157,5 +171,5 @@ def test_a_log_whose_snapshot_is_missing_is_an_error_not_an_empty_shadow(tmp_pat
     assert "wal-1.log holds 8 record(s) but snapshot-1.bin, the state they apply to, is missing" in line
     (damage,) = json.loads(out)["wal"]["damage"]
     assert (damage["kind"], damage["file"], damage["valid_records_after"]) == ("no_snapshot", "wal-1.log", 8)
-    assert sorted(os.listdir(tmp_path)) == ["wal-1.log"]  # read-only
+    assert sorted(os.listdir(tmp_path)) == ["proxy.lock", "wal-1.log"]  # read-only
 

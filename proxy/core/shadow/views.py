@@ -74,7 +74,7 @@ def divergences_jsonable(shadow) -> list:
 
 def shadow_jsonable(shadow, *, wal_dir: str | None = None, recovery: Recovery | None = None) -> dict:
     """A whole ``Shadow``: channels (sorted by peer and dbid), events, intents in flight and in
-    doubt; with ``recovery``, what reading the WAL found."""
+    doubt; with ``recovery``, what reading the WAL found (``wal.damage``: what could not be replayed)."""
     out = {
         "channels": [channel_jsonable(ch) for ch in sorted(shadow.channels.values(), key=lambda c: (c.peer_id, c.dbid))],
         "divergences": divergences_jsonable(shadow),
@@ -84,5 +84,6 @@ def shadow_jsonable(shadow, *, wal_dir: str | None = None, recovery: Recovery | 
     }
     if recovery is not None:
         out["wal"] = {"epoch": recovery.epoch, "records": recovery.record_count,
-                      "invalid_tail_bytes": recovery.cut_bytes, "invalid_tail": recovery.problem}
+                      "invalid_tail_bytes": recovery.cut_bytes, "invalid_tail": recovery.problem,
+                      "damage": [d.jsonable() for d in recovery.damage]}
     return out

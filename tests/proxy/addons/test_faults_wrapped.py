@@ -260,6 +260,19 @@ async def test_kill_node_kills_the_wrappers_parent(tmp_path, point):
         assert signed and signed[0]["raw"].hex() == REPLIES[SIGN_REMOTE]  # ...but the signer had signed
 
 
+async def test_kill_node_before_forward_with_a_drop_keeps_the_request_from_the_signer(tmp_path):
+    """kill-node stops no message (docs/faults.md); with a drop at the same point the signer never
+    sees the request, so it cannot sign what the dead node never learns of."""
+    trace = tmp_path / "t.trace"
+    plan = "!hsmd_sign_remote_commitment_tx@req; $hsmd_sign_remote_commitment_tx"
+    run = await run_plan(tmp_path, plan, extra=("--trace", str(trace)))
+    assert run.returncode == -signal.SIGKILL
+    records = list(read_trace(str(trace)))
+    assert [r["event"]["action"] for r in records if r["kind"] == "fault"] == ["kill-node", "drop"]
+    assert not [r for r in records if r["kind"] == "frame" and r["dir"] == "reply" and r["seq"] == SIGN_REMOTE]
+    assert not [r for r in records if r["kind"] == "divergence"]  # nothing was signed in the window
+
+
 @pytest.mark.parametrize("point", POINTS)
 async def test_kill_signer(tmp_path, point):
     run = await run_plan(tmp_path, f"^hsmd_sign_remote_commitment_tx@{point}")

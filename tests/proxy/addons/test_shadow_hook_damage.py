@@ -98,7 +98,7 @@ def test_a_flipped_bit_mid_log_refuses_the_start_and_repair_keeps_the_good_prefi
         ShadowHook.open(str(wal))
     assert f"wal-0.log is damaged: checksum mismatch in record 600 at byte {starts[600]}" in str(caught.value)
     assert "597 record(s) after it verify" in str(caught.value)
-    assert log.read_bytes() == damaged and os.listdir(wal) == ["wal-0.log"]  # nothing cut, nothing removed
+    assert log.read_bytes() == damaged and sorted(os.listdir(wal)) == ["proxy.lock", "wal-0.log"]  # nothing cut, nothing removed
 
     prefix, recovery = recover(str(wal), repair=False)  # what `hsmproxy state` shows
     assert commit_num(prefix) == 151 and recovery.damage[0].valid_after == 597
@@ -230,7 +230,7 @@ def test_a_start_refuses_a_log_whose_snapshot_is_missing_and_keeps_it(tmp_path):
     before = (wal / "wal-1.log").read_bytes()
     with pytest.raises(WalDamaged, match=r"wal-1\.log holds 14 record\(s\) but snapshot-1\.bin"):
         ShadowHook.open(str(wal))
-    assert sorted(os.listdir(wal)) == ["wal-1.log"] and (wal / "wal-1.log").read_bytes() == before
+    assert sorted(os.listdir(wal)) == ["proxy.lock", "wal-1.log"] and (wal / "wal-1.log").read_bytes() == before
     hook = ShadowHook.open(str(wal), set_aside_damage=True)
     hook.close()
     (aside,) = [n for n in os.listdir(wal) if n.startswith("wal-1.log.damaged-")]

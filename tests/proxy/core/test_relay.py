@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import wire
-from wire import FdCarrier, Frame, Unframed
+from wire import FdCarrier, Frame, FramePiece, Unframed
 from wire.conversation import ROLE_CLIENT, ROLE_MASTER, ROLE_STATUS, ROLES, expects_reply
 
 from proxy.core.hooks import (
@@ -29,6 +29,7 @@ from proxy.core.hooks import (
 from proxy.core.relay import (
     CloseConnection,
     ConnectionRelay,
+    Limits,
     PassClient,
     Send,
     SendReceived,
@@ -44,9 +45,15 @@ def frame_of(body: bytes, fds=(), carrier: FdCarrier | None = None) -> Frame:
     return Frame(wire.frame(body), body, tuple(fds), carrier)
 
 
-def relay_for(role: str) -> ConnectionRelay:
+def relay_for(role: str, limits: Limits = Limits()) -> ConnectionRelay:
     peer = NODE_ID if role == ROLE_CLIENT else None
-    return ConnectionRelay(ConnContext(conn_id=0, role=role, peer_id=peer, dbid=1 if peer else None))
+    return ConnectionRelay(ConnContext(conn_id=0, role=role, peer_id=peer, dbid=1 if peer else None), limits=limits)
+
+
+def pieces_of(body: bytes) -> list[FramePiece]:
+    """A frame too long to parse, in two pieces as a reader cuts it."""
+    raw, kind = wire.frame(body), int.from_bytes(body[:2], "big")
+    return [FramePiece(raw[:6], kind, len(body), True, False), FramePiece(raw[6:], kind, len(body), False, True)]
 
 
 # ---- pairing --------------------------------------------------------------------------------------
@@ -110,6 +117,50 @@ def test_client_context_comes_from_the_client_hsmfd_request():
     assert client_context(10, ctx, None).dbid is None
 
 
+# ---- limits -------------------------------------------------------------------------------------
+
+
+def test_requests_wait_past_the_cap_until_answered_or_the_signer_side_ends():
+    relay = relay_for(ROLE_CLIENT, Limits(max_unanswered=2))
+    relay.request_frame(frame_of(b"\x00\x12" + bytes(8)))
+    assert not relay.requests_blocked
+    relay.request_frame(frame_of(b"\x00\x63\x00\x00"))  # dev_preinit waits for no answer
+    assert not relay.requests_blocked
+    relay.request_frame(frame_of(b"\x00\x12" + bytes(8)))
+    assert relay.requests_blocked
+    assert "2 requests wait for the signer" in relay.requests_paused() and relay.requests_paused() is None
+    assert relay.stats.requests_paused == 2
+    relay.reply_frame(frame_of(b"\x00\x76"))
+    assert not relay.requests_blocked
+    relay.request_frame(frame_of(b"\x00\x12" + bytes(8)))
+    assert relay.requests_blocked
+    relay.replies_ended()
+    assert not relay.requests_blocked  # no answer will come: the node's requests meet the closed signer
+
+
+def test_the_bytes_of_unanswered_requests_are_capped_too():
+    relay = relay_for(ROLE_CLIENT, Limits(max_unanswered_bytes=30))
+    ex = relay.request_frame(frame_of(b"\x00\x12" + bytes(20)))
+    assert not relay.requests_blocked
+    relay.request_frame(frame_of(b"\x00\x12" + bytes(8)))
+    assert relay.requests_blocked
+    relay.apply_to_request(ex, frame_of(b"\x00\x12" + bytes(20)), Drop())  # forgotten: its bytes too
+    assert not relay.requests_blocked
+
+
+def test_a_frame_too_long_to_parse_pairs_like_a_frame():
+    relay = relay_for(ROLE_MASTER)
+    first, rest = pieces_of(b"\x00\x12" + bytes(100))
+    unparsed = relay.piece("request", first)
+    assert (unparsed.direction, unparsed.seq, unparsed.type, unparsed.length) == ("request", 0, 0x12, 102)
+    assert relay.piece("request", rest) is None and relay.waiting == 1
+    ex = relay.reply_frame(frame_of(b"\x00\x76"))
+    assert (ex.seq, ex.request, ex.request_raw) == (0, None, b"")
+    first, rest = pieces_of(b"\x00\x76" + bytes(100))
+    assert relay.piece("reply", first).seq == -1 and relay.stats.unpaired_replies == 1
+    assert relay.stats.unparsed == 2
+
+
 # ---- verdict semantics: Hypothesis over verdict x message x role x direction ---------------------
 
 RELEASE = trio.Event()
@@ -130,9 +181,11 @@ steps = st.lists(
         st.integers(0, len(REQUESTS) - 1),
         st.sampled_from(VERDICTS),
         st.booleans(),  # a 109 reply brings its carrier in the same read
+        st.integers(0, 4),  # 0: the frame is too long to parse and comes in pieces
     ),
     max_size=25,
 )
+LIMITS = Limits(max_unanswered=3, max_unanswered_bytes=40)
 
 
 def sent_bytes(plan, frame: Frame) -> bytes:
@@ -151,11 +204,29 @@ def sent_bytes(plan, frame: Frame) -> bytes:
 @settings(max_examples=400, deadline=None)
 @given(role=st.sampled_from(ROLES), steps=steps)
 def test_every_verdict_means_what_the_hook_contract_says(role, steps):
-    relay = relay_for(role)
-    slots: list[tuple[int, bool]] = []  # the model: (seq, duplicate) of requests awaiting a reply
+    """... and a frame too long to parse pairs like any other, and the node's requests wait
+    exactly when the model says too many (or too many bytes of them) are unanswered."""
+    relay = relay_for(role, LIMITS)
+    slots: list[tuple[int, bool, int]] = []  # the model: (seq, duplicate, body bytes) of requests awaiting a reply
     seq = 0
-    for direction, which, verdict, with_carrier in steps:
+    for direction, which, verdict, with_carrier, size in steps:
         kind = type(verdict)
+        body = (REQUESTS if direction == "request" else REPLIES)[which % (len(REQUESTS) if direction == "request" else len(REPLIES))]
+        if size == 0 and len(body) >= 2:
+            first, rest = pieces_of(body)
+            unparsed = relay.piece(direction, first)
+            assert relay.piece(direction, rest) is None
+            if role == ROLE_STATUS:
+                assert (unparsed.direction, unparsed.seq) == ("status", None)
+            elif direction == "request":
+                assert unparsed.seq == seq
+                slots += [(seq, False, 0)] if expects_reply(body) else []
+                seq += 1
+            else:
+                assert unparsed.seq == (slots.pop(0)[0] if slots else -1)
+            assert (unparsed.type, unparsed.length) == (first.type, len(body))
+            assert relay.waiting == len(slots)
+            continue
         if role == ROLE_STATUS:
             # Status frames (signer -> node) go on whatever happens; nothing pairs on fd 0.
             frame = frame_of(REPLIES[which % len(REPLIES)])
@@ -193,14 +264,14 @@ def test_every_verdict_means_what_the_hook_contract_says(role, steps):
                 if kind is Hold:
                     assert type(actions[0]) is WaitRelease and actions[0].release is RELEASE
                 if answered:
-                    slots += [(seq, False)] + ([(seq, True)] if kind is Duplicate else [])
+                    slots += [(seq, False, len(body))] + ([(seq, True, len(body))] if kind is Duplicate else [])
             seq += 1
         else:
             body = REPLIES[which % len(REPLIES)]
             carrier = FdCarrier(b"\x00", (11,)) if body == b"\x00\x6d" and with_carrier else None
             frame = frame_of(body, carrier=carrier)
             ex = relay.reply_frame(frame)
-            expected_seq, duplicate = slots.pop(0) if slots else (-1, False)
+            expected_seq, duplicate, _ = slots.pop(0) if slots else (-1, False, 0)
             assert (ex.seq, ex.duplicate) == (expected_seq, duplicate)
             plan = relay.apply_to_reply(ex, frame, verdict)
             closes = kind in (Disconnect, FailClosed) or (kind is Refuse and role != ROLE_MASTER)
@@ -214,5 +285,7 @@ def test_every_verdict_means_what_the_hook_contract_says(role, steps):
                 passes = [a for a in plan.actions if type(a) is PassClient]
                 assert [p.carrier for p in passes] == ([carrier] if carrier else [])
         assert relay.waiting == len(slots)
+        assert relay.requests_blocked == (len(slots) >= LIMITS.max_unanswered
+                                          or sum(size for *_, size in slots) >= LIMITS.max_unanswered_bytes)
         if any(type(a) is CloseConnection for a in plan.actions):
             return  # nothing more happens on a closed connection

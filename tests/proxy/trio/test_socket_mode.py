@@ -127,6 +127,16 @@ def _serve_once(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=h.child_env(), timeout=30)
 
 
+
+@pytest.mark.parametrize("options", [("--guard",), ("--wal-dir", "WAL"), ("--guard", "--wal-dir", "WAL")])
+def test_no_parse_with_guard_or_wal_dir_is_a_usage_error(tmp_path: Path, options):
+    options = [str(tmp_path / o) if o == "WAL" else o for o in options]
+    done = _serve_once("--listen", f"unix:{tmp_path / 'p.sock'}", "--connect", "unix:/x", "--no-parse", *options)
+    assert done.returncode == 2, done.stderr
+    named = " and ".join(o for o in options if o.startswith("--"))
+    assert f"hsmproxy: {named} need" in done.stderr and "drop --no-parse" in done.stderr
+    assert not (tmp_path / "WAL").exists()  # refused before anything was created
+
 def test_a_live_listen_path_is_refused_and_left_alone(tmp_path: Path):
     path = tmp_path / "proxy.sock"
     with unix_listen(path) as live:

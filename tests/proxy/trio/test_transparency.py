@@ -16,6 +16,7 @@ import wire
 from wire.conversation import REPLY_AFTER, REQUEST_BEFORE, ROLE_CLIENT, ROLE_MASTER
 
 from proxy.core.hooks import CONN_CLOSED, CONN_REPLACED, ConnContext, Disconnect, Drop, Duplicate, Hold, Refuse, Replace
+from proxy.core.relay import WHOLE_FRAME_LIMIT, Limits
 from proxy.trio.fdpass import SocketEnd
 from proxy.trio.shell import RelayShell
 from tests.proxy.trio.conftest import (
@@ -60,12 +61,17 @@ chunkings = st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_si
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(down=streams, up=streams, down_chunks=chunkings, up_chunks=chunkings, carrier=st.sampled_from([b"\x00", b"\xff"]))
-def test_streams_are_byte_identical_through_clients_two_levels_deep(down, up, down_chunks, up_chunks, carrier):
+@given(down=streams, up=streams, down_chunks=chunkings, up_chunks=chunkings, carrier=st.sampled_from([b"\x00", b"\xff"]),
+       whole_frame=st.sampled_from([WHOLE_FRAME_LIMIT, 51, 120]))  # hsmd_client_hsmfd (51) still parsed
+def test_streams_are_byte_identical_through_clients_two_levels_deep(down, up, down_chunks, up_chunks, carrier,
+                                                                     whole_frame):
+    """Frames longer than ``whole_frame`` go on in pieces: the same bytes arrive."""
+    limits = Limits(whole_frame=whole_frame, max_unanswered_bytes=1 << 20)  # nobody answers these requests
+
     async def main():
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                topo = Topology(RelayShell([]), nursery)
+                topo = Topology(RelayShell([], limits=limits), nursery)
                 child_node, child_signer = await topo.pass_client(topo.node, topo.signer, 7, 1024, carrier)
                 grand_node, grand_signer = await topo.pass_client(child_node, child_signer, 9, 447, carrier)
                 await trio.testing.wait_all_tasks_blocked()

@@ -134,6 +134,33 @@ def test_missing_directory_is_named(tmp_path):
         read_state(str(tmp_path / "nope"), repair=False)
 
 
+def test_one_writer_per_directory_until_it_closes(tmp_path):
+    """flock locks belong to an open file, so a second open in this very process is refused too;
+    the lock goes with ``close()`` (or the process), and the signer a wrapper starts never gets it."""
+    store, _ = WalStore.open(str(tmp_path))
+    lock = os.open(tmp_path / "proxy.lock", os.O_RDONLY)
+    try:
+        with pytest.raises(WalError) as refused:
+            WalStore.open(str(tmp_path))
+        assert f"WAL directory {str(tmp_path)!r} is in use by another proxy (pid {os.getpid()})" in str(refused.value)
+        assert "--wal-dir" in str(refused.value)
+        held = [fd for fd in map(int, os.listdir("/proc/self/fd")) if _is(fd, tmp_path / "proxy.lock") and fd != lock]
+        assert held and not any(os.get_inheritable(fd) for fd in held)  # close-on-exec
+    finally:
+        os.close(lock)
+        store.close()
+    again, rec = WalStore.open(str(tmp_path))  # the refused attempt left nothing locked behind
+    again.close()
+    assert rec.epoch == 0
+
+
+def _is(fd: int, path) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    except OSError:
+        return False
+
+
 def test_damaged_snapshot_is_not_silently_discarded(tmp_path):
     d = str(tmp_path)
     store, _ = WalStore.open(d)
@@ -173,7 +200,8 @@ async def test_group_commit_shares_syncs_and_checkpoints_keep_the_state(tmp_path
     assert wal.checkpoints >= 2
     store.close()
     rec = read_state(d, repair=True)
-    assert rec.epoch == wal.checkpoints and sorted(os.listdir(d)) == [f"snapshot-{rec.epoch}.bin", f"wal-{rec.epoch}.log"]
+    assert rec.epoch == wal.checkpoints and sorted(os.listdir(d)) == [
+        "proxy.lock", f"snapshot-{rec.epoch}.bin", f"wal-{rec.epoch}.log"]
     recovered = load_shadow(rec.snapshot, rec.records)
     assert shadow_to_snapshot(recovered) == shadow_to_snapshot(shadow)
     assert all(ch.next_counterparty_commit_num == 20 for ch in recovered.channels.values())

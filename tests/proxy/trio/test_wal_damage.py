@@ -266,7 +266,7 @@ def test_a_log_whose_snapshot_is_missing_is_damage_not_an_empty_shadow(tmp_path)
     rec = read_state(str(tmp_path), repair=True, set_aside_damage=True)
     aside = rec.damage[0].set_aside
     assert aside.startswith("wal-1.log.damaged-") and (tmp_path / aside).read_bytes() == before["wal-1.log"]
-    assert sorted(os.listdir(tmp_path)) == sorted([aside, "wal-0.log"])
+    assert sorted(os.listdir(tmp_path)) == sorted([aside, "proxy.lock", "wal-0.log"])
 
 
 def test_an_older_epochs_log_is_removed_only_as_covered_by_the_snapshot_and_said(tmp_path):
@@ -276,7 +276,7 @@ def test_an_older_epochs_log_is_removed_only_as_covered_by_the_snapshot_and_said
     rec = read_state(str(tmp_path), repair=True)
     assert rec.damage == [] and rec.epoch == 1 and rec.records == [["e1", i] for i in range(3)]
     assert "removed wal-0.log: its records are in snapshot-1.bin" in rec.notes
-    assert sorted(os.listdir(tmp_path)) == ["snapshot-1.bin", "wal-1.log"]
+    assert sorted(os.listdir(tmp_path)) == ["proxy.lock", "snapshot-1.bin", "wal-1.log"]
 
 
 def test_an_empty_log_of_an_interrupted_checkpoint_is_removed_and_said(tmp_path):
@@ -289,7 +289,7 @@ def test_an_empty_log_of_an_interrupted_checkpoint_is_removed_and_said(tmp_path)
     assert rec.damage == [] and rec.records == [["e0", 0]]
     assert "removed wal-1.log: an empty log left by an interrupted checkpoint" in rec.notes
     assert any(n.startswith("removed snapshot-1.bin.tmp") for n in rec.notes)
-    assert sorted(os.listdir(tmp_path)) == ["wal-0.log"]
+    assert sorted(os.listdir(tmp_path)) == ["proxy.lock", "wal-0.log"]
 
 
 def test_a_newer_log_with_records_is_never_removed(tmp_path):

@@ -59,7 +59,7 @@ def wait_gone(pid: int, timeout: float = 5.0) -> bool:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().split(") ")[1].startswith("Z"):
                     return True  # exited; its parent (the wrapper) will reap it
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # reaped (ESRCH while reading its stat)
             return True
         time.sleep(0.02)
     return False
@@ -232,3 +232,36 @@ def test_a_signer_that_cannot_start_is_reported(tmp_path):
         assert ld.request("master", init_body()) is None
     finally:
         ld.close()
+
+
+def test_a_second_proxy_on_a_wal_dir_in_use_refuses_and_a_killed_ones_successor_starts(signer, tmp_path):
+    """Two proxies writing one WAL would corrupt each other's shadow: the second says which
+    directory and whose pid. The lock is not in the signer (close-on-exec), so after a SIGKILL
+    of the proxy the next one starts at once, its signer still alive or not."""
+    wal = tmp_path / "wal"
+    wrapper = h.wrapper_script(tmp_path, signer, "--wal-dir", str(wal))
+    first = h.Lightningd([str(wrapper)], tmp_path)
+    try:
+        assert first.request("master", init_body())  # the first proxy relays: its WAL is open
+        (signer_pid,) = children_of(first.proc.pid)
+        fds = [os.readlink(f"/proc/{signer_pid}/fd/{fd}") for fd in os.listdir(f"/proc/{signer_pid}/fd")]
+        assert str(wal / "proxy.lock") not in fds
+        errors = tmp_path / "second.err"
+        second_script = h.write_script(tmp_path / "second.sh", [f'exec "{wrapper}" "$@" 2>"{errors}"'])
+        second = h.Lightningd([str(second_script)], tmp_path)
+        try:
+            assert second.wait() == 2
+        finally:
+            second.close()
+        (line,) = errors.read_text().splitlines()
+        assert line.startswith(f"hsmproxy: --wal-dir {wal}: WAL directory '{wal}' is in use by another proxy "
+                               f"(pid {first.proc.pid})"), line
+        first.proc.kill()
+        assert first.wait() == 128 + signal.SIGKILL
+    finally:
+        first.close()
+    third = h.Lightningd([str(wrapper)], tmp_path)
+    try:
+        assert third.request("master", init_body())
+    finally:
+        third.close()

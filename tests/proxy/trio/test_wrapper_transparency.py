@@ -6,8 +6,11 @@ is relayed byte for byte; and the wrapper exits with the status the signer chose
 from __future__ import annotations
 
 import array
+import random
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ import wire
 from tests import ld_harness as h
 from tests.paths import TESTS
 from tests.proxy.trio.conftest import recv_exactly
+from tests.proxy.trio.test_wrapper import children_of, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,3 +148,61 @@ def test_status_bytes_and_the_chosen_exit_status_pass_through(tmp_path):
         assert both.ld.wait() == 77
     finally:
         both.close()
+
+
+LAST_REPLY = wire.frame(b"\x00\x70" + random.Random(5).randbytes(1 << 20))  # 1 MiB: more than the sockets hold
+
+
+@pytest.fixture
+def signer_gone(tmp_path):
+    """A wrapper whose signer (the test) wrote a 1 MiB reply, closed its sockets and exited 0,
+    before lightningd read any of it. The reply is written from a thread: the write completes
+    only as fast as the wrapper takes it."""
+    both = Both(tmp_path)
+    try:
+        (pid,) = children_of(both.ld.proc.pid)
+
+        def reply_and_exit() -> None:
+            both.signer_master.sendall(LAST_REPLY)
+            both.signer_master.close()
+            both.signer_status.close()
+            both.courier.sendall(b"0\n")  # the stand-in signer exits 0
+
+        thread = threading.Thread(target=reply_and_exit, daemon=True)
+        thread.start()
+        thread.join(h.TIMEOUT)
+        assert not thread.is_alive() and wait_gone(pid)
+        yield both.ld
+    finally:
+        both.close()
+
+
+def test_a_reply_the_signer_wrote_before_exiting_reaches_a_node_that_reads_it_late(signer_gone):
+    ld = signer_gone
+    time.sleep(3)  # lightningd is busy for longer than the wrapper used to wait (2 s)
+    assert h.read_frame(ld.master) == LAST_REPLY[4:]
+    assert ld.master.recv(1) == b""
+    assert ld.wait() == 0
+
+
+def test_a_request_to_the_exited_signer_does_not_cut_its_reply_short(signer_gone):
+    ld = signer_gone
+    # lightningd writes to a signer that is gone (the wrapper's write to it fails with EPIPE);
+    # the wrapper mirrors that, so lightningd's own write fails: then the wrapper has seen it
+    for _ in range(500):
+        try:
+            ld.master.send(wire.frame(bytes.fromhex("00120000000000000000")))
+        except BrokenPipeError:
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the wrapper kept taking requests for an exited signer")
+    assert h.read_frame(ld.master) == LAST_REPLY[4:]
+    assert ld.wait() == 0
+
+
+def test_a_node_that_closes_without_reading_the_last_reply_lets_the_wrapper_exit(signer_gone):
+    ld = signer_gone
+    ld.master.close()
+    ld.status.close()
+    assert ld.wait() == 0
