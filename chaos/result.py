@@ -49,6 +49,10 @@ class RunResult:
     fault_plan: str = ""
     duration_s: float = 0.0
     workdir: str | None = None
+    # The sequence diagram's critical windows (diagrams.sequence.Sequence), cut from the traces
+    # before the run's directory went; only for --html. Not in the JSON report.
+    windows: list = field(default_factory=list)
+    windows_note: str = ""  # why there are none
 
     @property
     def ok(self) -> bool:

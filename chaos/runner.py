@@ -28,6 +28,7 @@ import trio
 from chaos.evidence import Incarnation, RunEvidence, shadow_evidence, signer_channels_from_records, trace_facts
 from chaos.result import RunResult, judge_run
 from chaos.scenarios import ENFORCE, WARN, Expectation
+from chaos.windows import windows_from_traces
 from proxy.addons.trace import TraceFormatError, read_trace
 from proxy.core.wal_format import WalError
 from proxy.trio.children import live_processes
@@ -271,13 +272,15 @@ class UnfinishedRun:
 
 
 async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "failed",
-                   unfinished: list[UnfinishedRun] | None = None) -> RunResult:
+                   unfinished: list[UnfinishedRun] | None = None, windows: bool = False) -> RunResult:
     """Run one spec in ``workdir/<scenario>-<seed>`` (or a temporary directory) and judge it.
 
     ``keep``: "all", "failed" (the default: a failed run's directory stays for inspection) or "none".
     A run cancelled on the way (the session was interrupted) has no verdict: its directory (the
     signer's secret, the WAL, the traces) is removed once its processes are gone, unless ``keep``
     is "all"; either way it is added to ``unfinished``, so the session can say where it is.
+    ``windows``: cut the sequence diagram's critical windows from the traces into the result
+    (for the HTML report) while they still exist.
     """
     started = time.monotonic()
     if workdir is not None:
@@ -287,8 +290,9 @@ async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "fail
         root.mkdir(parents=True)
     else:
         root = Path(tempfile.mkdtemp(prefix=f"hsmproxy-chaos-{spec.scenario}-{spec.seed}-"))
+    runner = Runner(spec, root)
     try:
-        ev = await Runner(spec, root).run()
+        ev = await runner.run()
     except BaseException as exc:
         if isinstance(exc, Exception):
             raise  # the run crashed: reported as a failed run, its directory kept
@@ -303,6 +307,8 @@ async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "fail
         raise
     result = judge_run(ev, spec.expectation, spec.reproduce, spec.signer_label, fault_plan="; ".join(spec.faults),
                        duration_s=time.monotonic() - started, workdir=str(root))
+    if windows:
+        result.windows, result.windows_note = windows_from_traces([runner.dirs.trace(i.number) for i in ev.incarnations])
     if keep == "none" or (keep == "failed" and result.ok):
         shutil.rmtree(root, ignore_errors=True)
         result.workdir = None

@@ -24,13 +24,15 @@ from proxy.trio.http_server import HttpServer, RouteTable
 
 class Session:
     def __init__(self, specs: list[RunSpec], jobs: int = 1, workdir: Path | None = None, keep: str = "failed",
-                 live: bool = False, metrics_address: str | None = None, meta: dict | None = None, console=None):
+                 live: bool = False, metrics_address: str | None = None, meta: dict | None = None, console=None,
+                 windows: bool = False):
         self.specs = specs
         self.jobs = jobs
         self.workdir = workdir
         self.keep = keep
         self.live = live
         self.metrics_address = metrics_address
+        self.windows = windows  # each result carries its critical windows (for --html)
         self.meta = dict(meta or {})
         self.progress = LiveProgress(len(specs))
         self.metrics = None
@@ -79,7 +81,7 @@ class Session:
 
     async def _run_all(self) -> list[RunResult]:
         async def one(spec: RunSpec) -> RunResult:
-            return await run_spec(spec, self.workdir, self.keep, unfinished=self.unfinished)
+            return await run_spec(spec, self.workdir, self.keep, unfinished=self.unfinished, windows=self.windows)
 
         async with trio.open_nursery() as nursery:
             if self.metrics_address:

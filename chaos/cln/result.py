@@ -30,6 +30,8 @@ class CycleResult:
     duration_s: float = 0.0
     traces: list[str] = field(default_factory=list)
     fail_on: frozenset[str] = frozenset()
+    windows: list = field(default_factory=list)  # as RunResult.windows: the cycle's critical windows, for --html
+    windows_note: str = ""
 
     @property
     def spec(self) -> str:

@@ -30,6 +30,7 @@ from chaos.cln.network import Binaries, Network, NodeStartError, SweepSetupError
 from chaos.cln.points import NODES, CrashPoint, Selector, select_points
 from chaos.cln.result import CycleResult
 from chaos.cln.traces import FiredFault, channel_requests, fired_faults, trace_records
+from chaos.windows import windows_from_traces
 from proxy.addons.trace import TraceFormatError
 
 WARM_UP_BALANCE_MSAT = 400_000_000  # l1 -> l2 first, so both sides have an output (and penalty sigs)
@@ -58,6 +59,7 @@ class SweepConfig:
     fail_on: frozenset[str] = frozenset()
     all_plugins: bool = False
     replay_argv: tuple[str, ...] = ()  # the options that name the binaries, for the replay commands
+    windows: bool = False  # cut each cycle's critical windows from the traces (for --html)
 
 
 @dataclass
@@ -206,12 +208,19 @@ class Sweep:
         started = time.monotonic()
         result = CycleResult(cp.message, cp.point, cp.node, ERROR, replay_command(self.config.replay_argv, cp),
                              fail_on=self.config.fail_on)
+        # The killed node's trace holds its earlier cycles too: the diagram starts after them.
+        first_record = self._records_in(network.nodes[cp.node].trace_path) + 1 if self.config.windows else None
         try:
             self._cycle(network, cp, number, result)
         except Exception as exc:  # the sweep's own failure: reported, and the sweep goes on if it can
             result.outcome = ERROR
             result.reasons.append(f"the sweep failed in this cycle: {type(exc).__name__}: {exc}")
             self._check_network(network)
+        if self.config.windows:
+            result.windows, result.windows_note = (
+                windows_from_traces(result.traces, channel=network.dbid.get(cp.node), start=first_record)
+                if result.traces
+                else ([], "no sequence diagram: the fault never fired, nothing was killed"))
         result.duration_s = time.monotonic() - started
         return result
 
@@ -330,6 +339,13 @@ class Sweep:
         result.reasons = result.reasons + [r for r in reasons if r not in result.reasons]
         lap("judge")
         self._check_network(network)
+
+    @staticmethod
+    def _records_in(trace: Path | None) -> int:
+        try:
+            return len(trace_records(str(trace))) if trace is not None else 0
+        except (OSError, TraceFormatError):
+            return 0
 
     @staticmethod
     def _fault_of(trace: Path | None, dbid: int, rule: str) -> FiredFault | None:

@@ -72,6 +72,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "in a sweep: how long lightningd may take to die, start again and get its channel back")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the JSON report (a `runs` list) to FILE")
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE (one testcase per run)")
+    parser.add_argument("--html", metavar="FILE",
+                        help="write a self-contained HTML report to FILE (readable offline): the outcome table, plots, "
+                             "and per run its faults, divergences, replay command and the sequence diagram of its "
+                             "critical windows")
     parser.add_argument("--workdir", metavar="DIR", help="keep each run's data, WAL, traces and logs under DIR")
     parser.add_argument("--keep", choices=("failed", "all", "none"), default="failed",
                         help="which runs' directories to keep (default failed: their path is in the report). "
@@ -102,8 +106,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "channel state nor reach bitcoind, which makes each restart faster)")
 
 
+def check_report_paths(args: argparse.Namespace) -> None:
+    """A report is written when every run is over: a path that cannot be written is named now,
+    not after the session."""
+    for option, path in (("--json", args.json_path), ("--junit", args.junit), ("--html", args.html)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise ValueError(f"{option} {path}: the directory {Path(path).resolve().parent} does not exist; "
+                             "create it or give another path")
+
+
 def build_specs(args: argparse.Namespace) -> list:
     """The runs this invocation asks for, in the order they are reported."""
+    check_report_paths(args)
     if args.jobs < 1:
         raise ValueError(f"--jobs {args.jobs}: give at least 1")
     if args.updates is not None and args.updates < 1:
@@ -153,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     session = Session(specs, jobs=args.jobs, workdir=Path(args.workdir) if args.workdir else None, keep=args.keep,
                       live=not args.no_live and sys.stdout.isatty(), metrics_address=args.metrics,
-                      meta={"command": "hsmproxy chaos " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["chaos"] else "hsmproxy chaos"})
+                      meta={"command": "hsmproxy chaos " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["chaos"] else "hsmproxy chaos"},
+                      windows=bool(args.html))
     results = trio.run(session.run)
     if session.start_failure:
         print(f"hsmproxy chaos: {session.start_failure}", file=sys.stderr)
@@ -165,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json_path, results, session.meta)
     if args.junit:
         write_junit(args.junit, results)
+    if args.html:
+        from chaos.html_report import write_session_html  # matplotlib: 0.9 s to import, for --html only
+        write_session_html(args.html, results, session.meta)
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
@@ -182,7 +200,7 @@ def _interrupted(session: Session, args: argparse.Namespace) -> int:
         else:
             print(f"hsmproxy chaos: {run.scenario} seed {run.seed} was stopped midway; its directory was removed "
                   f"(--keep all keeps it)", file=sys.stderr)
-    if args.json_path or args.junit:
+    if args.json_path or args.junit or args.html:
         print("hsmproxy chaos: no report written: the session did not finish", file=sys.stderr)
     return EXIT_INTERRUPTED
 
@@ -212,6 +230,7 @@ def _fail_on(text: str) -> frozenset[str]:
 
 def sweep_config(args: argparse.Namespace) -> SweepConfig:
     """The sweep this invocation asks for; ValueError / SweepSetupError say what is wrong."""
+    check_report_paths(args)
     given = [option for option, was_given in _NOT_FOR_SWEEPS.items() if was_given(args)]
     if given:
         raise ValueError(f"{', '.join(given)} do not apply to a crash sweep against real Core Lightning "
@@ -233,7 +252,8 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     return SweepConfig(binaries=binaries, control=ControlClient, selectors=selectors, timeout=args.timeout,
                        payment_timeout=args.payment_timeout,
                        workdir=Path(args.workdir) if args.workdir else None, keep=args.keep,
-                       fail_on=_fail_on(args.fail_on), all_plugins=args.all_plugins, replay_argv=tuple(replay))
+                       fail_on=_fail_on(args.fail_on), all_plugins=args.all_plugins, replay_argv=tuple(replay),
+                       windows=bool(args.html))
 
 
 def _stop_on_sigterm(signum, frame):
@@ -269,7 +289,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(f"hsmproxy chaos: interrupted: {len(sweep.results)} of {sweep.total or '?'} crash cycle(s) finished; "
               + (f"the sweep's directory is kept (--keep all): {sweep.directory}" if sweep.directory
                  else "the sweep's directory was removed (--keep all keeps it)"), file=sys.stderr)
-        if args.json_path or args.junit:
+        if args.json_path or args.junit or args.html:
             print("hsmproxy chaos: no report written: the sweep did not finish", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
@@ -286,4 +306,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         write_sweep_json(args.json_path, report, meta)
     if args.junit:
         write_sweep_junit(args.junit, report.results)
+    if args.html:
+        from chaos.html_report import write_sweep_html  # matplotlib: 0.9 s to import, for --html only
+        write_sweep_html(args.html, report, meta)
     return EXIT_OK if all(r.ok for r in report.results) else EXIT_FAILED
