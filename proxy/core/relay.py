@@ -8,9 +8,10 @@ One ``ConnectionRelay`` per node<->signer connection:
 * requests pair with replies by order (never by reply type: 19, 20, 21, ... all answer 112, and
   51 answers 138) into the ``Exchange`` objects hooks see. A request hsmd never answers
   (``hsmd_dev_preinit``) takes no pairing slot;
-* limits keep memory bounded whatever the peers send (``Limits``): a frame longer than
-  ``whole_frame`` is forwarded in pieces as it arrives, unparsed (hooks hear of its type and
-  length only), and past ``max_unanswered`` requests waiting for the signer (or
+* limits keep memory bounded whatever the peers send (``Limits``): a request or reply longer
+  than ``whole_frame`` is held up to its first ``whole_frame`` body bytes only, decoded from
+  those and decided on like any frame (hsmd ignores bytes after a message's fields, so the rest
+  is trailing bytes); once it goes on, the rest follows in pieces as it arrives. Past ``max_unanswered`` requests waiting for the signer (or
   ``max_unanswered_bytes`` of their bodies) the node's next request waits: the shell stops
   reading from the node (backpressure), nothing is dropped;
 * a verdict on a frame becomes a ``Plan``: the actions the shell carries out, in order, and
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wire
-from wire.conversation import NO_REPLY_PREFIXES, NO_REPLY_TYPES, TYPE_CLIENT_HSMFD, expects_reply
+from wire.conversation import NO_REPLY_PREFIXES, TYPE_CLIENT_HSMFD, expects_reply
 from wire.framing import FdCarrier, Frame, FramePiece, FrameReader, FramingLost
 
 from proxy.core.hooks import (
@@ -39,6 +40,7 @@ from proxy.core.hooks import (
     Duplicate,
     Exchange,
     FailClosed,
+    FORWARD,
     Forward,
     Hold,
     Refuse,
@@ -59,7 +61,8 @@ STATUS = "status"  # signer -> node on the status socket
 MAX_UNANSWERED = 64
 # The longest body parsed whole. Real hsmd messages are far shorter: the longest are PSBTs of
 # tens of KiB, and a standard transaction is at most 400 kB, so 4 MiB is ten times the longest
-# sane message; a longer frame (up to hsmd's own 128 MiB) is forwarded in pieces, unparsed.
+# sane message; a longer frame (up to hsmd's own 128 MiB) is decided on by this prefix, and the
+# rest goes on in pieces as it arrives.
 WHOLE_FRAME_LIMIT = 4 << 20
 
 
@@ -133,6 +136,7 @@ Action = SendReceived | Send | WriteStatus | WaitRelease | CloseConnection | Pas
 class Plan:
     actions: tuple
     forwarded: bool  # the message went on: its after_forward point follows
+    note: str | None = None  # what the shell logs: a verdict that could not apply as asked
 
 
 SEND_RECEIVED = SendReceived()
@@ -161,7 +165,7 @@ class RelayStats:
     undecodable: int = 0
     unpaired_replies: int = 0
     framing_lost: int = 0
-    unparsed: int = 0  # frames longer than the whole-frame limit, forwarded in pieces
+    long: int = 0  # frames longer than the whole-frame limit, decided on by their prefix
     requests_paused: int = 0  # times the node's requests had to wait for answers
 
 
@@ -186,6 +190,7 @@ class ConnectionRelay:
         self._pending: deque[Exchange] = deque()
         self._pending_bytes = 0  # request bodies held by the exchanges in _pending
         self._replies_ended = False
+        self._rest_goes_on = {REQUEST: False, REPLY: False}  # the rest of the long frame under way
         self._next_seq = 0
         self._last_reply: Exchange | None = None  # the exchange a later carrier belongs to
 
@@ -206,10 +211,16 @@ class ConnectionRelay:
 
     # ---- frames in ------------------------------------------------------------------------------
 
-    def request_frame(self, frame: Frame) -> Exchange:
-        """A node->signer frame: a new exchange, waiting for its reply unless hsmd never answers it."""
-        body = frame.body
-        ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=body, request=self.parse(body))
+    def request_frame(self, frame: Frame | FramePiece) -> Exchange:
+        """A node->signer frame (or the first piece of a long one: see ``Exchange.request_tail``):
+        a new exchange, waiting for its reply unless hsmd never answers it."""
+        if type(frame) is Frame:
+            body = frame.body
+            ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=body, request=self.parse(body))
+        else:
+            body = frame.prefix
+            ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=body, request=self.parse(body),
+                          request_tail=self._long(frame))
         self._next_seq += 1
         self.stats.requests += 1
         if body[:2] not in NO_REPLY_PREFIXES:  # expects_reply(body), inline: every request passes here
@@ -217,15 +228,24 @@ class ConnectionRelay:
             self._pending_bytes += len(body)
         return ex
 
-    def reply_frame(self, frame: Frame) -> Exchange:
-        """A signer->node frame, paired with the oldest request still waiting. A reply nobody
-        asked for gets an exchange of its own with an empty request (and is counted)."""
-        msg = self.parse(frame.body)
+    def reply_frame(self, frame: Frame | FramePiece) -> Exchange:
+        """A signer->node frame (or the first piece of a long one), paired with the oldest request
+        still waiting. A reply nobody asked for gets an exchange of its own with an empty request
+        (and is counted)."""
+        body = frame.body if type(frame) is Frame else frame.prefix
+        msg = self.parse(body)
         self.stats.replies += 1
         ex = self._answered()
-        ex.reply_raw = frame.body
+        ex.reply_raw = body
         ex.reply = msg
+        if type(frame) is not Frame:
+            ex.reply_tail = self._long(frame)
         return ex
+
+    def _long(self, first: FramePiece) -> int:
+        """Count a long frame; the body bytes after its prefix."""
+        self.stats.long += 1
+        return first.length - len(first.prefix)
 
     def _answered(self) -> Exchange:
         """The exchange a reply answers: the oldest waiting, else one of its own (counted)."""
@@ -238,26 +258,19 @@ class ConnectionRelay:
         self._last_reply = ex
         return ex
 
-    def piece(self, direction: str, piece: FramePiece) -> UnparsedFrame | None:
-        """A piece of a frame too long to parse: it goes on as it came (``FORWARD_AS_RECEIVED``).
-        Its first piece pairs like a frame (a request takes a slot, with an empty body, unless
-        hsmd never answers its type; a reply answers the oldest) and returns what hooks hear of
-        it; nobody decides on it, its bytes are already on their way."""
+    def piece(self, direction: str) -> Plan:
+        """A piece of a long request or reply after its first (which came as a frame, through
+        ``request_frame`` / ``reply_frame`` and a verdict): on as it came if the frame went on
+        as it came, else dropped (it was dropped, refused or replaced whole)."""
+        return FORWARD_AS_RECEIVED if self._rest_goes_on[direction] else NOTHING
+
+    def status_piece(self, piece: FramePiece) -> UnparsedFrame | None:
+        """A piece of a long status frame: it goes on as it came, and nobody decides on status
+        frames, so hooks hear of its type and length once, at its first piece."""
         if not piece.start:
             return None
-        self.stats.unparsed += 1
-        if self.ctx.role == ROLE_STATUS:
-            return UnparsedFrame(self.ctx, STATUS, None, piece.type, piece.length)
-        if direction == REQUEST:
-            ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=b"", request=None)
-            self._next_seq += 1
-            self.stats.requests += 1
-            if piece.type not in NO_REPLY_TYPES:
-                self._pending.append(ex)
-        else:
-            self.stats.replies += 1
-            ex = self._answered()
-        return UnparsedFrame(self.ctx, direction, ex.seq, piece.type, piece.length)
+        self.stats.long += 1
+        return UnparsedFrame(self.ctx, STATUS, None, piece.type, piece.length)
 
     # ---- backpressure -------------------------------------------------------------------------
 
@@ -292,7 +305,12 @@ class ConnectionRelay:
 
     # ---- verdicts into actions ------------------------------------------------------------------
 
-    def apply_to_request(self, ex: Exchange, frame: Frame, verdict) -> Plan:
+    def apply_to_request(self, ex: Exchange, frame: Frame | FramePiece, verdict) -> Plan:
+        if type(frame) is FramePiece:
+            return self._long_plan(REQUEST, self._request_plan(ex, frame, self._long_verdict(ex, verdict)), verdict)
+        return self._request_plan(ex, frame, verdict)
+
+    def _request_plan(self, ex: Exchange, frame, verdict) -> Plan:
         kind = type(verdict)
         if kind is Forward or (kind is Refuse and self._on_master):
             return FORWARD_AS_RECEIVED  # the proxy never refuses the master: hsmd would exit
@@ -313,10 +331,16 @@ class ConnectionRelay:
                         forwarded=False)
         raise TypeError(f"not a verdict: {verdict!r}")
 
-    def apply_to_reply(self, ex: Exchange, frame: Frame, verdict) -> Plan:
-        """Replies do not change pairing. A 109's carrier follows unless the connection closes."""
+    def apply_to_reply(self, ex: Exchange, frame: Frame | FramePiece, verdict) -> Plan:
+        """Replies do not change pairing. A 109's carrier follows unless the connection closes
+        (a long 109's carrier comes after its last piece: ``carrier_arrived``)."""
+        if type(frame) is FramePiece:
+            return self._long_plan(REPLY, self._reply_plan(ex, frame, self._long_verdict(ex, verdict)), verdict)
+        return self._reply_plan(ex, frame, verdict)
+
+    def _reply_plan(self, ex: Exchange, frame, verdict) -> Plan:
         kind = type(verdict)
-        carrier = frame.carrier
+        carrier = getattr(frame, "carrier", None)
         if kind is Forward or (kind is Refuse and self._on_master):
             if carrier is None:
                 return FORWARD_AS_RECEIVED
@@ -336,6 +360,22 @@ class ConnectionRelay:
         if carrier is not None:
             actions += (PassClient(carrier, ex.request),)
         return Plan(actions, forwarded=kind is not Drop)
+
+    @staticmethod
+    def _long_verdict(ex: Exchange, verdict):
+        """What a verdict on a long frame can be: it is never held whole, so it cannot be sent
+        twice; a Duplicate goes on once (``_long_plan`` says so)."""
+        return FORWARD if type(verdict) is Duplicate else verdict
+
+    def _long_plan(self, direction: str, plan: Plan, verdict) -> Plan:
+        """The rest of a long frame follows its first piece only when that piece went on as it
+        came (forwarded or held); dropped, refused or replaced, the frame goes whole."""
+        self._rest_goes_on[direction] = SEND_RECEIVED in plan.actions
+        if type(verdict) is Duplicate:
+            return Plan(plan.actions, plan.forwarded,
+                        note=f"{self.ctx.describe()} {direction}: a frame longer than {self.limits.whole_frame} bytes "
+                             "is never held whole, so it cannot be duplicated; forwarded once")
+        return plan
 
     def apply_to_status(self, message: StatusMessage, frame: Frame, verdict) -> Plan:
         """Hooks watch the status socket and never decide on it: every frame goes on."""
