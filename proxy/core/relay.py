@@ -53,6 +53,7 @@ REPLY = "reply"  # signer -> node
 
 BAD_REQUEST = "hsmstatus_client_bad_request"
 STATUS = "status"  # signer -> node on the status socket
+BAD_REQUEST_MSG_MAX = 0xFFFF  # its msg field has a u16 length
 
 # lightningd waits for each reply before its next request on a connection (hsm_sync_req), so a
 # node that lets more than a few requests wait is not lightningd; 64 leaves room for a pipelining
@@ -408,8 +409,10 @@ class ConnectionRelay:
         self._pending.append(extra)
 
     def _bad_request(self, description: str, request_raw: bytes) -> bytes:
-        """What hsmd writes on the status socket when it refuses a client's request."""
-        msg = wire.build(BAD_REQUEST, id=self.ctx.peer_id or bytes(33), description=description, msg=request_raw)
+        """What hsmd writes on the status socket when it refuses a client's request. Its ``msg``
+        has a u16 length: a longer request is embedded up to that many bytes."""
+        msg = wire.build(BAD_REQUEST, id=self.ctx.peer_id or bytes(33), description=description,
+                         msg=request_raw[:BAD_REQUEST_MSG_MAX])
         return wire.frame(wire.encode(msg))
 
 

@@ -177,6 +177,14 @@ def test_a_long_frame_dropped_or_replaced_goes_whole_and_is_never_duplicated():
     assert relay.piece("request").actions == (SendReceived(),) and relay.waiting == 2  # one slot each
 
 
+def test_a_refused_request_longer_than_the_bad_request_field_is_embedded_up_to_its_u16_length():
+    relay = relay_for(ROLE_CLIENT)
+    body = b"\x00\x12" + bytes(8) + b"\xee" * 70_000  # a PSBT-sized request: more than a u16 holds
+    ex = relay.request_frame(frame_of(body))
+    status, _ = relay.apply_to_request(ex, frame_of(body), Refuse("no")).actions
+    assert wire.decode(status.data[4:]).fields["msg"] == body[:0xFFFF]
+
+
 # ---- verdict semantics: Hypothesis over verdict x message x role x direction ---------------------
 
 RELEASE = trio.Event()
