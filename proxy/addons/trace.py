@@ -111,7 +111,8 @@ class TraceHook:
     def _digest(self, body: bytes) -> bytes:
         return hashlib.blake2b(body, key=self._digest_key, digest_size=DIGEST_SIZE).digest()
 
-    def _frame(self, ctx: ConnContext, direction: str, seq: int | None, raw: bytes, msg, verdict, tail: int = 0) -> None:
+    def _frame(self, ctx: ConnContext, direction: str, seq: int | None, raw: bytes, msg, verdict,
+               tail: int = 0) -> None:
         record = {
             "kind": "frame",
             "t": time.time_ns(),

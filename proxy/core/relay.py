@@ -11,9 +11,10 @@ One ``ConnectionRelay`` per node<->signer connection:
 * limits keep memory bounded whatever the peers send (``Limits``): a request or reply longer
   than ``whole_frame`` is held up to its first ``whole_frame`` body bytes only, decoded from
   those and decided on like any frame (hsmd ignores bytes after a message's fields, so the rest
-  is trailing bytes); once it goes on, the rest follows in pieces as it arrives. Past ``max_unanswered`` requests waiting for the signer (or
-  ``max_unanswered_bytes`` of their bodies) the node's next request waits: the shell stops
-  reading from the node (backpressure), nothing is dropped;
+  is trailing bytes); once it goes on, the rest follows in pieces as it arrives. Past
+  ``max_unanswered`` requests waiting for the signer (or ``max_unanswered_bytes`` of their
+  bodies) the node's next request waits: the shell stops reading from the node
+  (backpressure), nothing is dropped;
 * a verdict on a frame becomes a ``Plan``: the actions the shell carries out, in order, and
   whether the message went on (then the ``*.after_forward`` point follows). This is the one
   place where verdicts mean something, and the pairing follows from them: a request that is not

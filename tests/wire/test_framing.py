@@ -177,7 +177,8 @@ def test_frames_over_the_limit_come_in_pieces_and_every_byte_stays(bodies, limit
     assert [s.body for s in segments if type(s) is Frame] == [b for b in bodies if len(b) <= limit]
     starts = [s for s in segments if type(s) is FramePiece and s.start]
     long_bodies = [b for b in bodies if len(b) > limit]
-    cut_long = [tail_body] if len(tail_body) > limit and len(tail) >= wire.HEADER_LEN + limit else []  # started, never ends
+    started = len(tail_body) > limit and len(tail) >= wire.HEADER_LEN + limit
+    cut_long = [tail_body] if started else []  # started, never ends
     assert [(s.type, s.length) for s in starts] == [(int.from_bytes(b[:2], "big"), len(b)) for b in long_bodies + cut_long]
     assert sum(1 for s in segments if type(s) is FramePiece and s.end) == len(long_bodies)
     for s in starts:
