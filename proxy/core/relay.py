@@ -32,6 +32,7 @@ from wire.conversation import NO_REPLY_PREFIXES, TYPE_CLIENT_HSMFD, expects_repl
 from wire.framing import FdCarrier, Frame, FramePiece, FrameReader, FramingLost
 
 from proxy.core.hooks import (
+    FORWARD,
     ROLE_CLIENT,
     ROLE_MASTER,
     ROLE_STATUS,
@@ -41,7 +42,6 @@ from proxy.core.hooks import (
     Duplicate,
     Exchange,
     FailClosed,
-    FORWARD,
     Forward,
     Hold,
     Refuse,
@@ -216,13 +216,10 @@ class ConnectionRelay:
     def request_frame(self, frame: Frame | FramePiece) -> Exchange:
         """A node->signer frame (or the first piece of a long one: see ``Exchange.request_tail``):
         a new exchange, waiting for its reply unless hsmd never answers it."""
-        if type(frame) is Frame:
-            body = frame.body
-            ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=body, request=self.parse(body))
-        else:
-            body = frame.prefix
-            ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=body, request=self.parse(body),
-                          request_tail=self._long(frame))
+        body = frame.body if type(frame) is Frame else frame.prefix
+        ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=body, request=self.parse(body))
+        if type(frame) is not Frame:
+            ex.request_tail = self._count_long(frame, body)
         self._next_seq += 1
         self.stats.requests += 1
         if body[:2] not in NO_REPLY_PREFIXES:  # expects_reply(body), inline: every request passes here
@@ -241,13 +238,13 @@ class ConnectionRelay:
         ex.reply_raw = body
         ex.reply = msg
         if type(frame) is not Frame:
-            ex.reply_tail = self._long(frame)
+            ex.reply_tail = self._count_long(frame, body)
         return ex
 
-    def _long(self, first: FramePiece) -> int:
+    def _count_long(self, first: FramePiece, prefix: bytes) -> int:
         """Count a long frame; the body bytes after its prefix."""
         self.stats.long += 1
-        return first.length - len(first.prefix)
+        return first.length - len(prefix)
 
     def _answered(self) -> Exchange:
         """The exchange a reply answers: the oldest waiting, else one of its own (counted)."""
@@ -309,7 +306,7 @@ class ConnectionRelay:
 
     def apply_to_request(self, ex: Exchange, frame: Frame | FramePiece, verdict) -> Plan:
         if type(frame) is FramePiece:
-            return self._long_plan(REQUEST, self._request_plan(ex, frame, self._long_verdict(ex, verdict)), verdict)
+            return self._long_frame(REQUEST, ex, frame, verdict, self._request_plan)
         return self._request_plan(ex, frame, verdict)
 
     def _request_plan(self, ex: Exchange, frame, verdict) -> Plan:
@@ -337,7 +334,7 @@ class ConnectionRelay:
         """Replies do not change pairing. A 109's carrier follows unless the connection closes
         (a long 109's carrier comes after its last piece: ``carrier_arrived``)."""
         if type(frame) is FramePiece:
-            return self._long_plan(REPLY, self._reply_plan(ex, frame, self._long_verdict(ex, verdict)), verdict)
+            return self._long_frame(REPLY, ex, frame, verdict, self._reply_plan)
         return self._reply_plan(ex, frame, verdict)
 
     def _reply_plan(self, ex: Exchange, frame, verdict) -> Plan:
@@ -363,17 +360,14 @@ class ConnectionRelay:
             actions += (PassClient(carrier, ex.request),)
         return Plan(actions, forwarded=kind is not Drop)
 
-    @staticmethod
-    def _long_verdict(ex: Exchange, verdict):
-        """What a verdict on a long frame can be: it is never held whole, so it cannot be sent
-        twice; a Duplicate goes on once (``_long_plan`` says so)."""
-        return FORWARD if type(verdict) is Duplicate else verdict
-
-    def _long_plan(self, direction: str, plan: Plan, verdict) -> Plan:
-        """The rest of a long frame follows its first piece only when that piece went on as it
-        came (forwarded or held); dropped, refused or replaced, the frame goes whole."""
+    def _long_frame(self, direction: str, ex: Exchange, first: FramePiece, verdict, plan_of) -> Plan:
+        """A verdict on a long frame, given on its first piece. The rest follows that piece only
+        if it went on as it came (forwarded or held); dropped, refused or replaced, none of the
+        rest goes (``piece``). Never held whole, it cannot be sent twice: a Duplicate goes once."""
+        duplicate = type(verdict) is Duplicate
+        plan = plan_of(ex, first, FORWARD if duplicate else verdict)
         self._rest_goes_on[direction] = SEND_RECEIVED in plan.actions
-        if type(verdict) is Duplicate:
+        if duplicate:
             return Plan(plan.actions, plan.forwarded,
                         note=f"{self.ctx.describe()} {direction}: a frame longer than {self.limits.whole_frame} bytes "
                              "is never held whole, so it cannot be duplicated; forwarded once")
