@@ -5,9 +5,10 @@ any chunking and cuts them into what must travel as units:
 
 * ``Frame``: a whole frame, its exact bytes and its body;
 * ``FdCarrier``: the 1-byte carrier of a passed fd after ``hsmd_client_hsmfd_reply`` (109);
-* ``FramePiece``: with a ``whole_limit``, a frame whose body is longer comes in pieces as its
-  bytes arrive (the first holds the header and the type), so a reader never holds more of it
-  than one read;
+* ``FramePiece``: with a ``whole_limit``, a frame whose body is longer comes in pieces: the
+  first holds the header and the first ``whole_limit`` body bytes (the prefix a relay parses),
+  the others whatever arrives after it, as it arrives, so a reader never holds more of it than
+  a whole frame of ``whole_limit`` bytes;
 * ``Unframed``: bytes that are not (or no longer) framed, e.g. everything after a length of
   2^27 or more (``FramingLost`` marks the place), or a partial frame at end of stream.
 
@@ -77,9 +78,10 @@ class Frame:
 
 @dataclass(slots=True)
 class FramePiece:
-    """Part of a frame longer than the reader's ``whole_limit``: forwarded as it comes, never
-    buffered whole. The first piece (``start``) holds the 4-byte header and the 2-byte type; the
-    last (``end``) the frame's last byte."""
+    """Part of a frame longer than the reader's ``whole_limit``: never buffered whole. The first
+    piece (``start``) holds the 4-byte header and exactly the first ``whole_limit`` body bytes
+    (``prefix``); the others come as their bytes arrive; the last (``end``) holds the frame's
+    last byte."""
 
     raw: bytes
     type: int  # the frame's message type
@@ -87,6 +89,11 @@ class FramePiece:
     start: bool
     end: bool
     fds: tuple = _NO_FDS
+
+    @property
+    def prefix(self) -> bytes:
+        """The first piece's part of the body (its first ``whole_limit`` bytes)."""
+        return self.raw[HEADER_LEN:] if self.start else b""
 
 
 @dataclass(slots=True)
@@ -184,15 +191,20 @@ class FrameReader:
             if length > MAX_BODY_LEN:
                 return out + self._lose_framing(pos, length)
             if length > self._whole_limit:
-                if end - pos < HEADER_LEN + 2:
-                    break  # the first piece holds the type
+                prefix = HEADER_LEN + self._whole_limit
+                if end - pos < prefix:
+                    break  # the first piece holds the header and the first whole_limit body bytes
                 self._piece_type = int.from_bytes(buf[pos + HEADER_LEN : pos + HEADER_LEN + 2], "big")
                 self._piece_length = self._piece_left = HEADER_LEN + length
                 del buf[:pos]  # the piece starts the buffer, at stream offset _offset
                 self._offset += pos
-                raw = bytes(buf[: self._piece_left])
-                del buf[: len(raw)]
+                raw = bytes(buf[:prefix])
+                del buf[:prefix]
                 out.append(self._piece(raw, start=True))
+                if buf:  # the rest of the frame that came in this read
+                    raw = bytes(buf[: self._piece_left])
+                    del buf[: len(raw)]
+                    out.append(self._piece(raw, start=False))
                 pos, end = 0, len(buf)
                 continue
             stop = pos + HEADER_LEN + length

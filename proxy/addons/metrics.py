@@ -76,10 +76,10 @@ class Metrics:
             "Frames that did not decode (forwarded unchanged anyway), by message name", ["type"], registry=r,
         )
         self.parse_failures.labels(type="unknown")  # a series from the start: "no failures" is 0, not absent
-        self.unparsed_frames = Counter(
-            "hsmproxy_unparsed_frames_total",
-            f"Frames longer than the relay parses ({WHOLE_FRAME_LIMIT >> 20} MiB): forwarded in pieces as they "
-            "arrived, unparsed, by direction", ["direction"], registry=r,
+        self.long_frames = Counter(
+            "hsmproxy_long_frames_total",
+            f"Frames longer than the relay holds ({WHOLE_FRAME_LIMIT >> 20} MiB): decided on by their first "
+            f"{WHOLE_FRAME_LIMIT >> 20} MiB, the rest forwarded as it arrived, by direction", ["direction"], registry=r,
         )
         self.requests_paused = Counter(
             "hsmproxy_requests_paused_total",
@@ -195,11 +195,14 @@ class Metrics:
 
     # -- recording helpers used by the relay hook ------------------------------------------
 
-    def frame(self, direction: str, message: "wire.Message | None", raw: bytes) -> None:
-        """One relayed frame; a frame that did not decode is also a parse failure."""
+    def frame(self, direction: str, message: "wire.Message | None", raw: bytes, tail: int = 0) -> None:
+        """One relayed frame (``tail``: a long frame's body bytes after ``raw``, its prefix); a
+        frame that did not decode is also a parse failure."""
         name = message_label(message, raw)
         self.messages.labels(direction=direction, type=name).inc()
-        self.message_bytes.labels(direction=direction).inc(len(raw) + wire.HEADER_LEN)
+        self.message_bytes.labels(direction=direction).inc(len(raw) + tail + wire.HEADER_LEN)
+        if tail:
+            self.long_frames.labels(direction=direction).inc()
         if message is None:
             self.parse_failures.labels(type=name).inc()
 

@@ -22,7 +22,6 @@ from proxy.core.hooks import (
     UnparsedFrame,
 )
 from proxy.addons.metrics import NODE_TO_SIGNER, SIGNER_TO_NODE, Metrics
-from proxy.core.relay import REPLY, REQUEST
 from proxy.trio.http_server import Request, Response, RouteTable
 
 _NS = 1e-9
@@ -49,7 +48,7 @@ class MetricsHook:
     async def on_request(self, ex: Exchange, point: str) -> None:
         m = self.metrics
         if point == REQUEST_BEFORE:
-            m.frame(NODE_TO_SIGNER, ex.request, ex.request_raw)
+            m.frame(NODE_TO_SIGNER, ex.request, ex.request_raw, ex.request_tail)
         elif point == REQUEST_AFTER:
             if ex.request is None or ex.request.type not in NO_REPLY_TYPES:
                 self._set_in_flight(ex.conn.conn_id, +1)
@@ -63,7 +62,7 @@ class MetricsHook:
         if point == REPLY_BEFORE:
             self._set_in_flight(ex.conn.conn_id, -1)
             if ex.reply_raw is not None:
-                m.frame(SIGNER_TO_NODE, ex.reply, ex.reply_raw)
+                m.frame(SIGNER_TO_NODE, ex.reply, ex.reply_raw, ex.reply_tail)
             if ex.reply_received_ns is not None and ex.request_forwarded_ns is not None:
                 m.roundtrip(ex.request.name if ex.request is not None else None,
                             (ex.reply_received_ns - ex.request_forwarded_ns) * _NS)
@@ -90,15 +89,10 @@ class MetricsHook:
             m.requests_paused.labels(role=conn.role).inc()
 
     async def on_unparsed(self, frame: UnparsedFrame) -> None:
+        """A long status frame (long requests and replies are exchanges)."""
         m = self.metrics
-        direction = NODE_TO_SIGNER if frame.direction == REQUEST else SIGNER_TO_NODE
-        m.unparsed_frames.labels(direction=direction).inc()
-        m.message_bytes.labels(direction=direction).inc(frame.length + HEADER_LEN)
-        if frame.direction == REQUEST:
-            if frame.type not in NO_REPLY_TYPES:
-                self._set_in_flight(frame.conn.conn_id, +1)
-        elif frame.direction == REPLY:
-            self._set_in_flight(frame.conn.conn_id, -1)
+        m.long_frames.labels(direction=SIGNER_TO_NODE).inc()
+        m.message_bytes.labels(direction=SIGNER_TO_NODE).inc(frame.length + HEADER_LEN)
 
     async def on_status(self, conn: ConnContext, raw: bytes, msg) -> None:
         self.metrics.frame(SIGNER_TO_NODE, msg, raw)

@@ -16,6 +16,8 @@ import logging
 import os
 import time
 
+import wire
+
 from proxy.core.hooks import (
     CONN_CLOSED,
     REPLY_AFTER,
@@ -24,6 +26,7 @@ from proxy.core.hooks import (
     ROLE_MASTER,
     ConnContext,
     Exchange,
+    FailClosed,
     Refuse,
 )
 from proxy.core.shadow import (
@@ -54,6 +57,7 @@ from proxy.core.shadow import (
     shadow_jsonable,
     shadow_to_snapshot,
 )
+from proxy.core.shadow.transitions import KIND_BY_REQUEST
 from proxy.core.wal_format import Recovery
 from proxy.trio.group_commit import GroupCommitWal
 from proxy.trio.shadow_recovery import recover
@@ -63,6 +67,10 @@ log = logging.getLogger("hsmproxy.shadow")
 
 BAD_REQUEST = "hsmstatus_client_bad_request"
 FORWARDED_KEPT = 4096  # signatures remembered as forwarded to the node (only the latest per channel matter)
+
+
+# The requests the shadow tracks, by type: a long one it cannot read is refused by --guard.
+TRACKED_REQUEST_TYPES = {wire.lookup(name).type: name for name in KIND_BY_REQUEST}
 
 
 def _request_key(raw: bytes) -> bytes:
@@ -154,9 +162,11 @@ class ShadowHook:
         return (self._run_id << 32) | conn.conn_id
 
     async def on_request(self, ex: Exchange, point: str):
-        if point != REQUEST_BEFORE or ex.request is None or ex.duplicate:
+        if point != REQUEST_BEFORE or ex.duplicate:
             return None
         ctx = ex.conn
+        if ex.request is None:
+            return self._unreadable(ex)
         try:
             intent = intent_from_request(ex.request, ctx.peer_id, ctx.dbid, conn=self._conn_key(ctx),
                                          seq=ex.seq, time_ns=self._clock())
@@ -184,6 +194,24 @@ class ShadowHook:
                 "signed different contents at this index (double signing)"
             )
         return None
+
+    def _unreadable(self, ex: Exchange):
+        """A request that did not decode. hsmd refuses a short one itself (its fields do not
+        parse), but a long one's fields may run past the prefix the relay holds: hsmd may sign
+        what the shadow cannot read, so --guard refuses it when it is a request the shadow tracks
+        (fail closed). Only a node that pads its fields past 4 MiB sends one; lightningd never does."""
+        name = TRACKED_REQUEST_TYPES.get(int.from_bytes(ex.request_raw[:2], "big"))
+        if name is None or not ex.request_tail or ex.conn.role == ROLE_MASTER:
+            return None
+        length = len(ex.request_raw) + ex.request_tail
+        if not self.guard:
+            log.warning("not tracked: %s on %s is %d bytes long and does not decode from its first %d",
+                        name, ex.conn.describe(), length, len(ex.request_raw))
+            return None
+        log.warning("--guard refuses %s on %s: %d bytes long, and its fields do not decode from its first %d "
+                    "(the shadow cannot check it)", name, ex.conn.describe(), length, len(ex.request_raw))
+        return FailClosed(f"hsmproxy --guard: refusing {name} of {length} bytes: its fields do not fit in the "
+                          f"first {len(ex.request_raw)} bytes, so it cannot be checked")
 
     async def on_reply(self, ex: Exchange, point: str):
         if ex.duplicate:

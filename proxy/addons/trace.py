@@ -19,9 +19,12 @@ Then one of:
   forms: ``raw`` (the body); ``raw: None, redacted: True, msg`` (``wire.to_jsonable``: a message
   embedded whole, hsmd's refused request in ``hsmstatus_client_bad_request``, is decoded and
   redacted the same way, and its own digest is ``embedded_digest``); or ``raw: None, redacted:
-  True, type`` (the u16 type, None for a body too short for one) with no ``msg``. A frame too
-  long for the relay to parse (``proxy.core.relay.WHOLE_FRAME_LIMIT``; it went on in pieces)
-  has the last form whatever ``frames`` says, with ``unparsed: True`` and no ``digest``.
+  True, type`` (the u16 type, None for a body too short for one) with no ``msg``. A request
+  or reply longer than the relay holds (``proxy.core.relay.WHOLE_FRAME_LIMIT``) is recorded by
+  its first ``WHOLE_FRAME_LIMIT`` body bytes (body, message and ``digest`` are those of that
+  prefix), ``len`` is its whole length and ``tail`` the bytes after the prefix (trailing
+  bytes, relayed as they arrived). A status frame that long has the last form whatever
+  ``frames`` says, with ``unparsed: True`` and no ``digest``.
 * ``raw``: bytes that are not frames (``dir``, ``raw``): fd carriers and everything after a
   connection lost its framing. Unframed bytes cannot be checked for secrets, so without
   ``--trace-secrets`` only their length is kept (1-byte fd carriers are kept).
@@ -108,7 +111,8 @@ class TraceHook:
     def _digest(self, body: bytes) -> bytes:
         return hashlib.blake2b(body, key=self._digest_key, digest_size=DIGEST_SIZE).digest()
 
-    def _frame(self, ctx: ConnContext, direction: str, seq: int | None, raw: bytes, msg, verdict) -> None:
+    def _frame(self, ctx: ConnContext, direction: str, seq: int | None, raw: bytes, msg, verdict,
+               tail: int = 0) -> None:
         record = {
             "kind": "frame",
             "t": time.time_ns(),
@@ -118,9 +122,11 @@ class TraceHook:
             "seq": seq,
             "raw": raw,
             "verdict": type(verdict).__name__ if verdict is not None else "Forward",
-            "len": len(raw),
+            "len": len(raw) + tail,
             "digest": self._digest(raw),
         }
+        if tail:
+            record["tail"] = tail
         if msg is not None and msg.embedded_field is not None:
             # whatever form each one takes, a refused request matches its request by digest
             record["embedded_digest"] = self._digest(bytes(msg.fields[msg.embedded_field]))
@@ -139,17 +145,17 @@ class TraceHook:
 
     async def on_request(self, ex: Exchange, point: str) -> None:
         if point == REQUEST_BEFORE:
-            self._frame(ex.conn, "request", ex.seq, ex.request_raw, ex.request, ex.verdict)
+            self._frame(ex.conn, "request", ex.seq, ex.request_raw, ex.request, ex.verdict, ex.request_tail)
 
     async def on_reply(self, ex: Exchange, point: str) -> None:
         if point == REPLY_BEFORE:
-            self._frame(ex.conn, "reply", ex.seq, ex.reply_raw, ex.reply, ex.verdict)
+            self._frame(ex.conn, "reply", ex.seq, ex.reply_raw, ex.reply, ex.verdict, ex.reply_tail)
 
     async def on_status(self, conn: ConnContext, raw: bytes, msg) -> None:
         self._frame(conn, "status", None, raw, msg, None)
 
     async def on_unparsed(self, frame: UnparsedFrame) -> None:
-        """Its type and length: the relay never held the frame whole."""
+        """A long status frame's type and length: the relay never held it whole."""
         self._write({"kind": "frame", "t": time.time_ns(), "mono": time.monotonic_ns(), "conn": context_record(frame.conn),
                      "dir": frame.direction, "seq": frame.seq, "raw": None, "verdict": "Forward", "len": frame.length,
                      "redacted": True, "type": frame.type, "unparsed": True})

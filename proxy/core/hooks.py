@@ -18,7 +18,7 @@ A ``Hook`` is any object with some of these optional async methods::
     async def on_raw(self, conn: ConnContext, direction: str, raw: bytes) -> None
         # bytes that are not frames: fd carriers, and everything after framing was lost
     async def on_unparsed(self, frame: UnparsedFrame) -> None
-        # a frame too long to parse, forwarded in pieces as it arrives: its type and length only
+        # a status frame too long to parse, forwarded in pieces as it arrives: its type and length
     async def on_hook_failed(self, failure: HookFailure) -> None
         # another hook raised (for metrics: the chain has already logged and handled it)
     async def start(self, nursery: trio.Nursery) -> None
@@ -114,6 +114,12 @@ class Exchange:
     reply_forwarded_ns: int | None = None
     verdict: "Verdict | None" = None  # the verdict applied at the current before_forward point
     duplicate: bool = False  # an extra pairing slot created by a Duplicate verdict
+    # A long frame (body longer than the relay's whole-frame limit) is seen by its first
+    # whole-frame-limit bytes: ``request_raw`` / ``reply_raw`` hold those, ``request`` / ``reply``
+    # is decoded from them (the fields must fit; the rest of the prefix is ``trailing``), and
+    # these count the body bytes after them: trailing bytes too, relayed as they arrive, never held.
+    request_tail: int = 0
+    reply_tail: int = 0
 
     @property
     def name(self) -> str:
@@ -124,10 +130,9 @@ class Exchange:
 
 @dataclass(frozen=True)
 class UnparsedFrame:
-    """A frame longer than the relay's whole-frame limit: forwarded in pieces as its bytes
-    arrived, never parsed or held whole, so hooks hear of its type and length only and cannot
-    decide on it. A request still takes its pairing slot: its reply is an ``Exchange`` whose
-    ``request`` is None and ``request_raw`` empty."""
+    """A status-socket frame longer than the relay's whole-frame limit: forwarded in pieces as its
+    bytes arrived, never parsed or held whole, so hooks hear of its type and length only. (Long
+    requests and replies are exchanges: see ``Exchange.request_tail``.)"""
 
     conn: ConnContext
     direction: str  # "request", "reply" or "status"

@@ -8,11 +8,13 @@ One ``ConnectionRelay`` per node<->signer connection:
 * requests pair with replies by order (never by reply type: 19, 20, 21, ... all answer 112, and
   51 answers 138) into the ``Exchange`` objects hooks see. A request hsmd never answers
   (``hsmd_dev_preinit``) takes no pairing slot;
-* limits keep memory bounded whatever the peers send (``Limits``): a frame longer than
-  ``whole_frame`` is forwarded in pieces as it arrives, unparsed (hooks hear of its type and
-  length only), and past ``max_unanswered`` requests waiting for the signer (or
-  ``max_unanswered_bytes`` of their bodies) the node's next request waits: the shell stops
-  reading from the node (backpressure), nothing is dropped;
+* limits keep memory bounded whatever the peers send (``Limits``): a request or reply longer
+  than ``whole_frame`` is held up to its first ``whole_frame`` body bytes only, decoded from
+  those and decided on like any frame (hsmd ignores bytes after a message's fields, so the rest
+  is trailing bytes); once it goes on, the rest follows in pieces as it arrives. Past
+  ``max_unanswered`` requests waiting for the signer (or ``max_unanswered_bytes`` of their
+  bodies) the node's next request waits: the shell stops reading from the node
+  (backpressure), nothing is dropped;
 * a verdict on a frame becomes a ``Plan``: the actions the shell carries out, in order, and
   whether the message went on (then the ``*.after_forward`` point follows). This is the one
   place where verdicts mean something, and the pairing follows from them: a request that is not
@@ -26,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wire
-from wire.conversation import NO_REPLY_PREFIXES, NO_REPLY_TYPES, TYPE_CLIENT_HSMFD, expects_reply
+from wire.conversation import NO_REPLY_PREFIXES, TYPE_CLIENT_HSMFD, expects_reply
 from wire.framing import FdCarrier, Frame, FramePiece, FrameReader, FramingLost
 
 from proxy.core.hooks import (
+    FORWARD,
     ROLE_CLIENT,
     ROLE_MASTER,
     ROLE_STATUS,
@@ -51,6 +54,7 @@ REPLY = "reply"  # signer -> node
 
 BAD_REQUEST = "hsmstatus_client_bad_request"
 STATUS = "status"  # signer -> node on the status socket
+BAD_REQUEST_MSG_MAX = 0xFFFF  # its msg field has a u16 length
 
 # lightningd waits for each reply before its next request on a connection (hsm_sync_req), so a
 # node that lets more than a few requests wait is not lightningd; 64 leaves room for a pipelining
@@ -59,7 +63,8 @@ STATUS = "status"  # signer -> node on the status socket
 MAX_UNANSWERED = 64
 # The longest body parsed whole. Real hsmd messages are far shorter: the longest are PSBTs of
 # tens of KiB, and a standard transaction is at most 400 kB, so 4 MiB is ten times the longest
-# sane message; a longer frame (up to hsmd's own 128 MiB) is forwarded in pieces, unparsed.
+# sane message; a longer frame (up to hsmd's own 128 MiB) is decided on by this prefix, and the
+# rest goes on in pieces as it arrives.
 WHOLE_FRAME_LIMIT = 4 << 20
 
 
@@ -133,6 +138,7 @@ Action = SendReceived | Send | WriteStatus | WaitRelease | CloseConnection | Pas
 class Plan:
     actions: tuple
     forwarded: bool  # the message went on: its after_forward point follows
+    note: str | None = None  # what the shell logs: a verdict that could not apply as asked
 
 
 SEND_RECEIVED = SendReceived()
@@ -161,7 +167,7 @@ class RelayStats:
     undecodable: int = 0
     unpaired_replies: int = 0
     framing_lost: int = 0
-    unparsed: int = 0  # frames longer than the whole-frame limit, forwarded in pieces
+    long: int = 0  # frames longer than the whole-frame limit, decided on by their prefix
     requests_paused: int = 0  # times the node's requests had to wait for answers
 
 
@@ -186,6 +192,7 @@ class ConnectionRelay:
         self._pending: deque[Exchange] = deque()
         self._pending_bytes = 0  # request bodies held by the exchanges in _pending
         self._replies_ended = False
+        self._rest_goes_on = {REQUEST: False, REPLY: False}  # the rest of the long frame under way
         self._next_seq = 0
         self._last_reply: Exchange | None = None  # the exchange a later carrier belongs to
 
@@ -206,10 +213,13 @@ class ConnectionRelay:
 
     # ---- frames in ------------------------------------------------------------------------------
 
-    def request_frame(self, frame: Frame) -> Exchange:
-        """A node->signer frame: a new exchange, waiting for its reply unless hsmd never answers it."""
-        body = frame.body
+    def request_frame(self, frame: Frame | FramePiece) -> Exchange:
+        """A node->signer frame (or the first piece of a long one: see ``Exchange.request_tail``):
+        a new exchange, waiting for its reply unless hsmd never answers it."""
+        body = frame.body if type(frame) is Frame else frame.prefix
         ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=body, request=self.parse(body))
+        if type(frame) is not Frame:
+            ex.request_tail = self._count_long(frame, body)
         self._next_seq += 1
         self.stats.requests += 1
         if body[:2] not in NO_REPLY_PREFIXES:  # expects_reply(body), inline: every request passes here
@@ -217,15 +227,24 @@ class ConnectionRelay:
             self._pending_bytes += len(body)
         return ex
 
-    def reply_frame(self, frame: Frame) -> Exchange:
-        """A signer->node frame, paired with the oldest request still waiting. A reply nobody
-        asked for gets an exchange of its own with an empty request (and is counted)."""
-        msg = self.parse(frame.body)
+    def reply_frame(self, frame: Frame | FramePiece) -> Exchange:
+        """A signer->node frame (or the first piece of a long one), paired with the oldest request
+        still waiting. A reply nobody asked for gets an exchange of its own with an empty request
+        (and is counted)."""
+        body = frame.body if type(frame) is Frame else frame.prefix
+        msg = self.parse(body)
         self.stats.replies += 1
         ex = self._answered()
-        ex.reply_raw = frame.body
+        ex.reply_raw = body
         ex.reply = msg
+        if type(frame) is not Frame:
+            ex.reply_tail = self._count_long(frame, body)
         return ex
+
+    def _count_long(self, first: FramePiece, prefix: bytes) -> int:
+        """Count a long frame; the body bytes after its prefix."""
+        self.stats.long += 1
+        return first.length - len(prefix)
 
     def _answered(self) -> Exchange:
         """The exchange a reply answers: the oldest waiting, else one of its own (counted)."""
@@ -238,26 +257,19 @@ class ConnectionRelay:
         self._last_reply = ex
         return ex
 
-    def piece(self, direction: str, piece: FramePiece) -> UnparsedFrame | None:
-        """A piece of a frame too long to parse: it goes on as it came (``FORWARD_AS_RECEIVED``).
-        Its first piece pairs like a frame (a request takes a slot, with an empty body, unless
-        hsmd never answers its type; a reply answers the oldest) and returns what hooks hear of
-        it; nobody decides on it, its bytes are already on their way."""
+    def piece(self, direction: str) -> Plan:
+        """A piece of a long request or reply after its first (which came as a frame, through
+        ``request_frame`` / ``reply_frame`` and a verdict): on as it came if the frame went on
+        as it came, else dropped (it was dropped, refused or replaced whole)."""
+        return FORWARD_AS_RECEIVED if self._rest_goes_on[direction] else NOTHING
+
+    def status_piece(self, piece: FramePiece) -> UnparsedFrame | None:
+        """A piece of a long status frame: it goes on as it came, and nobody decides on status
+        frames, so hooks hear of its type and length once, at its first piece."""
         if not piece.start:
             return None
-        self.stats.unparsed += 1
-        if self.ctx.role == ROLE_STATUS:
-            return UnparsedFrame(self.ctx, STATUS, None, piece.type, piece.length)
-        if direction == REQUEST:
-            ex = Exchange(conn=self.ctx, seq=self._next_seq, request_raw=b"", request=None)
-            self._next_seq += 1
-            self.stats.requests += 1
-            if piece.type not in NO_REPLY_TYPES:
-                self._pending.append(ex)
-        else:
-            self.stats.replies += 1
-            ex = self._answered()
-        return UnparsedFrame(self.ctx, direction, ex.seq, piece.type, piece.length)
+        self.stats.long += 1
+        return UnparsedFrame(self.ctx, STATUS, None, piece.type, piece.length)
 
     # ---- backpressure -------------------------------------------------------------------------
 
@@ -292,7 +304,12 @@ class ConnectionRelay:
 
     # ---- verdicts into actions ------------------------------------------------------------------
 
-    def apply_to_request(self, ex: Exchange, frame: Frame, verdict) -> Plan:
+    def apply_to_request(self, ex: Exchange, frame: Frame | FramePiece, verdict) -> Plan:
+        if type(frame) is FramePiece:
+            return self._long_frame(REQUEST, ex, frame, verdict, self._request_plan)
+        return self._request_plan(ex, frame, verdict)
+
+    def _request_plan(self, ex: Exchange, frame, verdict) -> Plan:
         kind = type(verdict)
         if kind is Forward or (kind is Refuse and self._on_master):
             return FORWARD_AS_RECEIVED  # the proxy never refuses the master: hsmd would exit
@@ -313,10 +330,16 @@ class ConnectionRelay:
                         forwarded=False)
         raise TypeError(f"not a verdict: {verdict!r}")
 
-    def apply_to_reply(self, ex: Exchange, frame: Frame, verdict) -> Plan:
-        """Replies do not change pairing. A 109's carrier follows unless the connection closes."""
+    def apply_to_reply(self, ex: Exchange, frame: Frame | FramePiece, verdict) -> Plan:
+        """Replies do not change pairing. A 109's carrier follows unless the connection closes
+        (a long 109's carrier comes after its last piece: ``carrier_arrived``)."""
+        if type(frame) is FramePiece:
+            return self._long_frame(REPLY, ex, frame, verdict, self._reply_plan)
+        return self._reply_plan(ex, frame, verdict)
+
+    def _reply_plan(self, ex: Exchange, frame, verdict) -> Plan:
         kind = type(verdict)
-        carrier = frame.carrier
+        carrier = getattr(frame, "carrier", None)
         if kind is Forward or (kind is Refuse and self._on_master):
             if carrier is None:
                 return FORWARD_AS_RECEIVED
@@ -336,6 +359,19 @@ class ConnectionRelay:
         if carrier is not None:
             actions += (PassClient(carrier, ex.request),)
         return Plan(actions, forwarded=kind is not Drop)
+
+    def _long_frame(self, direction: str, ex: Exchange, first: FramePiece, verdict, plan_of) -> Plan:
+        """A verdict on a long frame, given on its first piece. The rest follows that piece only
+        if it went on as it came (forwarded or held); dropped, refused or replaced, none of the
+        rest goes (``piece``). Never held whole, it cannot be sent twice: a Duplicate goes once."""
+        duplicate = type(verdict) is Duplicate
+        plan = plan_of(ex, first, FORWARD if duplicate else verdict)
+        self._rest_goes_on[direction] = SEND_RECEIVED in plan.actions
+        if duplicate:
+            return Plan(plan.actions, plan.forwarded,
+                        note=f"{self.ctx.describe()} {direction}: a frame longer than {self.limits.whole_frame} bytes "
+                             "is never held whole, so it cannot be duplicated; forwarded once")
+        return plan
 
     def apply_to_status(self, message: StatusMessage, frame: Frame, verdict) -> Plan:
         """Hooks watch the status socket and never decide on it: every frame goes on."""
@@ -368,8 +404,10 @@ class ConnectionRelay:
         self._pending.append(extra)
 
     def _bad_request(self, description: str, request_raw: bytes) -> bytes:
-        """What hsmd writes on the status socket when it refuses a client's request."""
-        msg = wire.build(BAD_REQUEST, id=self.ctx.peer_id or bytes(33), description=description, msg=request_raw)
+        """What hsmd writes on the status socket when it refuses a client's request. Its ``msg``
+        has a u16 length: a longer request is embedded up to that many bytes."""
+        msg = wire.build(BAD_REQUEST, id=self.ctx.peer_id or bytes(33), description=description,
+                         msg=request_raw[:BAD_REQUEST_MSG_MAX])
         return wire.frame(wire.encode(msg))
 
 

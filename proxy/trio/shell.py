@@ -4,7 +4,8 @@ One task per direction per connection, every one running the same loop (``_relay
 into segments, run the hooks, carry out the relay core's plan, read again. Nothing is queued
 between the read and the write, so a slow reader slows the writer on the other side
 (backpressure). Memory per direction stays bounded by one read plus one frame of at most the
-core's whole-frame limit (a longer frame goes on in pieces as it arrives), and per connection by
+core's whole-frame limit (a longer frame is decided on by that much of it, and the rest goes on
+in pieces as it arrives), and per connection by
 at most ``max_unanswered`` requests waiting for the signer: past that, the node's next request
 waits until the signer answers one (the core decides; the shell stops reading).
 
@@ -238,7 +239,8 @@ class RelayShell:
                     raise _ReadFailed from exc
                 for seg in reader.feed(data, fds) if data else reader.flush():
                     kind = type(seg)
-                    if kind is Frame:
+                    if kind is Frame or (kind is FramePiece and seg.start and direction.destination is not self.status):
+                        # a long frame's first piece holds what is decided on: a frame to the core
                         if direction.name == REQUEST and conn.core.requests_blocked:
                             await self._wait_for_answers(conn)
                         await self._frame(conn, direction, seg)
@@ -287,23 +289,20 @@ class RelayShell:
             conn.answered = None
 
     async def _piece(self, conn: RelayedConnection, direction: _Direction, seg: FramePiece) -> None:
-        """A piece of a frame too long to parse: on as it came; hooks hear of the frame once."""
-        if seg.start and direction.name == REQUEST and conn.core.requests_blocked:
-            await self._wait_for_answers(conn)
-        unparsed = conn.core.piece(direction.name, seg)
+        """A piece of a long frame after its first, or of a long status frame (hooks hear of
+        that once: nobody decides on status frames)."""
+        if direction.destination is not self.status:
+            await self._carry_out(conn, direction, seg, conn.core.piece(direction.name))
+            return
+        unparsed = conn.core.status_piece(seg)
         if unparsed is not None:
-            if direction.name == REPLY:
-                conn.answer_arrived()
             await self.hooks.unparsed(unparsed)
-        if direction.destination is self.status:
-            try:
-                await self.status.send_piece(seg)
-            except OSError as exc:
-                raise _SocketFailed from exc
-            finally:
-                close_fds(seg.fds)
-        else:
-            await self._carry_out(conn, direction, seg, FORWARD_AS_RECEIVED)
+        try:
+            await self.status.send_piece(seg)
+        except OSError as exc:
+            raise _SocketFailed from exc
+        finally:
+            close_fds(seg.fds)
 
     async def _frame(self, conn: RelayedConnection, direction: _Direction, seg: Frame) -> None:
         seen = direction.arrived(seg)
@@ -322,6 +321,8 @@ class RelayShell:
             except OSError as exc:
                 raise _SocketFailed from exc
         else:
+            if plan.note is not None:
+                log.warning("%s", plan.note)
             await self._carry_out(conn, direction, seg, plan)
         if after is not None and plan.forwarded:
             setattr(seen, stamps[1], _now())

@@ -160,8 +160,9 @@ def test_a_109_in_any_stream_keeps_every_byte_and_its_fd(bodies, cuts, carrier, 
 @given(bodies=st.lists(st.binary(min_size=0, max_size=120), max_size=10), limit=st.integers(2, 60), cuts=cuts,
        tail_body=st.binary(max_size=90))
 def test_frames_over_the_limit_come_in_pieces_and_every_byte_stays(bodies, limit, cuts, tail_body):
-    """Any chunking: frames up to ``limit`` whole, longer ones in pieces that never hold more than
-    the read they came in, the same bytes in the same order; a cut-off tail is not lost."""
+    """Any chunking: frames up to ``limit`` whole, longer ones in pieces: the first holds the header
+    and exactly ``limit`` body bytes, the others never more than the read they came in; the same
+    bytes in the same order; a cut-off tail is not lost."""
     tail = wire.frame(tail_body)[:-1]  # a frame cut short by the end of the stream
     stream = b"".join(wire.frame(b) for b in bodies) + tail
     reader = FrameReader(whole_limit=limit)
@@ -169,26 +170,29 @@ def test_frames_over_the_limit_come_in_pieces_and_every_byte_stays(bodies, limit
     segments = []
     for data in reads:
         got = reader.feed(data)
-        assert sum(len(s.raw) for s in got if type(s) is FramePiece) <= len(data) + wire.HEADER_LEN + 1
+        assert sum(len(s.raw) for s in got if type(s) is FramePiece and not s.start) <= len(data)
         segments += got
     segments += reader.flush()
     assert b"".join(s.raw for s in segments) == stream
     assert [s.body for s in segments if type(s) is Frame] == [b for b in bodies if len(b) <= limit]
     starts = [s for s in segments if type(s) is FramePiece and s.start]
     long_bodies = [b for b in bodies if len(b) > limit]
-    cut_long = [tail_body] if len(tail_body) > limit and len(tail) >= wire.HEADER_LEN + 2 else []  # started, never ends
+    started = len(tail_body) > limit and len(tail) >= wire.HEADER_LEN + limit
+    cut_long = [tail_body] if started else []  # started, never ends
     assert [(s.type, s.length) for s in starts] == [(int.from_bytes(b[:2], "big"), len(b)) for b in long_bodies + cut_long]
     assert sum(1 for s in segments if type(s) is FramePiece and s.end) == len(long_bodies)
     for s in starts:
-        assert len(s.raw) >= wire.HEADER_LEN + 2  # the type is in the first piece
+        assert len(s.raw) == wire.HEADER_LEN + limit and s.prefix == s.raw[wire.HEADER_LEN:]  # what a relay parses
 
 
-def test_a_long_frame_is_passed_on_as_each_read_arrives():
+def test_a_long_frame_comes_once_its_prefix_is_complete_then_as_each_read_arrives():
     reader = FrameReader(whole_limit=100)
-    body = b"\x00\x70" + bytes(998)
+    body = b"\x00\x70" + bytes(range(256)) * 3 + bytes(230)
     raw = wire.frame(body)
-    assert reader.feed(raw[:5]) == []  # no type yet
-    assert reader.feed(raw[5:300]) == [FramePiece(raw[:300], 0x70, 1000, True, False)]
+    assert reader.feed(raw[:5]) == []
+    assert reader.feed(raw[5:103]) == []  # the prefix is one byte short
+    assert reader.feed(raw[103:300]) == [FramePiece(raw[:104], 0x70, 1000, True, False),
+                                         FramePiece(raw[104:300], 0x70, 1000, False, False)]
     assert reader.feed(raw[300:] + REPLY_109) == [FramePiece(raw[300:], 0x70, 1000, False, True),
                                                   Frame(REPLY_109, b"\x00\x6d")]
     assert reader.pending == b""
@@ -197,8 +201,8 @@ def test_a_long_frame_is_passed_on_as_each_read_arrives():
 def test_a_long_109_keeps_its_carrier_and_fds_stay_with_their_bytes():
     reader = FrameReader(fd_carriers=True, whole_limit=10)
     raw = wire.frame(b"\x00\x6d" + bytes(20))
-    assert reader.feed(raw[:10], fds=[4]) == [FramePiece(raw[:10], 109, 22, True, False, (4,))]
-    assert reader.feed(raw[10:]) == [FramePiece(raw[10:], 109, 22, False, True)]
+    assert reader.feed(raw[:14], fds=[4]) == [FramePiece(raw[:14], 109, 22, True, False, (4,))]
+    assert reader.feed(raw[14:]) == [FramePiece(raw[14:], 109, 22, False, True)]
     assert reader.feed(b"\x00", fds=[8]) == [FdCarrier(b"\x00", (8,))]
 
 

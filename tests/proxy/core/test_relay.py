@@ -31,6 +31,7 @@ from proxy.core.relay import (
     ConnectionRelay,
     Limits,
     PassClient,
+    Plan,
     Send,
     SendReceived,
     WaitRelease,
@@ -50,10 +51,11 @@ def relay_for(role: str, limits: Limits = Limits()) -> ConnectionRelay:
     return ConnectionRelay(ConnContext(conn_id=0, role=role, peer_id=peer, dbid=1 if peer else None), limits=limits)
 
 
-def pieces_of(body: bytes) -> list[FramePiece]:
-    """A frame too long to parse, in two pieces as a reader cuts it."""
-    raw, kind = wire.frame(body), int.from_bytes(body[:2], "big")
-    return [FramePiece(raw[:6], kind, len(body), True, False), FramePiece(raw[6:], kind, len(body), False, True)]
+def pieces_of(body: bytes, limit: int) -> list[FramePiece]:
+    """A frame longer than ``limit``, in two pieces as a reader cuts it: the header and the
+    first ``limit`` body bytes, then the rest."""
+    raw, kind, cut = wire.frame(body), int.from_bytes(body[:2], "big"), wire.HEADER_LEN + limit
+    return [FramePiece(raw[:cut], kind, len(body), True, False), FramePiece(raw[cut:], kind, len(body), False, True)]
 
 
 # ---- pairing --------------------------------------------------------------------------------------
@@ -148,17 +150,39 @@ def test_the_bytes_of_unanswered_requests_are_capped_too():
     assert not relay.requests_blocked
 
 
-def test_a_frame_too_long_to_parse_pairs_like_a_frame():
-    relay = relay_for(ROLE_MASTER)
-    first, rest = pieces_of(b"\x00\x12" + bytes(100))
-    unparsed = relay.piece("request", first)
-    assert (unparsed.direction, unparsed.seq, unparsed.type, unparsed.length) == ("request", 0, 0x12, 102)
-    assert relay.piece("request", rest) is None and relay.waiting == 1
-    ex = relay.reply_frame(frame_of(b"\x00\x76"))
-    assert (ex.seq, ex.request, ex.request_raw) == (0, None, b"")
-    first, rest = pieces_of(b"\x00\x76" + bytes(100))
-    assert relay.piece("reply", first).seq == -1 and relay.stats.unpaired_replies == 1
-    assert relay.stats.unparsed == 2
+def test_a_long_frame_is_decoded_from_its_prefix_and_the_rest_is_trailing():
+    relay = relay_for(ROLE_CLIENT, Limits(whole_frame=20))
+    request = wire.encode(wire.build("hsmd_get_per_commitment_point", n=7))
+    first, rest = pieces_of(request + b"\xee" * 100, 20)
+    ex = relay.request_frame(first)
+    assert (ex.seq, ex.request.name, ex.request.fields["n"]) == (0, "hsmd_get_per_commitment_point", 7)
+    assert ex.request_raw == first.raw[4:] and len(ex.request_raw) == 20 and ex.request_tail == 90
+    assert ex.request.trailing == b"\xee" * 10 and relay.waiting == 1
+    assert relay.apply_to_request(ex, first, FORWARD).actions == (SendReceived(),)
+    assert relay.piece("request") == relay.piece("request") == Plan((SendReceived(),), forwarded=True)
+    reply = relay.reply_frame(pieces_of(b"\x00\x76" + bytes(100), 20)[0])
+    assert (reply.seq, reply.request is ex.request, reply.reply_tail) == (0, True, 82)
+    assert relay.stats.long == 2
+
+
+def test_a_long_frame_dropped_or_replaced_goes_whole_and_is_never_duplicated():
+    relay = relay_for(ROLE_CLIENT, Limits(whole_frame=20))
+    first, rest = pieces_of(b"\x00\x12" + bytes(100), 20)
+    relay.apply_to_request(relay.request_frame(first), first, Drop())
+    assert relay.piece("request").actions == () and relay.waiting == 0
+    plan = relay.apply_to_request(relay.request_frame(first), first, Replace(b"\x00\x12" + bytes(8)))
+    assert plan.actions == (Send(wire.frame(b"\x00\x12" + bytes(8))),) and relay.piece("request").actions == ()
+    plan = relay.apply_to_request(relay.request_frame(first), first, Duplicate())
+    assert plan.actions == (SendReceived(),) and "cannot be duplicated" in plan.note
+    assert relay.piece("request").actions == (SendReceived(),) and relay.waiting == 2  # one slot each
+
+
+def test_a_refused_request_longer_than_the_bad_request_field_is_embedded_up_to_its_u16_length():
+    relay = relay_for(ROLE_CLIENT)
+    body = b"\x00\x12" + bytes(8) + b"\xee" * 70_000  # a PSBT-sized request: more than a u16 holds
+    ex = relay.request_frame(frame_of(body))
+    status, _ = relay.apply_to_request(ex, frame_of(body), Refuse("no")).actions
+    assert wire.decode(status.data[4:]).fields["msg"] == body[:0xFFFF]
 
 
 # ---- verdict semantics: Hypothesis over verdict x message x role x direction ---------------------
@@ -181,14 +205,21 @@ steps = st.lists(
         st.integers(0, len(REQUESTS) - 1),
         st.sampled_from(VERDICTS),
         st.booleans(),  # a 109 reply brings its carrier in the same read
-        st.integers(0, 4),  # 0: the frame is too long to parse and comes in pieces
+        st.integers(0, 4),  # 0: the frame is longer than the whole-frame limit and comes in pieces
     ),
     max_size=25,
 )
-LIMITS = Limits(max_unanswered=3, max_unanswered_bytes=40)
+LIMITS = Limits(max_unanswered=3, max_unanswered_bytes=40, whole_frame=60)
 
 
-def sent_bytes(plan, frame: Frame) -> bytes:
+def long_frame(body: bytes) -> tuple[bytes, FramePiece, FramePiece]:
+    """``body`` padded past the whole-frame limit with trailing bytes (its fields fit in the
+    prefix); the padded body and its two pieces."""
+    padded = body + b"\xee" * (LIMITS.whole_frame + 9 - len(body))
+    return (padded, *pieces_of(padded, LIMITS.whole_frame))
+
+
+def sent_bytes(plan, frame: Frame | FramePiece) -> bytes:
     """What the plan sends to the other side, in order."""
     out = b""
     for action in plan.actions:
@@ -198,6 +229,16 @@ def sent_bytes(plan, frame: Frame) -> bytes:
             out += action.data
         elif type(action) is PassClient:
             out += (action.frame.raw if action.frame is not None else b"") + action.carrier.raw
+    return out
+
+
+def carried(relay: ConnectionRelay, direction: str, plan, frame, rest: FramePiece | None) -> bytes:
+    """What goes to the other side for a frame: its plan, then a long frame's rest as the core says."""
+    out = sent_bytes(plan, frame)
+    if rest is not None:
+        rest_plan = relay.piece(direction)
+        assert rest_plan.actions in ((), (SendReceived(),))
+        out += sent_bytes(rest_plan, rest)
     return out
 
 
@@ -212,20 +253,13 @@ def test_every_verdict_means_what_the_hook_contract_says(role, steps):
     for direction, which, verdict, with_carrier, size in steps:
         kind = type(verdict)
         body = (REQUESTS if direction == "request" else REPLIES)[which % (len(REQUESTS) if direction == "request" else len(REPLIES))]
-        if size == 0 and len(body) >= 2:
-            first, rest = pieces_of(body)
-            unparsed = relay.piece(direction, first)
-            assert relay.piece(direction, rest) is None
-            if role == ROLE_STATUS:
-                assert (unparsed.direction, unparsed.seq) == ("status", None)
-            elif direction == "request":
-                assert unparsed.seq == seq
-                slots += [(seq, False, 0)] if expects_reply(body) else []
-                seq += 1
-            else:
-                assert unparsed.seq == (slots.pop(0)[0] if slots else -1)
-            assert (unparsed.type, unparsed.length) == (first.type, len(body))
-            assert relay.waiting == len(slots)
+        long = size == 0 and len(body) >= 2
+        if long and role == ROLE_STATUS:
+            padded, first, rest = long_frame(body)
+            unparsed = relay.status_piece(first)
+            assert relay.status_piece(rest) is None
+            assert (unparsed.direction, unparsed.seq, unparsed.type, unparsed.length) == ("status", None, first.type,
+                                                                                          len(padded))
             continue
         if role == ROLE_STATUS:
             # Status frames (signer -> node) go on whatever happens; nothing pairs on fd 0.
@@ -236,15 +270,24 @@ def test_every_verdict_means_what_the_hook_contract_says(role, steps):
             continue
         if direction == "request":
             body = REQUESTS[which]
-            frame = frame_of(body)
+            if long:  # held and decided on by its prefix, the rest as the verdict says
+                whole, frame, rest = long_frame(body)
+                held = frame.prefix
+            else:
+                frame, rest, held = frame_of(body), None, body
+                whole = body
             ex = relay.request_frame(frame)
-            assert ex.seq == seq
+            assert (ex.seq, ex.request_raw, ex.request_tail) == (seq, held, len(whole) - len(held))
+            if ex.request is not None and ex.request.name in wire.SPECS_BY_NAME:  # the fields fit in the prefix:
+                plain = wire.decode(body)  # the same message, the padding trailing (an unknown type's payload is all)
+                assert (ex.request.name, ex.request.fields) == (plain.name, plain.fields)
             plan = relay.apply_to_request(ex, frame, verdict)
             actions = plan.actions
             answered = expects_reply(body)
             refused_here = role != ROLE_MASTER and kind in (Refuse, FailClosed)
             if kind in (Drop, Disconnect) or refused_here or (kind is FailClosed and role == ROLE_MASTER):
-                assert not plan.forwarded and sent_bytes(plan, frame) == b""  # never reaches the signer
+                assert not plan.forwarded  # and never reaches the signer:
+                assert carried(relay, direction, plan, frame, rest) == b""
             if kind is Drop:
                 assert actions == ()
             elif refused_here:
@@ -253,35 +296,39 @@ def test_every_verdict_means_what_the_hook_contract_says(role, steps):
                 bad = wire.decode(status.data[4:])
                 assert bad.name == "hsmstatus_client_bad_request"
                 assert (bad.fields["id"], bad.fields["description"], bad.fields["msg"]) == (
-                    relay.ctx.peer_id or bytes(33), verdict.description, body)
+                    relay.ctx.peer_id or bytes(33), verdict.description, held)
             elif kind in (Disconnect, FailClosed):  # FailClosed on the master: lightningd sees hsmd go
                 assert actions == (CloseConnection(),)
             else:
                 assert plan.forwarded
-                copies = 2 if kind is Duplicate else 1
-                expected = wire.frame(verdict.raw) if kind is Replace else frame.raw
-                assert sent_bytes(plan, frame) == expected * copies
+                doubled = kind is Duplicate and not long  # a long frame is never held whole: once
+                expected = wire.frame(verdict.raw) if kind is Replace else wire.frame(whole)
+                assert carried(relay, direction, plan, frame, rest) == expected * (2 if doubled else 1)
                 if kind is Hold:
                     assert type(actions[0]) is WaitRelease and actions[0].release is RELEASE
                 if answered:
-                    slots += [(seq, False, len(body))] + ([(seq, True, len(body))] if kind is Duplicate else [])
+                    slots += [(seq, False, len(held))] + ([(seq, True, len(held))] if doubled else [])
             seq += 1
         else:
             body = REPLIES[which % len(REPLIES)]
-            carrier = FdCarrier(b"\x00", (11,)) if body == b"\x00\x6d" and with_carrier else None
-            frame = frame_of(body, carrier=carrier)
+            carrier = FdCarrier(b"\x00", (11,)) if body == b"\x00\x6d" and with_carrier and not long else None
+            if long:
+                whole, frame, rest = long_frame(body)
+            else:
+                whole, frame, rest = body, frame_of(body, carrier=carrier), None
             ex = relay.reply_frame(frame)
             expected_seq, duplicate, _ = slots.pop(0) if slots else (-1, False, 0)
             assert (ex.seq, ex.duplicate) == (expected_seq, duplicate)
+            assert len(ex.reply_raw) + ex.reply_tail == len(whole)
             plan = relay.apply_to_reply(ex, frame, verdict)
             closes = kind in (Disconnect, FailClosed) or (kind is Refuse and role != ROLE_MASTER)
             if closes:
                 assert plan.actions == (CloseConnection(),) and not plan.forwarded
             else:
                 assert plan.forwarded == (kind is not Drop)
-                copies = 0 if kind is Drop else 2 if kind is Duplicate else 1
-                expected = wire.frame(verdict.raw) if kind is Replace else frame.raw
-                assert sent_bytes(plan, frame) == expected * copies + (b"\x00" if carrier else b"")
+                copies = 0 if kind is Drop else 2 if kind is Duplicate and not long else 1
+                expected = wire.frame(verdict.raw) if kind is Replace else wire.frame(whole)
+                assert carried(relay, direction, plan, frame, rest) == expected * copies + (b"\x00" if carrier else b"")
                 passes = [a for a in plan.actions if type(a) is PassClient]
                 assert [p.carrier for p in passes] == ([carrier] if carrier else [])
         assert relay.waiting == len(slots)

@@ -1,6 +1,7 @@
 """Memory stays bounded whatever the node or the signer sends (issue 12 item 3): past
 ``max_unanswered`` requests the node's next ones wait in the kernel (nothing is dropped), and a
-frame longer than the parse limit goes on in pieces as its bytes arrive. Real socketpairs."""
+frame longer than the parse limit is decided on by its first WHOLE_FRAME_LIMIT bytes, then goes
+on in pieces as the rest arrives. Real socketpairs."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class Seen:
         self.requests, self.replies, self.unparsed = [], [], []
 
     async def on_request(self, ex, point):
-        self.requests.append((point, ex.seq))
+        self.requests.append((point, ex.seq, ex.name, ex.request_tail))
 
     async def on_reply(self, ex, point):
         self.replies.append((point, ex.seq, ex.request_raw, ex.reply_raw))
@@ -98,14 +99,16 @@ async def test_requests_no_longer_wait_once_the_signer_side_has_ended():
             nursery.cancel_scope.cancel()
 
 
-async def test_a_frame_longer_than_the_parse_limit_goes_on_as_it_arrives(tmp_path):
-    """The signer reads the first megabytes of a frame the node has not finished writing; hooks
-    hear its type and length, the trace records only those, and its reply pairs with it."""
+async def test_a_frame_longer_than_the_parse_limit_is_decided_on_by_its_prefix_then_goes_on_as_it_arrives(tmp_path):
+    """The signer reads nothing of a long frame until its first WHOLE_FRAME_LIMIT body bytes have
+    arrived and the hooks decided on the message they hold (the rest is trailing padding); then
+    it reads the first megabytes before the node has finished writing. Its reply pairs with it."""
     metrics, seen, trace = Metrics(), Seen(), TraceHook(str(tmp_path / "t.trace"))
     length = 2 * WHOLE_FRAME_LIMIT
-    body = b"\x00\x12" + (bytes(range(256)) * (length // 256))[: length - 2]
+    body = PCP[4:] + (bytes(range(256)) * (length // 256))[: length - len(PCP) + 4]  # padded past the limit
     frame = wire.frame(body)
-    first = len(frame) // 2
+    prefix = wire.HEADER_LEN + WHOLE_FRAME_LIMIT
+    first = prefix + (1 << 20)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             topo = Topology(RelayShell([seen, MetricsHook(metrics), trace]), nursery)
@@ -115,24 +118,28 @@ async def test_a_frame_longer_than_the_parse_limit_goes_on_as_it_arrives(tmp_pat
                 while view:
                     view = view[await topo.node.send(view):]
 
-            nursery.start_soon(write, frame[:first])
+            await write(frame[: prefix - 1])
+            await trio.testing.wait_all_tasks_blocked()
+            assert nothing_more(topo.signer) and seen.requests == []  # the prefix is one byte short
+            nursery.start_soon(write, frame[prefix - 1 : first])
             assert await recv_exactly(topo.signer, first) == frame[:first]  # before the rest was even sent
+            assert seen.requests == [(point, 0, "hsmd_get_per_commitment_point", length - WHOLE_FRAME_LIMIT)
+                                     for point in ("request.before_forward", "request.after_forward")]
             nursery.start_soon(write, frame[first:])
             assert await recv_exactly(topo.signer, len(frame) - first) == frame[first:]
             await topo.signer.send(PCP_REPLY)
             assert await recv_exactly(topo.node, len(PCP_REPLY)) == PCP_REPLY
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
-    (unparsed,) = seen.unparsed
-    assert (unparsed.direction, unparsed.seq, unparsed.type, unparsed.length) == ("request", 0, 0x12, length)
-    assert seen.requests == []  # nobody decides on bytes already on their way
-    assert seen.replies[0] == ("reply.before_forward", 0, b"", PCP_REPLY[4:])
-    assert sample(metrics, "hsmproxy_unparsed_frames_total", direction="node_to_signer") == 1
+    assert seen.unparsed == []  # only long status frames stay unparsed
+    assert seen.replies[0] == ("reply.before_forward", 0, body[:WHOLE_FRAME_LIMIT], PCP_REPLY[4:])
+    assert sample(metrics, "hsmproxy_long_frames_total", direction="node_to_signer") == 1
+    assert sample(metrics, "hsmproxy_message_bytes_total", direction="node_to_signer") == len(frame)
     assert sample(metrics, "hsmproxy_requests_in_flight") == 0
     trace.close()
-    (record,) = [r for r in read_trace(str(tmp_path / "t.trace")) if r.get("unparsed")]
-    assert record["raw"] is None and (record["type"], record["len"], record["seq"]) == (0x12, length, 0)
-    assert body[100:132] not in (tmp_path / "t.trace").read_bytes()
+    (record,) = [r for r in read_trace(str(tmp_path / "t.trace")) if r.get("tail")]
+    assert (record["dir"], record["seq"], record["len"], record["tail"]) == ("request", 0, length,
+                                                                             length - WHOLE_FRAME_LIMIT)
 
 
 class RefuseAll:

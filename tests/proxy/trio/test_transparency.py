@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wire
-from wire.conversation import REPLY_AFTER, REQUEST_BEFORE, ROLE_CLIENT, ROLE_MASTER
+from wire.conversation import REPLY_AFTER, REPLY_BEFORE, REQUEST_BEFORE, ROLE_CLIENT, ROLE_MASTER
 
 from proxy.core.hooks import CONN_CLOSED, CONN_REPLACED, ConnContext, Disconnect, Drop, Duplicate, Hold, Refuse, Replace
 from proxy.core.relay import WHOLE_FRAME_LIMIT, Limits
@@ -62,16 +62,19 @@ chunkings = st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_si
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(down=streams, up=streams, down_chunks=chunkings, up_chunks=chunkings, carrier=st.sampled_from([b"\x00", b"\xff"]),
-       whole_frame=st.sampled_from([WHOLE_FRAME_LIMIT, 51, 120]))  # hsmd_client_hsmfd (51) still parsed
+       whole_frame=st.sampled_from([WHOLE_FRAME_LIMIT, 51, 120]),  # hsmd_client_hsmfd (51) still parsed
+       watched=st.booleans())
 def test_streams_are_byte_identical_through_clients_two_levels_deep(down, up, down_chunks, up_chunks, carrier,
-                                                                     whole_frame):
-    """Frames longer than ``whole_frame`` go on in pieces: the same bytes arrive."""
+                                                                     whole_frame, watched):
+    """Frames longer than ``whole_frame`` are decided on by their first ``whole_frame`` bytes and
+    go on in pieces: the same bytes arrive, whether a hook decides on them or none watches."""
     limits = Limits(whole_frame=whole_frame, max_unanswered_bytes=1 << 20)  # nobody answers these requests
+    watch = Watch()
 
     async def main():
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                topo = Topology(RelayShell([], limits=limits), nursery)
+                topo = Topology(RelayShell([watch] if watched else [], limits=limits), nursery)
                 child_node, child_signer = await topo.pass_client(topo.node, topo.signer, 7, 1024, carrier)
                 grand_node, grand_signer = await topo.pass_client(child_node, child_signer, 9, 447, carrier)
                 await trio.testing.wait_all_tasks_blocked()
@@ -91,6 +94,24 @@ def test_streams_are_byte_identical_through_clients_two_levels_deep(down, up, do
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
+    assert all(held == whole_frame for held, tail in watch.long)
+
+
+class Watch:
+    """Watches the points before forwarding: what it held of each long frame."""
+
+    points = (REQUEST_BEFORE, REPLY_BEFORE)
+
+    def __init__(self):
+        self.long: list[tuple[int, int]] = []  # (bytes held, bytes after them)
+
+    async def on_request(self, ex, point):
+        if ex.request_tail:
+            self.long.append((len(ex.request_raw), ex.request_tail))
+
+    async def on_reply(self, ex, point):
+        if ex.reply_tail:
+            self.long.append((len(ex.reply_raw), ex.reply_tail))
 
 
 # ---- verdicts ---------------------------------------------------------------------------------------
@@ -259,3 +280,37 @@ async def test_a_109_and_its_carrier_read_together_reach_the_node_together():
             await client.send(PCP)  # and the passed fd is relayed to the signer's socket
             assert await recv_exactly(tsock(ours), len(PCP)) == PCP
             nursery.cancel_scope.cancel()
+
+
+async def test_verdicts_on_a_long_request_apply_to_the_whole_frame():
+    """A request longer than the whole-frame limit is decided on by its prefix before any of it
+    goes on; then the whole frame goes on (forwarded, held: the node's exact bytes), or none of
+    it (dropped, replaced: the replacement instead), and a duplicate goes once."""
+    long_pcp = wire.frame(PCP[4:] + b"\xee" * 300)  # trailing padding past a 64-byte limit
+    replacement = wire.frame(bytes.fromhex("00120000000000000001"))
+    next_pcp = PCP[:-1] + b"\x02"
+    with trio.fail_after(10):
+        hold = trio.Event()
+        for verdict, expected in [
+            (None, long_pcp), (Hold(hold), long_pcp), (Drop(), b""), (Replace(replacement[4:]), replacement),
+            (Duplicate(), long_pcp),
+        ]:
+            hook = Decide("hsmd_get_per_commitment_point", verdict)
+            shell, _ = status_shell([hook], limits=Limits(whole_frame=64))
+            async with trio.open_nursery() as nursery:
+                topo = Topology(shell, nursery)
+                node, signer = await topo.pass_client(topo.node, topo.signer, 5, 8)
+                nursery.start_soon(send_chunks, node, long_pcp + next_pcp, [50, 7, 100])
+                if type(verdict) is Hold:
+                    with trio.move_on_after(0.1):
+                        await signer.recv(1)
+                        raise AssertionError("a held request was forwarded before its release")
+                    hold.set()
+                assert await recv_exactly(signer, len(expected + next_pcp)) == expected + next_pcp
+                assert await read_to_eof(signer) == b""  # and nothing else: a duplicate goes once
+                await signer.send(PCP_REPLY * (2 if expected else 1))
+                await trio.testing.wait_all_tasks_blocked()
+                replies = [seq for point, name, seq in hook.seen
+                           if point == REPLY_AFTER and name.startswith("hsmd_get_per")]
+                assert replies == ([0, 1] if expected else [1])  # the long request paired like any
+                nursery.cancel_scope.cancel()
