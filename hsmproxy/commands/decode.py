@@ -311,6 +311,8 @@ def _trace_records(path: Path):
             context["dir"] = record.get("dir")
             if record.get("verdict", "Forward") != "Forward":
                 context["verdict"] = record["verdict"]
+            if record.get("tail"):  # a long frame: shown is its first 4 MiB, these bytes came after
+                context["tail"] = record["tail"]
             if record.get("raw") is not None:
                 yield Item(record["raw"], origin, context)
             elif isinstance(record.get("msg"), dict):
@@ -419,6 +421,8 @@ class _TreeOut:
 
         if item.context.get("verdict"):
             title += f" [magenta]{item.context['verdict']}[/magenta]"
+        if item.context.get("tail"):
+            title += f" [dim](a long frame: {item.context['tail']} more bytes followed, relayed unread)[/dim]"
         tree = Tree(self._title(item, title))
         _add_fields(tree, rendered.get("fields", {}), escape)
         if rendered.get("trailing"):

@@ -188,3 +188,22 @@ def test_a_trace_shows_all_three_record_forms_and_no_secret(tmp_path):
             assert "old_commitment_secret: <redacted>" in tree.stdout
         else:
             assert all(line["recorded"] == "type-and-length" for line in lines)
+
+
+def test_a_long_frame_in_a_trace_shows_its_whole_length_and_the_bytes_after_its_prefix(tmp_path):
+    """The relay decodes a long frame from its first bytes; the trace keeps those and counts the
+    rest, and decode says how many bytes followed (hsmd ignores them, the signer still got them)."""
+    path = tmp_path / "long.trace"
+    conn = ConnContext(3, "client", peer_id=NODE, dbid=7, permissions=8)
+    request = wire.encode(wire.build("hsmd_get_per_commitment_point", n=3))
+
+    async def record(hook):
+        await hook.on_request(Exchange(conn=conn, seq=0, request_raw=request, request=wire.decode(request),
+                                       request_tail=5_000_000), REQUEST_BEFORE)
+        hook.close()
+
+    for secrets in (False, True):
+        trio.run(record, TraceHook(str(path), secrets=secrets))
+        (line,) = [json.loads(x) for x in decode(str(path), "--json").stdout.splitlines()]
+        assert line["tail"] == 5_000_000 and line["name"] == "hsmd_get_per_commitment_point"
+        assert "5000000 more bytes followed" in decode(str(path)).stdout
