@@ -12,6 +12,7 @@ judges it.
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -28,9 +29,12 @@ import trio
 from chaos.evidence import Incarnation, RunEvidence, shadow_evidence, signer_channels_from_records, trace_facts
 from chaos.result import RunResult, judge_run
 from chaos.scenarios import ENFORCE, WARN, Expectation
+from forkserver.launch import cli_prefix, write_script
+from forkserver.server import ForkServer
 from proxy.addons.trace import TraceFormatError, read_trace
 from proxy.core.wal_format import WalError
 from proxy.trio.children import live_processes
+from proxy.trio.subdaemon import wait_process
 from proxy.trio.wal_store import read_state
 from sim.node import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from sim.node_cmd import read_summary
@@ -63,7 +67,12 @@ class RunSpec:
 
 def hsmproxy_argv() -> list[str]:
     """How to run our own CLI from a child process: this interpreter, this checkout."""
-    return [sys.executable, "-m", "hsmproxy.cli"]
+    return cli_prefix()
+
+
+def start_fork_server() -> ForkServer:
+    """A fork server for the runs' node, proxy and signer processes (see ``forkserver``)."""
+    return ForkServer([sys.executable, "-m", "hsmproxy.fork_server"])
 
 
 def _rule_name(line: str) -> str:
@@ -74,23 +83,22 @@ def _rule_name(line: str) -> str:
 
 
 def _script(path: Path, argv: list[str], comment: str, version: bytes | None = None) -> None:
-    lines = ["#!/bin/sh", f"# {comment}"]
+    pre_lines = []
     if version is not None:
         # lightningd (and sim-node) run `SIGNER --version` before every start and compare the
         # output; the wrapper would print the real signer's answer, which was asked once per
         # session and is replayed here, saving two interpreter starts per restart.
-        lines.append(f'if [ "$#" -eq 1 ] && [ "$1" = "--version" ]; then printf %s {shlex.quote(version.decode())}; exit 0; fi')
-    lines.append(f'exec {shlex.join(argv)} "$@"')
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o700)
+        pre_lines.append(f'if [ "$#" -eq 1 ] && [ "$1" = "--version" ]; then printf %s {shlex.quote(version.decode())}; exit 0; fi')
+    write_script(path, argv, comment, pre_lines)
 
 
 _VERSIONS: dict[str, bytes] = {}
 
 
-async def signer_version(argv: list[str]) -> bytes | None:
-    """What `hsmproxy wrap --signer X -- --version` prints (cached per signer); None if it fails."""
-    key = shlex.join(argv)
+async def signer_version(argv: list[str], key: str | None = None) -> bytes | None:
+    """What `hsmproxy wrap --signer X -- --version` prints (cached per ``key``, by default the
+    command line); None if it fails."""
+    key = key or shlex.join(argv)
     if key not in _VERSIONS:
         done = await trio.run_process([*argv, "--version"], capture_stdout=True, capture_stderr=True, check=False)
         if done.returncode != 0:
@@ -132,8 +140,9 @@ async def _reap_group(pgid: int, grace: float = 5.0) -> None:
 
 
 class Runner:
-    def __init__(self, spec: RunSpec, root: Path):
+    def __init__(self, spec: RunSpec, root: Path, fork_server: ForkServer | None = None):
         self.spec = spec
+        self.fork_server = fork_server  # None: every process is exec'd
         self.dirs = RunDirs(root)
         self._sim_signer = self.dirs.root / "sim-signer.sh"
         if spec.signer is None:
@@ -172,17 +181,22 @@ class Runner:
         out_path, err_path = self.dirs.logs / f"node-{n}.json", self.dirs.logs / f"node-{n}.log"
         env = dict(os.environ, HSMPROXY_CHAOS_INCARNATION=str(n))
         env.pop("HSMPROXY_SIM_CRASH_AT", None)
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = await trio.lowlevel.open_process(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                                    env=env, start_new_session=True)
+        with open(out_path, "wb") as out, open(err_path, "wb") as err, open(os.devnull, "rb") as devnull:
+            if self.fork_server is not None:
+                proc = await trio.to_thread.run_sync(functools.partial(
+                    self.fork_server.spawn, argv[len(hsmproxy_argv()):], {0: devnull.fileno(), 1: out.fileno(),
+                                                                         2: err.fileno()},
+                    env=env, cwd=os.getcwd(), new_session=True))
+            else:
+                proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=devnull, env=env, start_new_session=True)
         killed = False
         try:
             with trio.move_on_after(self.spec.incarnation_timeout) as scope:
-                await proc.wait()
+                await wait_process(proc)
             if scope.cancelled_caught:
                 killed = True
                 os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+                await wait_process(proc)
         finally:
             with trio.CancelScope(shield=True):
                 if proc.returncode is None:
@@ -190,7 +204,7 @@ class Runner:
                         os.killpg(proc.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-                    await proc.wait()
+                    await wait_process(proc)
                 await _reap_group(proc.pid)
         summary = read_summary(out_path.read_text(errors="replace"))
         return Incarnation(n, proc.returncode, summary, killed_by_runner=killed)
@@ -225,7 +239,9 @@ class Runner:
         rules = list(s.faults)
         version = None
         if s.signer is None:  # an external signer is asked every time, as lightningd asks
-            version = await signer_version([*hsmproxy_argv(), "wrap", "--signer", self._real_signer, "--"])
+            # every run has its own sim-signer script, all of them the same signer: asked once
+            version = await signer_version([*hsmproxy_argv(), "wrap", "--signer", self._real_signer, "--"],
+                                           key="our sim-signer")
         for n in range(s.max_incarnations):
             inc = await self._incarnation(n, rules, version)
             ev.incarnations.append(inc)
@@ -271,13 +287,14 @@ class UnfinishedRun:
 
 
 async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "failed",
-                   unfinished: list[UnfinishedRun] | None = None) -> RunResult:
+                   unfinished: list[UnfinishedRun] | None = None, fork_server: ForkServer | None = None) -> RunResult:
     """Run one spec in ``workdir/<scenario>-<seed>`` (or a temporary directory) and judge it.
 
     ``keep``: "all", "failed" (the default: a failed run's directory stays for inspection) or "none".
     A run cancelled on the way (the session was interrupted) has no verdict: its directory (the
     signer's secret, the WAL, the traces) is removed once its processes are gone, unless ``keep``
     is "all"; either way it is added to ``unfinished``, so the session can say where it is.
+    ``fork_server``: start the run's processes through it instead of exec'ing them.
     """
     started = time.monotonic()
     if workdir is not None:
@@ -288,7 +305,7 @@ async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "fail
     else:
         root = Path(tempfile.mkdtemp(prefix=f"hsmproxy-chaos-{spec.scenario}-{spec.seed}-"))
     try:
-        ev = await Runner(spec, root).run()
+        ev = await Runner(spec, root, fork_server).run()
     except BaseException as exc:
         if isinstance(exc, Exception):
             raise  # the run crashed: reported as a failed run, its directory kept

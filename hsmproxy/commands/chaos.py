@@ -81,6 +81,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", metavar="ADDR",
                         help="serve /metrics (hsmproxy_chaos_* counters) on HOST:PORT (loopback) or unix:/path while running")
     parser.add_argument("--no-live", action="store_true", help="no live view (it is off anyway when stdout is not a terminal)")
+    parser.add_argument("--no-fork-server", dest="fork_server", action="store_false",
+                        help="exec a new interpreter for every node, proxy and signer process instead of forking them "
+                             "from a fork server that imported everything once (the processes are real and separate "
+                             "either way; this is slower, for comparison or if the fork server fails)")
     sweep = parser.add_argument_group(
         "crash sweeps against real Core Lightning (docs/cln.md; needs pyln-testing: pip install 'hsmproxy[cln]')")
     sweep.add_argument("--lightningd", nargs="?", const="", metavar="PATH",
@@ -153,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     session = Session(specs, jobs=args.jobs, workdir=Path(args.workdir) if args.workdir else None, keep=args.keep,
                       live=not args.no_live and sys.stdout.isatty(), metrics_address=args.metrics,
+                      fork_server=args.fork_server,
                       meta={"command": "hsmproxy chaos " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["chaos"] else "hsmproxy chaos"})
     try:
         results = trio.run(session.run)
