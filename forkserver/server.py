@@ -42,6 +42,8 @@ def serve(sock: socket.socket) -> int:
         try:
             request = json.loads(packet)
             layout = dict(zip(request["fds"], fds, strict=True))
+            if not os.path.isdir(request["cwd"]):  # as Popen(cwd=...) fails in the parent, not in the child
+                raise FileNotFoundError(f"working directory {request['cwd']!r} does not exist")
             pid = fork(sibling=True)
             if pid == 0:
                 sock.close()  # only the server may hold its end: the starter sees EOF when it dies

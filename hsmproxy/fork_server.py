@@ -8,6 +8,7 @@ point, so the node forks its wrapper and the wrapper its signer the same way (``
 
 from __future__ import annotations
 
+import gc
 import socket
 import sys
 
@@ -23,6 +24,7 @@ import sim.signer_keys  # noqa: F401
 import sim.signer_proc  # noqa: F401
 import sim.signer_server  # noqa: F401
 import sim.signer_store  # noqa: F401
+import wire
 from forkserver.launch import register_entry
 from forkserver.server import serve
 from hsmproxy import cli
@@ -34,6 +36,9 @@ def main(argv: list[str]) -> int:
         print("hsmproxy.fork_server: give the socket as --fd=N; the chaos runner starts this, not people",
               file=sys.stderr)
         return 2
+    for spec in wire.SPECS_BY_NAME.values():
+        spec.compiled  # noqa: B018 - compiled on first use: once here instead of in every child
+    gc.freeze()  # what is here now stays: the children's collections skip it (and share its pages)
     register_entry(cli.main)
     return serve(socket.socket(fileno=int(fds[0])))
 
