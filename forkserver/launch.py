@@ -238,15 +238,7 @@ def run_child(args: list[str], layout: Mapping[int, int], *, cwd, env, new_sessi
         _set_cmdline(argv)
         sys.argv = [CLI_MODULE, *args]
         try:
-            if os.environ.get("PROFDIR"):
-                import cProfile
-                prof = cProfile.Profile()
-                try:
-                    code = prof.runcall(_entry, args)
-                finally:
-                    prof.dump_stats(f"{os.environ['PROFDIR']}/{args[0]}-{os.getpid()}.prof")
-            else:
-                code = _entry(args)
+            code = _entry(args)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             if exc.code is not None and not isinstance(exc.code, int):
