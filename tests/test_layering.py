@@ -2,7 +2,7 @@
 
     hsmproxy/     the application                          -> everything
     chaos/        chaos sessions                           -> wire, faults, forkserver, proxy, sim
-    proxy/addons  hooks plugged into the shells            -> wire, faults, forkserver, proxy.core, proxy.trio
+    proxy/addons  hooks plugged into the shells            -> wire, faults, proxy.core, proxy.trio
     proxy/trio    the trio shells                          -> wire, faults, forkserver, proxy.core
     proxy/core    the sans-IO core                         -> wire, faults
     sim/          the simulated actors                     -> wire, forkserver
@@ -33,7 +33,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sim": frozenset({"wire", "forkserver", "sim"}),
     "proxy.core": frozenset({"wire", "faults", "proxy.core"}),
     "proxy.trio": frozenset({"wire", "faults", "forkserver", "proxy.core", "proxy.trio"}),
-    "proxy.addons": frozenset({"wire", "faults", "forkserver", "proxy.core", "proxy.trio", "proxy.addons"}),
+    "proxy.addons": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons"}),
     "chaos": frozenset({"wire", "faults", "forkserver", "proxy.core", "proxy.trio", "proxy.addons", "sim", "chaos"}),
     "hsmproxy": frozenset({"wire", "faults", "forkserver", "proxy.core", "proxy.trio", "proxy.addons", "sim", "chaos",
                            "hsmproxy"}),
