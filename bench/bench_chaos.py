@@ -70,7 +70,8 @@ def main() -> int:
         measure = {
             "baseline: bare interpreter (python -c pass)": lambda: timed([sys.executable, "-c", "pass"]),
             "baseline: one CLI start (sim-signer --version)": lambda: timed([*CLI, "sim-signer", "--version"]),
-            "story run wal-fix, exec'd (--no-fork-server)": lambda: chaos(["--scenario", "wal-fix", "--no-fork-server"]),
+            "story run wal-fix, exec'd (--no-fork-server)": lambda: chaos(
+                ["--scenario", "wal-fix", "--no-fork-server"]),
             "story run wal-fix, fork server": lambda: chaos(["--scenario", "wal-fix"]),
             f"{campaign}, exec'd (--no-fork-server)": lambda: chaos([*seeds, "--no-fork-server"]),
             f"{campaign}, fork server": lambda: chaos(seeds),

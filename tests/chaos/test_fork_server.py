@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import trio
@@ -18,13 +17,7 @@ from proxy.trio.children import live_processes
 from proxy.trio.subdaemon import wait_process
 from sim.node import EXIT_OK, EXIT_SIGNER
 from sim.node_cmd import read_summary
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+from tests.chaos.helpers import command_line
 
 
 def _children(pid: int) -> list[int]:
@@ -37,7 +30,8 @@ async def _chain(node_pid: int) -> tuple[int, int]:
     while True:
         proxies = _children(node_pid)
         signers = _children(proxies[0]) if len(proxies) == 1 else []
-        if len(signers) == 1 and "sim-signer" in _cmdline(signers[0]) and "--version" not in _cmdline(signers[0]):
+        signer = command_line(signers[0]) if len(signers) == 1 else ""
+        if "sim-signer" in signer and "--version" not in signer:
             return proxies[0], signers[0]
         await trio.sleep(0.02)
 
@@ -81,7 +75,7 @@ async def test_forked_actors_are_separate_processes_that_a_sigkill_kills_and_a_r
             stat = {pid: fields for pid, fields in live_processes() if pid in (first.pid, proxy, signer_pid)}
             assert int(stat[first.pid][1]) == os.getpid()  # ours, not the fork server's: we reap it
             assert {int(stat[pid][2]) for pid in stat} == {first.pid}  # the node's own process group
-            assert " sim-node --data-dir " in _cmdline(first.pid) and " wrap --signer " in _cmdline(proxy)
+            assert " sim-node --data-dir " in command_line(first.pid) and " wrap --signer " in command_line(proxy)
             # 2. SIGKILL the proxy: it really dies, and its parent, the node, sees how.
             os.kill(proxy, signal.SIGKILL)
             assert await wait_process(first) == EXIT_SIGNER

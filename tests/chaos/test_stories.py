@@ -11,7 +11,7 @@ from xml.etree import ElementTree
 
 import trio
 
-from tests.chaos.helpers import CLI, chaos
+from tests.chaos.helpers import CLI, chaos, command_line
 
 def permissive_signer(tmp_path: Path) -> Path:
     """Our signer with every VLS rule turned into a warning: it signs whatever it is asked, as stock
@@ -101,13 +101,6 @@ async def test_bad_arguments_are_named(tmp_path):
     assert code == 2 and "not an executable file" in err
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _processes_mentioning(text: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -128,7 +121,7 @@ async def test_sigterm_stops_the_session_and_leaves_no_process(tmp_path):
         proc = await trio.lowlevel.open_process([*CLI, "chaos", "--no-live", "--scenario", "wal-fix", "--workdir",
                                                  str(workdir)])
         try:
-            while not any("--wal-dir" in _cmdline(pid) for pid in _processes_mentioning(str(workdir))):
+            while not any("--wal-dir" in command_line(pid) for pid in _processes_mentioning(str(workdir))):
                 await trio.sleep(0.05)  # until the node has started the proxy in front of its signer
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 130
@@ -148,7 +141,7 @@ async def _interrupt_once_running(tmp_path: Path, *args: str) -> tuple[int, str,
         proc = await trio.lowlevel.open_process([*CLI, "chaos", "--no-live", "--scenario", "wal-fix", *args],
                                                 env=dict(os.environ, TMPDIR=str(temp)), stderr=-1)
         try:
-            while not any("--wal-dir" in _cmdline(pid) for pid in _processes_mentioning(str(temp))):
+            while not any("--wal-dir" in command_line(pid) for pid in _processes_mentioning(str(temp))):
                 await trio.sleep(0.05)  # until the node has started the proxy in front of its signer
             proc.send_signal(signal.SIGINT)
             err = await proc.stderr.receive_some(1 << 20) or b""
