@@ -206,7 +206,7 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def _set_cmdline(argv: Sequence[str]) -> None:
+def set_command_line(argv: Sequence[str]) -> None:
     """What ``ps`` and /proc/PID/cmdline show: the command line an exec would have had, written
     over this process's original arguments (cut to the room they left)."""
     try:
@@ -235,7 +235,7 @@ def run_child(args: list[str], layout: Mapping[int, int], *, cwd, env, new_sessi
         _reset_signals()
         atexit._clear()  # the parent's exit handlers are not ours
         argv = [*cli_prefix(), *args]
-        _set_cmdline(argv)
+        set_command_line(argv)
         sys.argv = [CLI_MODULE, *args]
         try:
             code = _entry(args)

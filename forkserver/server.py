@@ -23,7 +23,7 @@ from forkserver.launch import ForkedProcess, fork, run_child
 MAX_PACKET = 1 << 20
 MAX_FDS = 8
 ANSWER_TIMEOUT = 60.0  # the first answer waits for the server's imports, on a machine that may be busy
-CMDLINE_ROOM = 4096  # bytes of command line the children can show (see launch._set_cmdline)
+CMDLINE_ROOM = 4096  # bytes of command line the children can show (see launch.set_command_line)
 
 
 class ForkServerError(RuntimeError):

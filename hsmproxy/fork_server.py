@@ -25,7 +25,7 @@ import sim.signer_proc  # noqa: F401
 import sim.signer_server  # noqa: F401
 import sim.signer_store  # noqa: F401
 import wire
-from forkserver.launch import register_entry
+from forkserver.launch import register_entry, set_command_line
 from forkserver.server import serve
 from hsmproxy import cli
 
@@ -40,6 +40,7 @@ def main(argv: list[str]) -> int:
         spec.compiled  # noqa: B018 - compiled on first use: once here instead of in every child
     gc.freeze()  # what is here now stays: the children's collections skip it (and share its pages)
     register_entry(cli.main)
+    set_command_line([sys.executable, "-m", "hsmproxy.fork_server", f"--fd={fds[0]}"])  # not the room left for children
     return serve(socket.socket(fileno=int(fds[0])))
 
 
