@@ -82,16 +82,6 @@ def _rule_name(line: str) -> str:
     raise ValueError(f"chaos fault rule {line!r} has no name=; the runner needs it to know which rules fired")
 
 
-def _script(path: Path, argv: list[str], comment: str, version: bytes | None = None) -> None:
-    pre_lines = []
-    if version is not None:
-        # lightningd (and sim-node) run `SIGNER --version` before every start and compare the
-        # output; the wrapper would print the real signer's answer, which was asked once per
-        # session and is replayed here, saving two interpreter starts per restart.
-        pre_lines.append(f'if [ "$#" -eq 1 ] && [ "$1" = "--version" ]; then printf %s {shlex.quote(version.decode())}; exit 0; fi')
-    write_script(path, argv, comment, pre_lines)
-
-
 _VERSIONS: dict[str, bytes] = {}
 
 
@@ -146,7 +136,7 @@ class Runner:
         self.dirs = RunDirs(root)
         self._sim_signer = self.dirs.root / "sim-signer.sh"
         if spec.signer is None:
-            _script(self._sim_signer, [*hsmproxy_argv(), "sim-signer"], "our simulated validating signer")
+            write_script(self._sim_signer, [*hsmproxy_argv(), "sim-signer"], "our simulated validating signer")
 
     def _wrapper(self, n: int, rules: list[str], version: bytes | None) -> Path:
         """The node's --signer: the proxy in wrapper mode in front of the real signer."""
@@ -157,7 +147,11 @@ class Runner:
         if rules:
             argv += ["--faults", "; ".join(rules)]
         path = self.dirs.root / f"hsmd-wrapper-{n}.sh"
-        _script(path, [*argv, "--"], f"chaos {self.spec.scenario} seed {self.spec.seed}, incarnation {n}", version)
+        # lightningd (and sim-node) run `SIGNER --version` before every start and compare the
+        # output; the wrapper would print the real signer's answer, which was asked once per
+        # session and is answered by the script here, saving two interpreter starts per restart.
+        write_script(path, [*argv, "--"], f"chaos {self.spec.scenario} seed {self.spec.seed}, incarnation {n}",
+                     None if version is None else version.decode())
         return path
 
     @property

@@ -10,8 +10,8 @@ command's ``main``. Everywhere else ``fork_script`` returns None and the caller 
 
 Only scripts written by ``write_script`` are forked: they carry the exact command line they exec
 in a marker line, and are forked only when that command line starts this very interpreter on our
-CLI module (so the child runs the code an exec would have run). ``--version`` calls and anything
-else still go through the shell.
+CLI module (so the child runs the code an exec would have run). A lone ``--version`` still goes
+through the shell, which may answer it itself.
 
 Known difference from exec: the child keeps this process's hash seed (PYTHONHASHSEED), and
 ``/proc/PID/environ`` shows the fork server's environment (``os.environ`` is the child's own).
@@ -52,9 +52,13 @@ def cli_prefix() -> list[str]:
     return [sys.executable, "-m", CLI_MODULE]
 
 
-def write_script(path: Path, argv: Sequence[str], comment: str, pre_lines: Sequence[str] = ()) -> None:
-    """A ``#!/bin/sh`` script that runs ``pre_lines`` then execs ``argv "$@"``."""
-    lines = ["#!/bin/sh", f"# {comment}", MARKER + json.dumps(list(argv)), *pre_lines, f'exec {shlex.join(argv)} "$@"']
+def write_script(path: Path, argv: Sequence[str], comment: str, version: str | None = None) -> None:
+    """A ``#!/bin/sh`` script that execs ``argv "$@"``; with ``version``, it answers a lone
+    ``--version`` with that text itself."""
+    lines = ["#!/bin/sh", f"# {comment}", MARKER + json.dumps(list(argv))]
+    if version is not None:
+        lines.append(f'if [ "$#" -eq 1 ] && [ "$1" = "--version" ]; then printf %s {shlex.quote(version)}; exit 0; fi')
+    lines.append(f'exec {shlex.join(argv)} "$@"')
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o700)
 
@@ -62,8 +66,8 @@ def write_script(path: Path, argv: Sequence[str], comment: str, pre_lines: Seque
 def forkable_args(argv: Sequence[str]) -> list[str] | None:
     """The CLI arguments to run in a fork instead of exec'ing ``argv`` (a script and its
     arguments); None when this process cannot (no entry point) or the script is not ours."""
-    if _entry is None or not argv:
-        return None
+    if _entry is None or not argv or list(argv[1:]) == ["--version"]:
+        return None  # a version check is the script's to answer (write_script's version)
     try:
         with open(argv[0], "rb") as f:
             text = f.read(MAX_SCRIPT_BYTES).decode()

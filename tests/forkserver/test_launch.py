@@ -33,6 +33,11 @@ def test_only_our_scripts_for_this_interpreter_are_forked_and_only_below_the_for
     assert forkable_args([str(other)]) is None  # its code may differ from ours: only exec runs it
     assert forkable_args([str(plain)]) is None
     assert forkable_args([str(tmp_path / "missing")]) is None
+    answering = tmp_path / "wrapper.sh"
+    write_script(answering, [*cli_prefix(), "wrap", "--signer", str(signer_script), "--"], "a proxy", version="v9\n")
+    assert forkable_args([str(answering), "--version"]) is None  # the script answers it
+    done = subprocess.run([str(answering), "--version"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "v9\n")
     # The same script still runs by exec.
     done = subprocess.run([str(signer_script), "--version"], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "hsmproxy-sim-signer-0.1\n")
