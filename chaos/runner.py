@@ -12,6 +12,7 @@ judges it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shlex
@@ -31,7 +32,7 @@ from chaos.result import RunResult, judge_run
 from chaos.scenarios import ENFORCE, WARN, Expectation
 from forkserver.launch import cli_prefix, write_script
 from forkserver.server import ForkServer
-from proxy.addons.trace import TraceFormatError, read_trace
+from proxy.addons.trace import TraceFollower, TraceFormatError, read_trace
 from proxy.core.wal_format import WalError
 from proxy.trio.children import live_processes
 from proxy.trio.subdaemon import wait_process
@@ -129,6 +130,26 @@ async def _reap_group(pgid: int, grace: float = 5.0) -> None:
         await trio.sleep(0.01)
 
 
+# Faults after which the node can only wait: its request (or its answer) will never arrive, and
+# the node waits for it as lightningd's hsm_sync_req waits, until the watchdog ends it.
+STALLING_ACTIONS = frozenset({"drop", "hold"})
+TRACE_POLL_S = 0.02
+
+
+async def _until_the_node_stalls(trace: Path) -> None:
+    """Return once the incarnation's proxy recorded a fault after which the node cannot go on."""
+    follower = TraceFollower(str(trace))
+    while True:
+        try:
+            records = follower.new_records()
+        except TraceFormatError:
+            await trio.sleep_forever()  # judged after the incarnation, from the whole file
+        if any(isinstance(r, dict) and r.get("kind") == "fault" and r["event"].get("action") in STALLING_ACTIONS
+               for r in records):
+            return
+        await trio.sleep(TRACE_POLL_S)
+
+
 class Runner:
     def __init__(self, spec: RunSpec, root: Path, fork_server: ForkServer | None = None):
         self.spec = spec
@@ -185,11 +206,10 @@ class Runner:
                 proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=devnull, env=env, start_new_session=True)
         killed = False
         try:
-            with trio.move_on_after(self.spec.incarnation_timeout) as scope:
-                await wait_process(proc)
-            if scope.cancelled_caught:
-                killed = True
-                os.killpg(proc.pid, signal.SIGKILL)
+            killed = await self._until_exit_or_stuck(n, proc)
+            if killed:
+                with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                    os.killpg(proc.pid, signal.SIGKILL)
                 await wait_process(proc)
         finally:
             with trio.CancelScope(shield=True):
@@ -202,6 +222,25 @@ class Runner:
                 await _reap_group(proc.pid)
         summary = read_summary(out_path.read_text(errors="replace"))
         return Incarnation(n, proc.returncode, summary, killed_by_runner=killed)
+
+    async def _until_exit_or_stuck(self, n: int, proc) -> bool:
+        """Wait for the node to exit; True when the watchdog must end it instead: it made no
+        progress for the incarnation timeout, or (known at once, so not waited for) a fault fired
+        after which it can only wait."""
+        stuck = False
+        with trio.move_on_after(self.spec.incarnation_timeout) as timeout:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    nonlocal stuck
+                    await _until_the_node_stalls(self.dirs.trace(n))
+                    stuck = True
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                await wait_process(proc)
+                nursery.cancel_scope.cancel()
+        return stuck or timeout.cancelled_caught
 
     def _read_trace(self, inc: Incarnation, ev: RunEvidence) -> None:
         """The incarnation's trace: the faults its proxy injected (into ``inc``), and the frames

@@ -68,7 +68,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="campaigns: how the node saves channel state (default wal; naive nodes may get stuck)")
     parser.add_argument("--updates", type=int, metavar="N", help="commitment updates per run (default 2 for stories, 3 for campaigns)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                        help="a node that has not finished S seconds after a (re)start is killed and restarted (default 30); "
+                        help="a node that has not finished S seconds after a (re)start is killed and restarted (default 30; "
+                             "at once when the proxy dropped or held its request, which it would wait for forever); "
                              "in a sweep: how long lightningd may take to die, start again and get its channel back")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the JSON report (a `runs` list) to FILE")
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE (one testcase per run)")
