@@ -92,7 +92,9 @@ class ForkServer:
                 socket.send_fds(self.sock, [request], list(fds.values()))
                 answer = self.sock.recv(MAX_PACKET)
             except TimeoutError:
-                raise self._gone(f"did not answer within {ANSWER_TIMEOUT:.0f} s") from None
+                self.proc.kill()  # a late answer must not be taken for the next request's
+                self.proc.wait()
+                raise self._gone(f"did not answer within {ANSWER_TIMEOUT:.0f} s and was stopped") from None
             except OSError as exc:
                 raise self._gone(f"cannot be reached ({exc})") from None
         if not answer:
