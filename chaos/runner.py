@@ -12,6 +12,8 @@ judges it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shlex
 import shutil
@@ -29,9 +31,12 @@ from chaos.evidence import Incarnation, RunEvidence, shadow_evidence, signer_cha
 from chaos.result import RunResult, judge_run
 from chaos.scenarios import ENFORCE, WARN, Expectation
 from chaos.windows import windows_from_traces
-from proxy.addons.trace import TraceFormatError, read_trace
+from forkserver.launch import cli_prefix, write_script
+from forkserver.server import ForkServer
+from proxy.addons.trace import TraceFollower, TraceFormatError, read_trace
 from proxy.core.wal_format import WalError
 from proxy.trio.children import live_processes
+from proxy.trio.subdaemon import wait_process
 from proxy.trio.wal_store import read_state
 from sim.node import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from sim.node_cmd import read_summary
@@ -64,7 +69,12 @@ class RunSpec:
 
 def hsmproxy_argv() -> list[str]:
     """How to run our own CLI from a child process: this interpreter, this checkout."""
-    return [sys.executable, "-m", "hsmproxy.cli"]
+    return cli_prefix()
+
+
+def start_fork_server() -> ForkServer:
+    """A fork server for the runs' node, proxy and signer processes (see ``forkserver``)."""
+    return ForkServer([sys.executable, "-m", "hsmproxy.fork_server"])
 
 
 def _rule_name(line: str) -> str:
@@ -74,24 +84,13 @@ def _rule_name(line: str) -> str:
     raise ValueError(f"chaos fault rule {line!r} has no name=; the runner needs it to know which rules fired")
 
 
-def _script(path: Path, argv: list[str], comment: str, version: bytes | None = None) -> None:
-    lines = ["#!/bin/sh", f"# {comment}"]
-    if version is not None:
-        # lightningd (and sim-node) run `SIGNER --version` before every start and compare the
-        # output; the wrapper would print the real signer's answer, which was asked once per
-        # session and is replayed here, saving two interpreter starts per restart.
-        lines.append(f'if [ "$#" -eq 1 ] && [ "$1" = "--version" ]; then printf %s {shlex.quote(version.decode())}; exit 0; fi')
-    lines.append(f'exec {shlex.join(argv)} "$@"')
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o700)
-
-
 _VERSIONS: dict[str, bytes] = {}
 
 
-async def signer_version(argv: list[str]) -> bytes | None:
-    """What `hsmproxy wrap --signer X -- --version` prints (cached per signer); None if it fails."""
-    key = shlex.join(argv)
+async def signer_version(argv: list[str], key: str | None = None) -> bytes | None:
+    """What `hsmproxy wrap --signer X -- --version` prints (cached per ``key``, by default the
+    command line); None if it fails."""
+    key = key or shlex.join(argv)
     if key not in _VERSIONS:
         done = await trio.run_process([*argv, "--version"], capture_stdout=True, capture_stderr=True, check=False)
         if done.returncode != 0:
@@ -132,13 +131,34 @@ async def _reap_group(pgid: int, grace: float = 5.0) -> None:
         await trio.sleep(0.01)
 
 
+# Faults after which the node can only wait: its request (or its answer) will never arrive, and
+# the node waits for it as lightningd's hsm_sync_req waits, until the watchdog ends it.
+STALLING_ACTIONS = frozenset({"drop", "hold"})
+TRACE_POLL_S = 0.02
+
+
+async def _until_the_node_stalls(trace: Path) -> None:
+    """Return once the incarnation's proxy recorded a fault after which the node cannot go on."""
+    follower = TraceFollower(str(trace))
+    while True:
+        try:
+            records = follower.new_records()
+        except TraceFormatError:
+            await trio.sleep_forever()  # judged after the incarnation, from the whole file
+        if any(isinstance(r, dict) and r.get("kind") == "fault" and r["event"].get("action") in STALLING_ACTIONS
+               for r in records):
+            return
+        await trio.sleep(TRACE_POLL_S)
+
+
 class Runner:
-    def __init__(self, spec: RunSpec, root: Path):
+    def __init__(self, spec: RunSpec, root: Path, fork_server: ForkServer | None = None):
         self.spec = spec
+        self.fork_server = fork_server  # None: every process is exec'd
         self.dirs = RunDirs(root)
         self._sim_signer = self.dirs.root / "sim-signer.sh"
         if spec.signer is None:
-            _script(self._sim_signer, [*hsmproxy_argv(), "sim-signer"], "our simulated validating signer")
+            write_script(self._sim_signer, [*hsmproxy_argv(), "sim-signer"], "our simulated validating signer")
 
     def _wrapper(self, n: int, rules: list[str], version: bytes | None) -> Path:
         """The node's --signer: the proxy in wrapper mode in front of the real signer."""
@@ -149,7 +169,11 @@ class Runner:
         if rules:
             argv += ["--faults", "; ".join(rules)]
         path = self.dirs.root / f"hsmd-wrapper-{n}.sh"
-        _script(path, [*argv, "--"], f"chaos {self.spec.scenario} seed {self.spec.seed}, incarnation {n}", version)
+        # lightningd (and sim-node) run `SIGNER --version` before every start and compare the
+        # output; the wrapper would print the real signer's answer, which was asked once per
+        # session and is answered by the script here, saving two interpreter starts per restart.
+        write_script(path, [*argv, "--"], f"chaos {self.spec.scenario} seed {self.spec.seed}, incarnation {n}",
+                     None if version is None else version.decode())
         return path
 
     @property
@@ -173,17 +197,21 @@ class Runner:
         out_path, err_path = self.dirs.logs / f"node-{n}.json", self.dirs.logs / f"node-{n}.log"
         env = dict(os.environ, HSMPROXY_CHAOS_INCARNATION=str(n))
         env.pop("HSMPROXY_SIM_CRASH_AT", None)
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = await trio.lowlevel.open_process(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                                    env=env, start_new_session=True)
+        with open(out_path, "wb") as out, open(err_path, "wb") as err, open(os.devnull, "rb") as devnull:
+            if self.fork_server is not None:
+                proc = await trio.to_thread.run_sync(functools.partial(
+                    self.fork_server.spawn, argv[len(hsmproxy_argv()):], {0: devnull.fileno(), 1: out.fileno(),
+                                                                         2: err.fileno()},
+                    env=env, cwd=os.getcwd(), new_session=True))
+            else:
+                proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=devnull, env=env, start_new_session=True)
         killed = False
         try:
-            with trio.move_on_after(self.spec.incarnation_timeout) as scope:
-                await proc.wait()
-            if scope.cancelled_caught:
-                killed = True
-                os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+            killed = await self._until_exit_or_stuck(n, proc)
+            if killed:
+                with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await wait_process(proc)
         finally:
             with trio.CancelScope(shield=True):
                 if proc.returncode is None:
@@ -191,10 +219,29 @@ class Runner:
                         os.killpg(proc.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-                    await proc.wait()
+                    await wait_process(proc)
                 await _reap_group(proc.pid)
         summary = read_summary(out_path.read_text(errors="replace"))
         return Incarnation(n, proc.returncode, summary, killed_by_runner=killed)
+
+    async def _until_exit_or_stuck(self, n: int, proc) -> bool:
+        """Wait for the node to exit; True when the watchdog must end it instead: it made no
+        progress for the incarnation timeout, or (known at once, so not waited for) a fault fired
+        after which it can only wait."""
+        stuck = False
+        with trio.move_on_after(self.spec.incarnation_timeout) as timeout:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    nonlocal stuck
+                    await _until_the_node_stalls(self.dirs.trace(n))
+                    stuck = True
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                await wait_process(proc)
+                nursery.cancel_scope.cancel()
+        return stuck or timeout.cancelled_caught
 
     def _read_trace(self, inc: Incarnation, ev: RunEvidence) -> None:
         """The incarnation's trace: the faults its proxy injected (into ``inc``), and the frames
@@ -226,7 +273,9 @@ class Runner:
         rules = list(s.faults)
         version = None
         if s.signer is None:  # an external signer is asked every time, as lightningd asks
-            version = await signer_version([*hsmproxy_argv(), "wrap", "--signer", self._real_signer, "--"])
+            # every run has its own sim-signer script, all of them the same signer: asked once
+            version = await signer_version([*hsmproxy_argv(), "wrap", "--signer", self._real_signer, "--"],
+                                           key="our sim-signer")
         for n in range(s.max_incarnations):
             inc = await self._incarnation(n, rules, version)
             ev.incarnations.append(inc)
@@ -272,7 +321,8 @@ class UnfinishedRun:
 
 
 async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "failed",
-                   unfinished: list[UnfinishedRun] | None = None, windows: bool = False) -> RunResult:
+                   unfinished: list[UnfinishedRun] | None = None, windows: bool = False,
+                   fork_server: ForkServer | None = None) -> RunResult:
     """Run one spec in ``workdir/<scenario>-<seed>`` (or a temporary directory) and judge it.
 
     ``keep``: "all", "failed" (the default: a failed run's directory stays for inspection) or "none".
@@ -281,6 +331,7 @@ async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "fail
     is "all"; either way it is added to ``unfinished``, so the session can say where it is.
     ``windows``: cut the sequence diagram's critical windows from the traces into the result
     (for the HTML report) while they still exist.
+    ``fork_server``: start the run's processes through it instead of exec'ing them.
     """
     started = time.monotonic()
     if workdir is not None:
@@ -290,7 +341,7 @@ async def run_spec(spec: RunSpec, workdir: Path | None = None, keep: str = "fail
         root.mkdir(parents=True)
     else:
         root = Path(tempfile.mkdtemp(prefix=f"hsmproxy-chaos-{spec.scenario}-{spec.seed}-"))
-    runner = Runner(spec, root)
+    runner = Runner(spec, root, fork_server)
     try:
         ev = await runner.run()
     except BaseException as exc:

@@ -14,7 +14,7 @@ from chaos.campaign import run_jobs
 from chaos.judge import INVARIANT_NAMES
 from chaos.report import LiveProgress, final_view, replay_lines
 from chaos.result import RunResult
-from chaos.runner import RunSpec, UnfinishedRun, run_spec
+from chaos.runner import RunSpec, UnfinishedRun, run_spec, start_fork_server
 from chaos.scenarios import OUTCOMES
 from proxy.addons.metrics import Metrics
 from proxy.addons.metrics_hook import add_metrics_route
@@ -25,8 +25,9 @@ from proxy.trio.http_server import HttpServer, RouteTable
 class Session:
     def __init__(self, specs: list[RunSpec], jobs: int = 1, workdir: Path | None = None, keep: str = "failed",
                  live: bool = False, metrics_address: str | None = None, meta: dict | None = None, console=None,
-                 windows: bool = False):
+                 windows: bool = False, fork_server: bool = True):
         self.specs = specs
+        self.use_fork_server = fork_server  # False: every process of every run is exec'd
         self.jobs = jobs
         self.workdir = workdir
         self.keep = keep
@@ -80,8 +81,17 @@ class Session:
         return results
 
     async def _run_all(self) -> list[RunResult]:
+        fork_server = start_fork_server() if self.use_fork_server and self.specs else None
+        try:
+            return await self._run_with(fork_server)
+        finally:
+            if fork_server is not None:
+                fork_server.close()
+
+    async def _run_with(self, fork_server) -> list[RunResult]:
         async def one(spec: RunSpec) -> RunResult:
-            return await run_spec(spec, self.workdir, self.keep, unfinished=self.unfinished, windows=self.windows)
+            return await run_spec(spec, self.workdir, self.keep, unfinished=self.unfinished, windows=self.windows,
+                                  fork_server=fork_server)
 
         async with trio.open_nursery() as nursery:
             if self.metrics_address:

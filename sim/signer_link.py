@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 import wire
+from forkserver.launch import fork_script
 
 
 class SignerGone(Exception):
@@ -137,7 +138,9 @@ class SignerProcess:
             os.dup2(high_req, 3)
             os.closerange(4, 65536)
 
-        self.proc = subprocess.Popen(argv, cwd=workdir, env=env, close_fds=False, preexec_fn=lightningd_fd_layout)
+        # In a process of the fork server, one of our own scripts is forked with the same layout.
+        self.proc = fork_script(argv, {0: status_fd, 3: req_fd}, cwd=workdir, env=env) or \
+            subprocess.Popen(argv, cwd=workdir, env=env, close_fds=False, preexec_fn=lightningd_fd_layout)
         status_theirs.close()
         req_theirs.close()
         self.status = StatusReader(status_ours, on_status)

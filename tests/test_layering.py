@@ -1,14 +1,15 @@
 """The package arrows of DESIGN.md, enforced: every project import points down the table.
 
     hsmproxy/     the application                          -> everything
-    chaos/        chaos sessions                           -> wire, faults, proxy, sim, diagrams
+    chaos/        chaos sessions                           -> wire, faults, forkserver, proxy, sim, diagrams
     diagrams/     sequence diagrams from traces            -> wire, faults, proxy.core, proxy.addons
     proxy/addons  hooks plugged into the shells            -> wire, faults, proxy.core, proxy.trio
-    proxy/trio    the trio shells                          -> wire, faults, proxy.core
+    proxy/trio    the trio shells                          -> wire, faults, forkserver, proxy.core
     proxy/core    the sans-IO core                         -> wire, faults
-    sim/          the simulated actors                     -> wire
+    sim/          the simulated actors                     -> wire, forkserver
     faults/       plans and sans-IO decisions              -> wire
     wire/         the codec and the framer                 -> nothing of ours
+    forkserver/   fork instead of exec for our own CLI     -> nothing of ours
 
 Project imports sit at module top; the only function-level ones allowed are listed in
 ``LAZY_ALLOWED`` with the reason.
@@ -22,20 +23,25 @@ import pytest
 
 from tests.paths import ROOT
 
-PACKAGES = ("wire", "faults", "proxy", "sim", "diagrams", "chaos", "hsmproxy")
+PACKAGES = ("wire", "faults", "forkserver", "proxy", "sim", "diagrams", "chaos", "hsmproxy")
 
 ALLOWED: dict[str, frozenset[str]] = {
     "wire": frozenset({"wire"}),
+    # Process starting, used by the node (its signer), the proxy's wrapper (its signer) and the
+    # chaos runner (the node): below all of them, so it imports nothing of ours.
+    "forkserver": frozenset({"forkserver"}),
     "faults": frozenset({"wire", "faults"}),
-    "sim": frozenset({"wire", "sim"}),
+    "sim": frozenset({"wire", "forkserver", "sim"}),
     "proxy.core": frozenset({"wire", "faults", "proxy.core"}),
-    "proxy.trio": frozenset({"wire", "faults", "proxy.core", "proxy.trio"}),
+    "proxy.trio": frozenset({"wire", "faults", "forkserver", "proxy.core", "proxy.trio"}),
     "proxy.addons": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons"}),
     # diagrams: reads traces (proxy.addons.trace), names what the shadow tracks (proxy.core) and
     # connections as fault events do (faults); the chaos report and `hsmproxy decode --mermaid` draw with it
     "diagrams": frozenset({"wire", "faults", "proxy.core", "proxy.addons", "diagrams"}),
-    "chaos": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons", "sim", "diagrams", "chaos"}),
-    "hsmproxy": frozenset({"wire", "faults", "proxy.core", "proxy.trio", "proxy.addons", "sim", "diagrams", "chaos",
+    "chaos": frozenset({"wire", "faults", "forkserver", "proxy.core", "proxy.trio", "proxy.addons", "sim", "diagrams",
+                        "chaos"}),
+    "hsmproxy": frozenset({"wire", "faults", "forkserver", "proxy.core", "proxy.trio", "proxy.addons", "sim",
+                           "diagrams", "chaos",
                            "hsmproxy"}),
 }
 

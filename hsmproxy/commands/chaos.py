@@ -68,7 +68,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="campaigns: how the node saves channel state (default wal; naive nodes may get stuck)")
     parser.add_argument("--updates", type=int, metavar="N", help="commitment updates per run (default 2 for stories, 3 for campaigns)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                        help="a node that has not finished S seconds after a (re)start is killed and restarted (default 30); "
+                        help="a node that has not finished S seconds after a (re)start is killed and restarted (default 30; "
+                             "at once when the proxy dropped or held its request, which it would wait for forever); "
                              "in a sweep: how long lightningd may take to die, start again and get its channel back")
     parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the JSON report (a `runs` list) to FILE")
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report to FILE (one testcase per run)")
@@ -85,6 +86,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", metavar="ADDR",
                         help="serve /metrics (hsmproxy_chaos_* counters) on HOST:PORT (loopback) or unix:/path while running")
     parser.add_argument("--no-live", action="store_true", help="no live view (it is off anyway when stdout is not a terminal)")
+    parser.add_argument("--no-fork-server", dest="fork_server", action="store_false",
+                        help="exec a new interpreter for every node, proxy and signer process instead of forking them "
+                             "from a fork server that imported everything once (the processes are real and separate "
+                             "either way; this is slower, for comparison or if the fork server fails)")
     sweep = parser.add_argument_group(
         "crash sweeps against real Core Lightning (docs/cln.md; needs pyln-testing: pip install 'hsmproxy[cln]')")
     sweep.add_argument("--lightningd", nargs="?", const="", metavar="PATH",
@@ -168,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     session = Session(specs, jobs=args.jobs, workdir=Path(args.workdir) if args.workdir else None, keep=args.keep,
                       live=not args.no_live and sys.stdout.isatty(), metrics_address=args.metrics,
                       meta={"command": "hsmproxy chaos " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["chaos"] else "hsmproxy chaos"},
-                      windows=bool(args.html))
+                      windows=bool(args.html), fork_server=args.fork_server)
     results = trio.run(session.run)
     if session.start_failure:
         print(f"hsmproxy chaos: {session.start_failure}", file=sys.stderr)

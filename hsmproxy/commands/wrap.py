@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import trio
 
     from hsmproxy.assembly import build_hooks, close_hooks, relay_limits
-    from proxy.trio.wrapper import WrapSetupError, run_wrapper, take_node_sockets
+    from proxy.trio.wrapper import WrapSetupError, run_wrapper, start_signer, take_node_sockets
 
     logging.basicConfig(level=logging.WARNING, format="hsmproxy: %(message)s", stream=sys.stderr)
     try:
@@ -58,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     limits = relay_limits(args)
     hooks = build_hooks(args)
     try:
+        signer = start_signer([args.signer, *signer_args])  # before trio.run (it may fork)
         wrapper = functools.partial(run_wrapper, decode=args.parse, limits=limits)
-        return trio.run(wrapper, [args.signer, *signer_args], hooks, node_status, node_master)
+        return trio.run(wrapper, signer, hooks, node_status, node_master)
     except WrapSetupError as exc:
         print(f"hsmproxy wrap: {exc}", file=sys.stderr)
         return 2

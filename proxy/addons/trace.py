@@ -207,6 +207,31 @@ def read_trace(path: str) -> Iterator[dict]:
             raise TraceFormatError(f"{path} is empty: not an hsmproxy trace")
 
 
+class TraceFollower:
+    """The records a trace gains while its proxy writes it, call by call (a record cut short at the
+    end waits for its rest). For watching a live run; ``read_trace`` reads a finished file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._offset = 0
+        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+
+    def new_records(self) -> list:
+        """The complete records written since the last call ([] while the file does not exist)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        self._unpacker.feed(data)
+        try:
+            return list(self._unpacker)
+        except (msgpack.exceptions.ExtraData, ValueError) as exc:
+            raise TraceFormatError(f"{self.path}: corrupt trace record: {exc}") from None
+
+
 def is_trace(path: str) -> bool:
     """Whether ``path`` starts with a trace header (cheap check for ``hsmproxy decode``)."""
     try:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 
+import trio
+
+from forkserver.launch import ForkedProcess, fork_script
+
 REQUEST_FD = 3
 
 
@@ -20,12 +24,19 @@ def _fd_is_open(fd: int) -> bool:
     return True
 
 
-def spawn_subdaemon(argv: list[str], *, status_fd: int, request_fd: int, **popen_kwargs) -> subprocess.Popen:
+def spawn_subdaemon(argv: list[str], *, status_fd: int, request_fd: int,
+                    **popen_kwargs) -> subprocess.Popen | ForkedProcess:
     """``Popen`` with ``status_fd`` as the child's fd 0 and ``request_fd`` as its fd 3.
 
     fd 3 of this process is borrowed for the duration of the fork and restored afterwards,
     because ``pass_fds`` keeps fd numbers (call this before other tasks can touch fd 3).
+    In a process of the fork server, one of our own scripts is forked instead of exec'd (call
+    this before ``trio.run``).
     """
+    if not popen_kwargs:
+        forked = fork_script(argv, {0: status_fd, REQUEST_FD: request_fd})
+        if forked is not None:
+            return forked
     saved = os.dup(REQUEST_FD) if _fd_is_open(REQUEST_FD) else None
     try:
         if request_fd != REQUEST_FD:
@@ -39,6 +50,17 @@ def spawn_subdaemon(argv: list[str], *, status_fd: int, request_fd: int, **popen
             os.close(saved)
         elif request_fd != REQUEST_FD:
             os.close(REQUEST_FD)
+
+
+async def wait_process(proc: subprocess.Popen | ForkedProcess) -> int:
+    """Wait for a child without a thread (its pidfd becomes readable when it exits); its returncode."""
+    if proc.returncode is None:
+        pidfd = os.pidfd_open(proc.pid)
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+    return proc.wait()
 
 
 def exit_status(returncode: int) -> int:

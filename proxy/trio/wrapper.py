@@ -13,14 +13,16 @@ import signal
 import socket
 import stat
 import subprocess
+from dataclasses import dataclass
 
 import trio
 
+from forkserver.launch import ForkedProcess
 from proxy.core.hooks import ROLE_MASTER, ROLE_STATUS, ConnContext, HookChain
 from proxy.core.relay import DEFAULT_LIMITS, Limits
 from proxy.trio.fdpass import SocketEnd
 from proxy.trio.shell import RelayShell, StatusWriter
-from proxy.trio.subdaemon import REQUEST_FD, exit_status, spawn_subdaemon
+from proxy.trio.subdaemon import REQUEST_FD, exit_status, spawn_subdaemon, wait_process
 
 STATUS_FD = 0
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -59,16 +61,33 @@ def take_node_sockets() -> tuple[socket.socket, socket.socket]:
     return status, master
 
 
-async def _wait_process(proc: subprocess.Popen) -> int:
-    pidfd = os.pidfd_open(proc.pid)
+@dataclass(frozen=True)
+class StartedSigner:
+    """The signer process and our ends of its fd 0 (status) and fd 3 (requests)."""
+
+    proc: subprocess.Popen | ForkedProcess
+    status: socket.socket
+    master: socket.socket
+
+
+def start_signer(argv: list[str]) -> StartedSigner:
+    """Start the signer with the hsmd fd layout. Call it before ``trio.run``: in a process of
+    the fork server the signer is forked, and a child must not inherit a running trio."""
+    status_ours, status_theirs = socket.socketpair()
+    master_ours, master_theirs = socket.socketpair()
     try:
-        await trio.lowlevel.wait_readable(pidfd)
+        proc = spawn_subdaemon(argv, status_fd=status_theirs.fileno(), request_fd=master_theirs.fileno())
+    except OSError as exc:
+        status_ours.close()
+        master_ours.close()
+        raise WrapSetupError(f"cannot start the signer {argv[0]!r}: {exc}") from None
     finally:
-        os.close(pidfd)
-    return exit_status(proc.wait())
+        status_theirs.close()
+        master_theirs.close()
+    return StartedSigner(proc, status_ours, master_ours)
 
 
-async def _forward_signals(proc: subprocess.Popen) -> None:
+async def _forward_signals(proc: subprocess.Popen | ForkedProcess) -> None:
     with trio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
         async for signum in signals:
             if proc.returncode is None:
@@ -76,7 +95,7 @@ async def _forward_signals(proc: subprocess.Popen) -> None:
 
 
 async def run_wrapper(
-    signer_argv: list[str],
+    signer: StartedSigner,
     hooks: HookChain,
     node_status: socket.socket,
     node_master: socket.socket,
@@ -84,16 +103,8 @@ async def run_wrapper(
     decode: bool = True,
     limits: Limits = DEFAULT_LIMITS,
 ) -> int:
-    """Start the signer with the hsmd fd layout, relay until it exits, return its exit status."""
-    status_ours, status_theirs = socket.socketpair()
-    master_ours, master_theirs = socket.socketpair()
-    try:
-        proc = spawn_subdaemon(signer_argv, status_fd=status_theirs.fileno(), request_fd=master_theirs.fileno())
-    except OSError as exc:
-        raise WrapSetupError(f"cannot start the signer {signer_argv[0]!r}: {exc}") from None
-    finally:
-        status_theirs.close()
-        master_theirs.close()
+    """Relay between the node and the signer ``start_signer`` started until it exits; its exit status."""
+    proc = signer.proc
     shell = RelayShell(hooks, status=StatusWriter(None), decode=decode, limits=limits)
     try:
         async with trio.open_nursery() as nursery:
@@ -101,16 +112,16 @@ async def run_wrapper(
             nursery.start_soon(
                 shell.run_status,
                 SocketEnd.from_stdlib(node_status),
-                SocketEnd.from_stdlib(status_ours),
+                SocketEnd.from_stdlib(signer.status),
                 ConnContext(conn_id=shell.new_conn_id(), role=ROLE_STATUS),
             )
             nursery.start_soon(
                 shell.run_connection,
                 SocketEnd.from_stdlib(node_master),
-                SocketEnd.from_stdlib(master_ours),
+                SocketEnd.from_stdlib(signer.master),
                 ConnContext(conn_id=shell.new_conn_id(), role=ROLE_MASTER, permissions=1027),
             )
-            status = await _wait_process(proc)
+            status = exit_status(await wait_process(proc))
             # The signer is gone: forward everything it wrote (its sockets now read to EOF), however
             # long the node takes to read it; a node that closes or goes ends that wait too (the
             # write fails). Then stop relaying what the node still sends to nobody.
@@ -122,5 +133,3 @@ async def run_wrapper(
             proc.wait()
     await hooks.signer_exit(status)
     return status
-
-

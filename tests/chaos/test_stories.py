@@ -11,7 +11,7 @@ from xml.etree import ElementTree
 
 import trio
 
-from tests.chaos.helpers import CLI, chaos
+from tests.chaos.helpers import CLI, chaos, command_line
 
 def permissive_signer(tmp_path: Path) -> Path:
     """Our signer with every VLS rule turned into a warning: it signs whatever it is asked, as stock
@@ -101,7 +101,6 @@ async def test_bad_arguments_are_named(tmp_path):
     assert code == 2 and "not an executable file" in err
 
 
-
 async def test_a_metrics_address_that_cannot_be_served_is_one_line_and_exit_2(tmp_path):
     """Refused before any run starts, in one line naming the address (not a trio traceback)."""
     taken = trio.socket.socket()
@@ -119,12 +118,6 @@ async def test_a_metrics_address_that_cannot_be_served_is_one_line_and_exit_2(tm
             assert "Traceback" not in err and "run(s)" not in out  # no run started
     finally:
         taken.close()
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -147,7 +140,7 @@ async def test_sigterm_stops_the_session_and_leaves_no_process(tmp_path):
         proc = await trio.lowlevel.open_process([*CLI, "chaos", "--no-live", "--scenario", "wal-fix", "--workdir",
                                                  str(workdir)])
         try:
-            while not any("--wal-dir" in _cmdline(pid) for pid in _processes_mentioning(str(workdir))):
+            while not any("--wal-dir" in command_line(pid) for pid in _processes_mentioning(str(workdir))):
                 await trio.sleep(0.05)  # until the node has started the proxy in front of its signer
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 130
@@ -167,7 +160,7 @@ async def _interrupt_once_running(tmp_path: Path, *args: str) -> tuple[int, str,
         proc = await trio.lowlevel.open_process([*CLI, "chaos", "--no-live", "--scenario", "wal-fix", *args],
                                                 env=dict(os.environ, TMPDIR=str(temp)), stderr=-1)
         try:
-            while not any("--wal-dir" in _cmdline(pid) for pid in _processes_mentioning(str(temp))):
+            while not any("--wal-dir" in command_line(pid) for pid in _processes_mentioning(str(temp))):
                 await trio.sleep(0.05)  # until the node has started the proxy in front of its signer
             proc.send_signal(signal.SIGINT)
             err = await proc.stderr.receive_some(1 << 20) or b""

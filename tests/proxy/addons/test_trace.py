@@ -9,7 +9,7 @@ import pytest
 
 import wire
 from proxy.core.hooks import REPLY_BEFORE, REQUEST_BEFORE, ConnContext, Drop, Exchange
-from proxy.addons.trace import TraceFormatError, TraceHook, read_trace
+from proxy.addons.trace import TraceFollower, TraceFormatError, TraceHook, read_trace
 from tests import ld_harness as h
 
 SECRET = bytes(range(1, 33))
@@ -64,6 +64,20 @@ async def test_a_trace_cut_short_yields_its_complete_records(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[:-3])
     assert [r["kind"] for r in read_trace(str(path))] == ["header", "frame", "frame", "raw", "conn"]
+
+
+async def test_a_live_trace_is_followed_record_by_record_as_it_is_written(tmp_path):
+    path = tmp_path / "t.trace"
+    follower = TraceFollower(str(path))
+    assert follower.new_records() == []  # no proxy yet
+    await record(path, secrets=False)
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])  # the last record is still being written
+    assert [r["kind"] for r in follower.new_records()] == ["header", "frame", "frame", "raw", "conn"]
+    assert follower.new_records() == []
+    with open(path, "ab") as f:
+        f.write(data[-3:])
+    assert [r["kind"] for r in follower.new_records()] == ["exit"]
 
 
 def test_other_files_are_not_traces(tmp_path):
