@@ -19,6 +19,7 @@ from hsmproxy.control_client import ControlClient
 from proxy.addons.trace import TraceFormatError, read_trace
 from proxy.core.shadow import DIVERGENCE_KINDS, shadow_jsonable
 from proxy.trio.shadow_recovery import recover
+from proxy.trio.wal_store import wait_released
 
 PROXY_DIR = "hsmproxy"
 SCRIPT_NAME = "hsmd-wrapper.sh"
@@ -74,6 +75,13 @@ class ProxiedNode:
 
     def divergences(self) -> list[dict]:
         return self.state()["divergences"]
+
+    def wait_stopped(self, timeout: float = 30) -> None:
+        """After the node stopped or was killed: wait until its proxy has exited, so the WAL holds
+        everything the proxy saw (what it flags as the node dies, ``crashed_in_window``, is written
+        just after the node's connection ends, a moment after the node is gone)."""
+        if not wait_released(str(self.wal_dir), timeout):
+            raise TimeoutError(f"{self.name}: the proxy on {self.wal_dir} has not exited {timeout} s after its node")
 
     def add_fault(self, rule: str) -> list[dict]:
         """Install a fault rule (the one-line syntax, e.g. ``'!hsmd_sign_remote_commitment_tx
@@ -207,6 +215,10 @@ class HsmproxySession:
         test = self.current_item.nodeid if self.current_item is not None else ""
         for lightning_node in nodes:
             node = self.handle(lightning_node.daemon)
+            try:
+                node.wait_stopped()
+            except TimeoutError as exc:  # still read what it wrote; the test fails on it
+                self.failures.append(str(exc))
             state = node.state()
             self.reports.append(NodeReport(test, node.name, len(state["channels"]), node.requests_seen(),
                                            state["divergences"]))

@@ -251,6 +251,27 @@ def locked_directory(directory: str):
         raise
 
 
+def wait_released(directory: str, timeout: float) -> bool:
+    """Wait until no proxy holds ``directory`` (its proxy exited, having written all it will);
+    False if one still does after ``timeout`` seconds. A flock sends no notice, so this polls."""
+    try:
+        fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True  # no proxy ever took it
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.02)
+    finally:
+        os.close(fd)  # drops our shared lock with it
+
+
 class WalStore:
     """An open log: encodes records in order and makes batches of them durable."""
 

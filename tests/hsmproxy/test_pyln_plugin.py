@@ -60,6 +60,7 @@ def test_crash_in_the_window(node_factory, hsmproxy):
     except Exception:
         pass  # lightningd was killed mid-payment
     l1.daemon.wait(timeout=60)
+    proxy.wait_stopped()
     # The warning at the moment of the crash: the signer signed commitment n, the node never saved it.
     warned = [d for d in proxy.divergences() if d["kind"] == "crashed_in_window"]
     assert [(d["index"], d["status"]) for d in warned] == [(n, "possible")], warned

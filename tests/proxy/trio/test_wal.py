@@ -35,7 +35,7 @@ from proxy.core.wal_format import (
     scan_log,
 )
 from proxy.trio.group_commit import GroupCommitWal
-from proxy.trio.wal_store import WalStore, read_state
+from proxy.trio.wal_store import WalStore, locked_directory, read_state, wait_released
 from tests.paths import TESTS
 
 payloads = st.lists(
@@ -281,3 +281,12 @@ async def test_cancelled_appenders_never_tear_the_log(tmp_path):
     assert rec.problem is None
     assert shadow_to_snapshot(load_shadow(rec.snapshot, rec.records))["channels"] == shadow_to_snapshot(shadow)["channels"]
     assert wal.checkpoints >= 1
+
+
+def test_waiting_for_a_directory_to_be_released_ends_when_its_proxy_lets_go(tmp_path):
+    """What the pyln plugin waits on after a node died: the proxy's lock on its WAL directory."""
+    assert wait_released(str(tmp_path), timeout=0)  # no proxy ever took it
+    with locked_directory(str(tmp_path)) as lock_fd:
+        assert not wait_released(str(tmp_path), timeout=0.05)
+        os.close(lock_fd)  # what WalStore.close does
+    assert wait_released(str(tmp_path), timeout=0)
