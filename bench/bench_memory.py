@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_relay import wait_for_socket  # noqa: E402
+from bench_relay import show_table, wait_for_socket  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PCP = bytes.fromhex("0000000a00120000000000000000")  # hsmd_get_per_commitment_point(0), framed
@@ -235,20 +235,7 @@ def print_table(results, runs: int) -> None:
         hwm, rss, sent, offered = (statistics.median(v[i] for v in values) for i in range(4))
         rows.append([LOAD_NAMES.get(load, load), name, f"{hwm / 1e6:,.0f}", f"{rss / 1e6:,.0f}", f"{sent:,.0f}",
                      f"{offered:,.0f}"])
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for i, head in enumerate(headers):
-            table.add_column(head, justify="left" if i < 2 else "right")
-        for row in rows:
-            table.add_row(*row)
-        Console(width=160).print(table)
-    except ImportError:
-        print(title)
-        for row in [headers, *rows]:
-            print("  ".join(f"{c:>20}" for c in row))
+    show_table(title, headers, rows, left=2)
 
 
 if __name__ == "__main__":

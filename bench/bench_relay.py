@@ -279,13 +279,18 @@ def print_table(med, pump_rate, direct, args, req_len, rep_len) -> None:
                      "-" if name == "direct" else f"{p50 - direct[1]:+.1f}",
                      "-" if name == "direct" else f"{p99 - direct[2]:+.1f}",
                      "-" if name == "direct" else f"{cpu:.1f}"])
+    show_table(title, headers, rows)
+
+
+def show_table(title: str, headers: list[str], rows: list[list[str]], left: int = 1) -> None:
+    """A table on the terminal (rich when installed); the first ``left`` columns left-aligned."""
     try:
         from rich.console import Console
         from rich.table import Table
 
         table = Table(title=title)
         for i, head in enumerate(headers):
-            table.add_column(head, justify="left" if i == 0 else "right")
+            table.add_column(head, justify="left" if i < left else "right")
         for row in rows:
             table.add_row(*row)
         Console(width=160).print(table)
