@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -369,9 +370,9 @@ SHORT_SWEEP = [WINDOW, NEVER_SENT, "hsmd_validate_commitment_tx@request.after_fo
 @needs_cln
 def test_a_short_sweep_against_real_lightningd_flags_the_write_ups_double_signature(tmp_path):
     env = cln_env()
-    out, junit, workdir = tmp_path / "sweep.json", tmp_path / "sweep.xml", tmp_path / "w"
+    out, junit, html, workdir = tmp_path / "sweep.json", tmp_path / "sweep.xml", tmp_path / "sweep.html", tmp_path / "w"
     args = ["chaos", "--lightningd", str(LIGHTNINGD), "--bitcoind", str(BITCOIND), "--json", str(out),
-            "--junit", str(junit), "--workdir", str(workdir), "--keep", "all"]
+            "--junit", str(junit), "--html", str(html), "--workdir", str(workdir), "--keep", "all"]
     for spec in SHORT_SWEEP:
         args += ["--cycle", spec]
     left = [str(workdir)]
@@ -409,6 +410,15 @@ def test_a_short_sweep_against_real_lightningd_flags_the_write_ups_double_signat
         assert not [d for d in other["divergences"] if d["status"] == "confirmed"], other
     suite = ElementTree.parse(junit).getroot()
     assert suite.get("tests") == "4"
+    # The HTML report: a section per cycle; each cycle whose fault fired has its critical window
+    # drawn from the real proxy traces, the write-up's window with the changed re-sign in it.
+    page = html.read_text()
+    sections = re.split(r'<details class="run" id="cycle-\d+"', page)[1:]
+    assert len(sections) == 4
+    assert 'class="diagram"' not in sections[1]  # nothing fired: nothing to draw
+    for section in sections[:1] + sections[2:]:
+        assert 'class="diagram"' in section and "<svg" in section and "kill-node" in section
+    assert "retry_changed" in sections[0] and "sign_remote_commitment_tx" in sections[0]
     assert (workdir.exists() and any(workdir.rglob("lightning-1/log")))
 
 
