@@ -164,19 +164,26 @@ class Node:
         if msg.name == "status_log" and msg.fields["level"] >= LOG_UNUSUAL:
             print(f"sim-node: signer: {msg.fields['entry']}", file=sys.stderr, flush=True)
 
+    def _gone(self, what: str, exc: SignerGone) -> NodeError:
+        """The signer died or refused during ``what``: exit as EXIT_SIGNER / EXIT_REFUSED says."""
+        why = self.signer.explain(exc) if self.signer is not None else str(exc)
+        return (SignerRefused if "policy failure" in why else SignerFailed)(f"{what}: {why}")
+
     def call(self, conn, msg: wire.Message, expect: str) -> wire.Message:
         try:
             reply = conn.request(msg)
         except SignerGone as exc:
-            why = self.signer.explain(exc)
-            raise (SignerRefused if "policy failure" in why else SignerFailed)(f"{msg.name}: {why}") from None
+            raise self._gone(msg.name, exc) from None
         if reply.name != expect:
             raise SignerFailed(f"{msg.name}: the signer answered {reply.name}, expected {expect}")
         return reply
 
     def start_signer(self) -> None:
-        self.signer = SignerProcess(self.cfg.signer_argv, self.cfg.datadir, self.cfg.signer_env,
-                                    on_status=self._on_status, on_exchange=self._on_exchange)
+        try:
+            self.signer = SignerProcess(self.cfg.signer_argv, self.cfg.datadir, self.cfg.signer_env,
+                                        on_status=self._on_status, on_exchange=self._on_exchange)
+        except SignerGone as exc:
+            raise self._gone("starting the signer", exc) from None
         reply = self.call(self.signer.master, init_request(), "hsmd_init_reply_v4")
         version = reply.fields["hsm_version"]
         if not HSM_MIN_VERSION <= version <= HSM_MAX_VERSION:
@@ -215,7 +222,10 @@ class Node:
         bp = self.call(master, wire.build("hsmd_get_channel_basepoints", peerid=self.peer_id, dbid=DBID),
                        "hsmd_get_channel_basepoints_reply").fields
         ours = Party.from_wire(bp["basepoints"], bp["funding_pubkey"])
-        self.channel_conn = self.signer.client(self.peer_id, DBID, permissions.CHANNELD)
+        try:
+            self.channel_conn = self.signer.client(self.peer_id, DBID, permissions.CHANNELD)
+        except SignerGone as exc:  # the signer (or the proxy before it) died while handing out the fd
+            raise self._gone("hsmd_client_hsmfd", exc) from None
         ch = self.db.channel(DBID)
         if ch is not None:
             if params_from_json(ch["params"]).node != ours:

@@ -79,6 +79,13 @@ def test_wal_signer_killed_between_persist_and_reply_loses_nothing(tmp_path):
     assert_all_agree(tmp_path, target)
 
 
+def test_a_signer_dying_while_it_hands_out_a_client_fd_is_a_signer_exit_not_a_traceback(tmp_path):
+    """The node's start-up requests get the same treatment as the dance's: exit EXIT_SIGNER."""
+    crashed = sim_node(tmp_path, "--updates", "1", FAST, env_extra={"HSMPROXY_SIM_SIGNER_CRASH_AT": "hsmd_client_hsmfd:1"})
+    assert crashed.returncode == EXIT_SIGNER, crashed.stderr
+    assert "hsmd_client_hsmfd" in crashed.stderr and "Traceback" not in crashed.stderr
+
+
 def test_naive_signer_killed_after_signing_is_the_split_brain(tmp_path):
     crashed = sim_node(tmp_path, "--updates", "3", FAST, env_extra={"HSMPROXY_SIM_SIGNER_CRASH_AT": SIGNER_WINDOWS[0]})
     assert crashed.returncode == EXIT_SIGNER, crashed.stderr
