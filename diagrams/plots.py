@@ -30,7 +30,7 @@ def svg_text(fig: Figure, tight: bool = True) -> str:
     """The figure as SVG, without the XML prolog (it goes inline into HTML). ``tight`` crops it
     to what was drawn, at the price of drawing it twice."""
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight" if tight else None)
+    fig.savefig(buf, format="svg", bbox_inches="tight" if tight else None, metadata={"Date": None})
     text = buf.getvalue()
     return text[text.index("<svg"):]
 

@@ -16,12 +16,12 @@ boxes shaded by kind (faults and verdicts red, kills grey, restarts blue, diverg
 
 from __future__ import annotations
 
-import io
 
 import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
+from diagrams.plots import TEXT_AS_TEXT, svg_text
 from diagrams.sequence import (
     CHATTER,
     DIVERGENCE,
@@ -62,13 +62,11 @@ RC = {
 }
 
 
-def to_svg(seq: Sequence) -> str:
-    """The diagram as SVG text (``<svg ...>...</svg>``)."""
-    with matplotlib.rc_context(RC):
-        buffer = io.StringIO()
-        figure(seq).savefig(buffer, format="svg", metadata={"Date": None})
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]
+def to_svg(seq: Sequence, *, text_as_paths: bool = True) -> str:
+    """The diagram as SVG text (``<svg ...>...</svg>``). ``text_as_paths=False`` keeps text as
+    <text> (``plots.TEXT_AS_TEXT``): much smaller, for pages that hold many diagrams."""
+    with matplotlib.rc_context(RC if text_as_paths else {**RC, **TEXT_AS_TEXT}):
+        return svg_text(figure(seq), tight=False)  # its size is its content's
 
 
 def _row_height(step) -> float:
