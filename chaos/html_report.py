@@ -18,7 +18,7 @@ from chaos.cln.judge import CYCLE_OUTCOMES
 from chaos.cln.result import CycleResult
 from chaos.cln.result import narrate as narrate_cycle
 from chaos.cln.sweep import SweepReport
-from chaos.report import _describe_faults, _write_text, narrate, summary
+from chaos.report import describe_faults, write_text, narrate, summary
 from chaos.result import RunResult
 from chaos.scenarios import BUILTIN, OUTCOMES, WARN
 from diagrams import plots, sequence_svg
@@ -185,7 +185,7 @@ def stories_side_by_side(results: list[RunResult]) -> str:
         headings = [f"{h}, seed {r.seed}" for h, r in zip(headings, results)]
     rows = [
         ("node discipline", _discipline),
-        ("fault", lambda r: _describe_faults(r) if r.faults else "none: the node pretends to crash"),
+        ("fault", lambda r: describe_faults(r) if r.faults else "none: the node pretends to crash"),
         ("what the proxy flagged", lambda r: ", ".join(r.flagged) or "nothing"),
         ("what the signer did", _signer_did),
         ("funds lost", lambda r: f"{r.funds_lost_msat:,} msat" if r.funds_lost_msat else "none"),
@@ -290,7 +290,7 @@ def session_html(results: list[RunResult], meta: dict | None = None) -> str:
 
 
 def write_session_html(path: str, results: list[RunResult], meta: dict | None = None) -> None:
-    _write_text(path, session_html(results, meta))
+    write_text(path, session_html(results, meta))
 
 
 # ---- crash sweeps against real Core Lightning ----------------------------------------------------
@@ -360,4 +360,4 @@ def sweep_html(report: SweepReport, meta: dict | None = None) -> str:
 
 
 def write_sweep_html(path: str, report: SweepReport, meta: dict | None = None) -> None:
-    _write_text(path, sweep_html(report, meta))
+    write_text(path, sweep_html(report, meta))

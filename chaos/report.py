@@ -39,14 +39,14 @@ def report_json(results: list[RunResult], meta: dict | None = None) -> dict:
     return {"version": REPORT_VERSION, **(meta or {}), "summary": summary(results), "runs": [r.to_json() for r in results]}
 
 
-def _write_text(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
 
 
 def write_json(path: str, results: list[RunResult], meta: dict | None = None) -> None:
-    _write_text(path, json.dumps(report_json(results, meta), indent=2) + "\n")
+    write_text(path, json.dumps(report_json(results, meta), indent=2) + "\n")
 
 
 def junit_xml(results: list[RunResult], suite_name: str = "hsmproxy.chaos") -> str:
@@ -71,7 +71,7 @@ def junit_xml(results: list[RunResult], suite_name: str = "hsmproxy.chaos") -> s
 
 
 def write_junit(path: str, results: list[RunResult]) -> None:
-    _write_text(path, junit_xml(results))
+    write_text(path, junit_xml(results))
 
 
 _OUTCOME_STYLE = {"converged": "green", "stuck": "yellow", "refused": "cyan", "funds_lost": "bold red",
@@ -90,7 +90,7 @@ _WHEN = {
 }
 
 
-def _describe_faults(r: RunResult) -> str:
+def describe_faults(r: RunResult) -> str:
     if not r.faults:
         return "no fault injected"
     return "; ".join(f"{f['action']} at {f['message'].removeprefix('hsmd_')} {_WHEN.get(f['point'], f['point'])}"
@@ -99,7 +99,7 @@ def _describe_faults(r: RunResult) -> str:
 
 def narrate(r: RunResult) -> str:
     """What one run showed, in a sentence built from its evidence."""
-    bits = [_describe_faults(r)]
+    bits = [describe_faults(r)]
     if r.restarts:
         bits.append(f"{r.restarts} restart(s)")
     flagged = r.flagged
@@ -242,7 +242,7 @@ def sweep_report_json(report: SweepReport, meta: dict | None = None) -> dict:
 
 
 def write_sweep_json(path: str, report: SweepReport, meta: dict | None = None) -> None:
-    _write_text(path, json.dumps(sweep_report_json(report, meta), indent=2) + "\n")
+    write_text(path, json.dumps(sweep_report_json(report, meta), indent=2) + "\n")
 
 
 def _cycle_reasons(r: CycleResult) -> list[str]:
@@ -272,7 +272,7 @@ def sweep_junit_xml(results: list[CycleResult], suite_name: str = "hsmproxy.chao
 
 
 def write_sweep_junit(path: str, results: list[CycleResult]) -> None:
-    _write_text(path, sweep_junit_xml(results))
+    write_text(path, sweep_junit_xml(results))
 
 
 _CYCLE_OUTCOME_STYLE = {**_OUTCOME_STYLE, "not_reached": "dim", "error": "bold magenta"}
