@@ -17,8 +17,8 @@ import pytest
 from chaos.cln.network import find_hsmd as beside_lightningd
 from hsmproxy.control_client import ControlClient
 from proxy.addons.trace import TraceFormatError, read_trace
-from proxy.core.shadow import DIVERGENCE_KINDS, shadow_jsonable
-from proxy.trio.shadow_recovery import recover
+from proxy.core.shadow import DIVERGENCE_KINDS
+from proxy.trio.shadow_recovery import wal_view
 from proxy.trio.wal_store import wait_released
 
 PROXY_DIR = "hsmproxy"
@@ -68,10 +68,7 @@ class ProxiedNode:
     def state(self) -> dict:
         """What `hsmproxy state --json` shows: channels, divergences, in-flight and in-doubt
         requests, read from the WAL (works while the proxy runs and after it stopped)."""
-        if not self.wal_dir.exists():
-            return {"channels": [], "divergences": [], "in_flight": [], "in_doubt": [], "wal_dir": str(self.wal_dir)}
-        shadow, recovery = recover(str(self.wal_dir), repair=False)
-        return shadow_jsonable(shadow, wal_dir=str(self.wal_dir), recovery=recovery)
+        return wal_view(str(self.wal_dir))
 
     def divergences(self) -> list[dict]:
         return self.state()["divergences"]

@@ -28,9 +28,8 @@ from chaos.cln.judge import ABSENT, COMPLETE, FAILED, FULFIL, PENDING, ChannelVi
 from chaos.cln.points import NODES
 from chaos.runner import hsmproxy_argv
 from proxy.trio.children import live_processes
-from proxy.trio.shadow_recovery import recover
+from proxy.trio.shadow_recovery import wal_view
 from proxy.addons.trace import TraceFormatError, read_trace
-from proxy.core.shadow import shadow_jsonable
 
 FUNDING_SAT = 1_000_000  # pyln-testing's FUNDAMOUNT
 PYLN_HINT = "pip install 'hsmproxy[cln]' (it pulls pyln-testing)"
@@ -339,10 +338,7 @@ class SweepNode:
 
     def shadow(self) -> dict:
         """What `hsmproxy state --json` shows, read from the WAL (live or dead proxy)."""
-        if not self.wal_dir.exists():
-            return {"channels": [], "divergences": []}
-        shadow, recovery = recover(str(self.wal_dir), repair=False)
-        return shadow_jsonable(shadow, wal_dir=str(self.wal_dir), recovery=recovery)
+        return wal_view(str(self.wal_dir))
 
 
 # ---- the network ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import functools
 import gc
 import os
 
-from proxy.core.shadow import Shadow, apply_record, shadow_from_snapshot
+from proxy.core.shadow import Shadow, apply_record, shadow_from_snapshot, shadow_jsonable
 from proxy.core.wal_format import Recovery, WalError, epochs_of, snapshot_name
 from proxy.trio.wal_store import read_state
 
@@ -44,3 +44,12 @@ def recover(directory: str, *, repair: bool, set_aside_damage: bool = False) -> 
     finally:
         if enabled:
             gc.enable()
+
+
+def wal_view(directory: str) -> dict:
+    """What `hsmproxy state --json` shows of a WAL directory, read without changing it (while its
+    proxy runs or after it stopped); a directory not made yet is an empty shadow."""
+    if not os.path.isdir(directory):
+        return shadow_jsonable(Shadow(), wal_dir=directory)
+    shadow, recovery = recover(directory, repair=False)
+    return shadow_jsonable(shadow, wal_dir=directory, recovery=recovery)
